@@ -1,0 +1,58 @@
+"""Queues and the one way to put work on them.
+
+Web and clock enqueue jobs by dotted name (``"worker.tick.run"``), never by
+importing ``worker``: the floors stay one-way. Jobs take ids, never secrets or
+records, and the JSON serializer keeps it that way (a pickle could smuggle any
+object, and unpickling what an untrusted Redis holds is unsafe).
+"""
+
+from __future__ import annotations
+
+import redis
+from rq import Queue
+from rq.exceptions import DuplicateJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+# Order is priority: a worker drains "control" (ticks, partner callbacks) before
+# polling Forge, and polling before delivery so the outbox fills first.
+QUEUE_NAMES = ("control", "poll", "deliver")
+
+SERIALIZER = JSONSerializer
+
+
+def queue(name: str, connection: redis.Redis) -> Queue:
+    if name not in QUEUE_NAMES:
+        raise ValueError(f"unknown queue {name!r}")
+    return Queue(name, connection=connection, serializer=SERIALIZER)
+
+
+def enqueue_unique(
+    connection: redis.Redis,
+    queue_name: str,
+    func: str,
+    *args: object,
+    job_id: str,
+    ttl: int,
+    job_timeout: int = 60,
+) -> Job | None:
+    """Enqueue ``func`` under ``job_id`` unless a job with that id is still known.
+
+    Returns the new job, or ``None`` when an identical job is queued or running.
+    Finished and failed jobs keep their hash for a while (``result_ttl``,
+    ``failure_ttl``); both are kept short so an id frees up by the next period.
+    """
+    q = queue(queue_name, connection)
+    try:
+        return q.enqueue(
+            func,
+            *args,
+            job_id=job_id,
+            unique=True,
+            ttl=ttl,
+            result_ttl=0,
+            failure_ttl=ttl,
+            job_timeout=job_timeout,
+        )
+    except DuplicateJobError:
+        return None

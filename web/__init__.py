@@ -1,0 +1,86 @@
+"""The web process: partner API, SSO and dashboard, resource API, drain ingest, health.
+
+``create_app()`` is the only entry point (``gunicorn 'web:create_app()'``). It
+reads the environment once, builds the app and opens nothing: the database
+pool opens after gunicorn forks (``gunicorn.conf.py``) or on first use.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Flask, g, jsonify, request
+
+from broker import config, db, logs, redisconn
+from broker.config import Settings
+from broker.vault import Vault
+
+# Bodies larger than this are refused with 413 before any view runs. Partner
+# API and resource API bodies are a few KB; drain ingest sets its own limit.
+MAX_CONTENT_LENGTH = 1 * 1024 * 1024
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    if settings is None:
+        settings = config.load_or_exit()
+    logs.configure(settings.log_level)
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
+        TESTING=settings.testing,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=not settings.testing and settings.public_url.startswith("https:"),
+    )
+    app.extensions["forgedrain"] = Services(settings)
+
+    @app.before_request
+    def _request_id() -> None:
+        # Heroku's router sets X-Request-Id; keep it so logs join up with the router's.
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = incoming[:200] if incoming.isprintable() and incoming else str(uuid.uuid4())
+        logs.request_id.set(g.request_id)
+
+    @app.after_request
+    def _echo_request_id(response):
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response
+
+    for code, message in ((404, "not found"), (405, "method not allowed"),
+                          (413, "request body too large")):
+        app.register_error_handler(code, _json_error(code, message))
+
+    @app.errorhandler(500)
+    def _internal_error(exc):
+        return jsonify(error="internal_error", message="internal error; it has been logged",
+                       request_id=g.get("request_id")), 500
+
+    from web import health
+
+    app.register_blueprint(health.bp)
+    return app
+
+
+def _json_error(code: int, message: str):
+    def handler(exc):
+        return jsonify(error=message.replace(" ", "_"), message=message), code
+
+    return handler
+
+
+class Services:
+    """What a request needs, built once per process from :class:`Settings`."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.db = db.Database(settings.database_url)
+        self.redis = redisconn.connect(settings.redis_url)
+        self.vault = Vault(settings.fernet_keys)
+
+
+def services(app: Flask | None = None) -> Services:
+    from flask import current_app
+
+    return (app or current_app).extensions["forgedrain"]
