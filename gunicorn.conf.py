@@ -21,11 +21,31 @@ keepalive = 95
 # the database pool opens in post_fork below.
 preload_app = True
 forwarded_allow_ips = "*"
+# gunicorn 27's control socket is not used; leaving it on would make every
+# instance on a host share one path under $HOME.
+control_socket_disable = True
 accesslog = "-"
 access_log_format = (
     'at=info method=%(m)s path="%(U)s" status=%(s)s bytes=%(B)s '
     'duration_ms=%(M)s request_id=%({x-request-id}i)s'
 )
+
+# gunicorn's own messages in the same logfmt shape as the app's; access lines
+# above are already logfmt and are left as they are.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"logfmt": {"()": "broker.logs.LogfmtFormatter"}},
+    "handlers": {
+        "error": {"class": "logging.StreamHandler", "formatter": "logfmt", "stream": "ext://sys.stderr"},
+        "access": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout"},
+    },
+    "root": {"handlers": ["error"], "level": "INFO"},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["error"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+    },
+}
 
 
 def post_fork(server, worker):

@@ -34,7 +34,7 @@ import psycopg
 
 from broker import db
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("broker.migrate")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 FILE_PATTERN = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")

@@ -8,6 +8,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOCAL="$ROOT/.local"
 VENV="$ROOT/.venv"
 mkdir -p "$LOCAL"
+# runuser, apt-get and friends live in sbin, which a non-login PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 say() { printf '%s\n' "forgedrain: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -116,6 +118,7 @@ start_postgres() {
     mkdir -p "$dir"
     if [ "$(id -u)" -eq 0 ]; then
         id postgres >/dev/null 2>&1 || die "the postgres system user is missing (apt-get install postgresql creates it)"
+        command -v runuser >/dev/null 2>&1 || die "runuser (util-linux) is needed to run PostgreSQL as the postgres user"
         chown postgres: "$dir"
         runuser -u postgres -- test -w "$dir" ||
             die "the postgres user cannot write $dir (a parent folder is private); clone the repository somewhere readable, or set DATABASE_URL"
