@@ -104,3 +104,36 @@ def test_clock_and_worker_carry_a_tick_to_the_database(env, database_url):
         output = stop(process)
     assert beat is not None, output
     assert "clock started tick_seconds=1" in output
+
+
+def test_a_warm_shutdown_lets_the_running_job_finish(env, database_url, redis_url):
+    """SIGTERM (Heroku's shutdown) must not kill a job mid-way: HerokuWorker's horse ignores it."""
+    from broker import jobs, redisconn
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker"], cwd=ROOT, env=process_env(env),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        jobs.queue("control", redisconn.connect(redis_url)).enqueue(
+            "tests.support.jobs.slow", 3.0, job_timeout=60
+        )
+        with db.connect(database_url) as conn:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if conn.execute("SELECT 1 FROM heartbeats WHERE name = 'slow-job-started'").fetchone():
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the job never started")
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=40)
+            finished = conn.execute(
+                "SELECT 1 FROM heartbeats WHERE name = 'slow-job-finished'"
+            ).fetchone()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert finished is not None, output
+    assert process.returncode == 0

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: throwaway certificates, jobs for real workers."""
