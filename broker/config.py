@@ -44,6 +44,7 @@ class Settings:
     forge_api_url: str
     heroku_api_url: str
     heroku_id_url: str
+    heroku_client_secret: str | None = field(repr=False)
     allow_private_drains: bool
     clock_tick_seconds: int
     log_level: str
@@ -104,6 +105,7 @@ EXPECTED = {
     "FORGE_API_URL": "expected an http(s) base URL of Atlassian's API",
     "HEROKU_API_URL": "expected an http(s) base URL of Heroku's Platform API",
     "HEROKU_ID_URL": "expected an http(s) base URL of Heroku's identity service",
+    "HEROKU_CLIENT_SECRET": "expected the add-on's OAuth client secret from Heroku's Partner Portal",
     "ALLOW_PRIVATE_DRAINS": "expected true or false",
     "CLOCK_TICK_SECONDS": "expected a whole number of seconds between 1 and 3600",
     "LOG_LEVEL": "expected one of " + ", ".join(LOG_LEVELS),
@@ -178,6 +180,14 @@ def _salt(value: str) -> str:
     return value
 
 
+def _optional_secret(value: str) -> str | None:
+    if value == "":
+        return None
+    if len(value) < 16:
+        raise ValueError(f"only {len(value)} characters")
+    return value
+
+
 def _tick(value: str) -> int:
     number = int(value)
     if not 1 <= number <= 3600:
@@ -207,6 +217,7 @@ def load(env: Mapping[str, str] | None = None, *, testing: bool = False) -> Sett
         forge_api_url=r.parse("FORGE_API_URL", DEFAULT_FORGE_API_URL, _base_url),
         heroku_api_url=r.parse("HEROKU_API_URL", DEFAULT_HEROKU_API_URL, _base_url),
         heroku_id_url=r.parse("HEROKU_ID_URL", DEFAULT_HEROKU_ID_URL, _base_url),
+        heroku_client_secret=r.parse("HEROKU_CLIENT_SECRET", "", _optional_secret),
         allow_private_drains=r.parse("ALLOW_PRIVATE_DRAINS", "false", _bool),
         clock_tick_seconds=r.parse("CLOCK_TICK_SECONDS", "15", _tick),
         log_level=r.parse("LOG_LEVEL", "INFO", _log_level),

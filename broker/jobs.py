@@ -56,3 +56,9 @@ def enqueue_unique(
         )
     except DuplicateJobError:
         return None
+
+
+def enqueue_provision(connection: redis.Redis, resource_id: str) -> Job | None:
+    """Queue the completion of an asynchronous provision (at most one per resource at a time)."""
+    return enqueue_unique(connection, "control", "worker.partner.complete_provision", resource_id,
+                          job_id=f"provision-{resource_id}", ttl=600, job_timeout=60)

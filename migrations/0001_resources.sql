@@ -16,7 +16,6 @@ CREATE TABLE resources (
     log_drain_token  text UNIQUE,
     -- sha256 of FORGEDRAIN_TOKEN; the token itself is never stored.
     api_token_hash   bytea UNIQUE,
-    options          jsonb NOT NULL DEFAULT '{}'::jsonb,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     deprovisioned_at timestamptz

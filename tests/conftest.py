@@ -9,6 +9,7 @@ never see each other's rows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -69,9 +70,9 @@ def empty_database_url(server_url: str):
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-@pytest.fixture
-def database_url(server_url: str, template_database: str):
-    """A database with every migration applied, private to this test."""
+@contextlib.contextmanager
+def migrated_database(server_url: str, template_database: str):
+    """A fresh database cloned from the migrated template; dropped afterwards."""
     name = f"forgedrain_test_{uuid.uuid4().hex[:12]}"
     with _admin(server_url) as conn:
         conn.execute(
@@ -79,9 +80,18 @@ def database_url(server_url: str, template_database: str):
                 sql.Identifier(name), sql.Identifier(template_database)
             )
         )
-    yield with_database(server_url, name)
-    with _admin(server_url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    try:
+        yield with_database(server_url, name)
+    finally:
+        with _admin(server_url) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database_url(server_url: str, template_database: str):
+    """A database with every migration applied, private to this test."""
+    with migrated_database(server_url, template_database) as url:
+        yield url
 
 
 @pytest.fixture
@@ -104,9 +114,7 @@ def fernet_key() -> str:
     return Fernet.generate_key().decode()
 
 
-@pytest.fixture
-def env(database_url: str, redis_url: str, fernet_key: str) -> dict[str, str]:
-    """A complete, valid environment for the processes under test."""
+def base_env(database_url: str, redis_url: str, fernet_key: str) -> dict[str, str]:
     return {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
@@ -122,6 +130,12 @@ def env(database_url: str, redis_url: str, fernet_key: str) -> dict[str, str]:
         "ALLOW_PRIVATE_DRAINS": "true",
         "LOG_LEVEL": "INFO",
     }
+
+
+@pytest.fixture
+def env(database_url: str, redis_url: str, fernet_key: str) -> dict[str, str]:
+    """A complete, valid environment for the processes under test."""
+    return base_env(database_url, redis_url, fernet_key)
 
 
 @pytest.fixture

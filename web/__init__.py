@@ -7,6 +7,7 @@ pool opens after gunicorn forks (``gunicorn.conf.py``) or on first use.
 
 from __future__ import annotations
 
+import datetime
 import uuid
 
 from flask import Flask, g, jsonify, request
@@ -33,6 +34,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=not settings.testing and settings.public_url.startswith("https:"),
+        SESSION_COOKIE_NAME="forgedrain_session",
+        # A dashboard session lasts a working day; SSO starts a new one any time.
+        PERMANENT_SESSION_LIFETIME=8 * 3600,
     )
     app.extensions["forgedrain"] = Services(settings)
 
@@ -57,9 +61,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         return jsonify(error="internal_error", message="internal error; it has been logged",
                        request_id=g.get("request_id")), 500
 
-    from web import health
+    @app.template_filter("utc")
+    def _utc(moment):
+        return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
-    app.register_blueprint(health.bp)
+    from web import api, dashboard, health, heroku, sso
+
+    for blueprint in (health.bp, heroku.bp, sso.bp, dashboard.bp, api.bp):
+        app.register_blueprint(blueprint)
     return app
 
 

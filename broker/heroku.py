@@ -1,0 +1,108 @@
+"""Client for Heroku's identity service and Platform API (what a partner calls).
+
+Research: heroku-addon-and-logplex.md §2. Every call has a (connect, read)
+timeout; every failure becomes a :class:`HerokuError` that says whether a
+later attempt could succeed. Messages never carry tokens, codes or secrets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+
+from broker.config import Settings
+
+# Connect quickly or give up; Heroku answers these calls in well under a second.
+TIMEOUT = (3.05, 10)
+USER_AGENT = "forgedrain/1 (+add-on partner)"
+PLATFORM_ACCEPT = "application/vnd.heroku+json; version=3"
+
+
+class HerokuError(Exception):
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    access_token: str
+    refresh_token: str | None
+    expires_in: int
+
+
+def _classify(response: requests.Response, what: str) -> None:
+    if response.status_code < 400:
+        return
+    retryable = response.status_code == 429 or response.status_code >= 500
+    raise HerokuError(f"{what}: HTTP {response.status_code}", retryable=retryable,
+                      status=response.status_code)
+
+
+def _send(session: requests.Session, method: str, url: str, what: str, **kwargs) -> requests.Response:
+    try:
+        response = session.request(method, url, timeout=TIMEOUT, **kwargs)
+    except requests.RequestException as exc:
+        raise HerokuError(f"{what}: {type(exc).__name__}", retryable=True) from None
+    _classify(response, what)
+    return response
+
+
+def _token_set(response: requests.Response, what: str) -> TokenSet:
+    try:
+        body = response.json()
+        access = body["access_token"]
+        expires_in = int(body.get("expires_in", 28800))
+        refresh = body.get("refresh_token")
+        if not isinstance(access, str) or not access or (refresh is not None and not isinstance(refresh, str)):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise HerokuError(f"{what}: malformed token response", retryable=True) from None
+    return TokenSet(access, refresh, max(expires_in, 0))
+
+
+def exchange_grant(session: requests.Session, settings: Settings, code: str) -> TokenSet:
+    """Trade a provisioning ``oauth_grant`` code for tokens (it expires in minutes)."""
+    what = "grant exchange"
+    response = _send(
+        session, "POST", f"{settings.heroku_id_url}/oauth/token", what,
+        data={"grant_type": "authorization_code", "code": code,
+              "client_secret": settings.heroku_client_secret},
+        headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+    )
+    return _token_set(response, what)
+
+
+def refresh(session: requests.Session, settings: Settings, refresh_token: str) -> TokenSet:
+    what = "token refresh"
+    response = _send(
+        session, "POST", f"{settings.heroku_id_url}/oauth/token", what,
+        data={"grant_type": "refresh_token", "refresh_token": refresh_token,
+              "client_secret": settings.heroku_client_secret},
+        headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+    )
+    return _token_set(response, what)
+
+
+def _platform_headers(access_token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {access_token}", "Accept": PLATFORM_ACCEPT,
+            "User-Agent": USER_AGENT}
+
+
+def update_config(session: requests.Session, settings: Settings, addon_id: str,
+                  access_token: str, config: dict[str, str]) -> None:
+    _send(
+        session, "PATCH", f"{settings.heroku_api_url}/addons/{addon_id}/config", "config update",
+        json={"config": [{"name": k, "value": v} for k, v in config.items()]},
+        headers=_platform_headers(access_token),
+    )
+
+
+def mark_provisioned(session: requests.Session, settings: Settings, addon_id: str,
+                     access_token: str) -> None:
+    _send(
+        session, "POST", f"{settings.heroku_api_url}/addons/{addon_id}/actions/provision",
+        "provision action", headers=_platform_headers(access_token),
+    )

@@ -1,0 +1,180 @@
+"""The resources store: one function per query (SPEC §1)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import psycopg
+
+COLUMNS = """
+id, partner_id, name, plan, region, callback_url, state, log_drain_token,
+api_token_generation, created_at, updated_at, provisioned_at, deprovisioned_at,
+provision_attempts, provision_next_at, provision_error,
+oauth_grant_code_enc, oauth_grant_expires_at, oauth_access_token_enc,
+oauth_refresh_token_enc, oauth_expires_at
+"""
+
+
+def insert(conn: psycopg.Connection, *, resource_id: uuid.UUID, partner_id: str, name: str | None,
+           plan: str, region: str | None, callback_url: str | None, state: str,
+           log_drain_token: str | None, api_token_digest: bytes,
+           grant_code_enc: str | None = None, grant_expires_at: datetime | None = None) -> bool:
+    """Insert a resource unless its id exists; True when this call created it.
+
+    ``ON CONFLICT DO NOTHING`` makes two identical requests racing each other
+    safe: the second waits for the first to commit, then inserts nothing.
+    """
+    cur = conn.execute(
+        """
+        INSERT INTO resources (id, partner_id, name, plan, region, callback_url, state,
+                               log_drain_token, api_token_hash, oauth_grant_code_enc,
+                               oauth_grant_expires_at, provision_next_at, provisioned_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                CASE WHEN %s = 'provisioning' THEN now() END,
+                CASE WHEN %s = 'provisioned' THEN now() END)
+        ON CONFLICT (id) DO NOTHING
+        """,
+        (resource_id, partner_id, name, plan, region, callback_url, state, log_drain_token,
+         api_token_digest, grant_code_enc, grant_expires_at, state, state),
+    )
+    return cur.rowcount == 1
+
+
+def get(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> dict | None:
+    return conn.execute(f"SELECT {COLUMNS} FROM resources WHERE id = %s", (resource_id,)).fetchone()
+
+
+def get_for_update(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> dict | None:
+    return conn.execute(
+        f"SELECT {COLUMNS} FROM resources WHERE id = %s FOR UPDATE", (resource_id,)
+    ).fetchone()
+
+
+def by_api_token_digest(conn: psycopg.Connection, digest: bytes) -> dict | None:
+    return conn.execute(
+        f"SELECT {COLUMNS} FROM resources WHERE api_token_hash = %s AND state <> 'deprovisioned'",
+        (digest,),
+    ).fetchone()
+
+
+def insert_heroku_drain(conn: psycopg.Connection, resource_id: uuid.UUID, url_enc: str,
+                        token: str) -> None:
+    conn.execute(
+        "INSERT INTO drains (resource_id, kind, url_enc, token) VALUES (%s, 'heroku', %s, %s)",
+        (resource_id, url_enc, token),
+    )
+
+
+def drains(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> list[dict]:
+    return conn.execute(
+        "SELECT id, kind, token, enabled, created_at FROM drains WHERE resource_id = %s "
+        "ORDER BY created_at, id",
+        (resource_id,),
+    ).fetchall()
+
+
+def usage(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> tuple[int, int]:
+    """(sources, drains counted against the plan) for a resource.
+
+    The built-in `heroku` drain is not counted. Sources are counted once the
+    sources table exists (the Forge sources migration adds it to this query).
+    """
+    row = conn.execute(
+        "SELECT count(*) AS n FROM drains WHERE resource_id = %s AND kind <> 'heroku'",
+        (resource_id,),
+    ).fetchone()
+    return 0, row["n"]
+
+
+def set_plan(conn: psycopg.Connection, resource_id: uuid.UUID | str, plan: str) -> None:
+    conn.execute("UPDATE resources SET plan = %s, updated_at = now() WHERE id = %s",
+                 (plan, resource_id))
+
+
+def deprovision(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> None:
+    """Mark deprovisioned and erase every secret; rows stay for the audit trail."""
+    conn.execute(
+        """
+        UPDATE resources SET state = 'deprovisioned', deprovisioned_at = now(), updated_at = now(),
+            log_drain_token = NULL, api_token_hash = NULL,
+            oauth_grant_code_enc = NULL, oauth_grant_expires_at = NULL,
+            oauth_access_token_enc = NULL, oauth_refresh_token_enc = NULL, oauth_expires_at = NULL,
+            provision_next_at = NULL
+        WHERE id = %s
+        """,
+        (resource_id,),
+    )
+    conn.execute(
+        "UPDATE drains SET enabled = false, url_enc = NULL, updated_at = now() WHERE resource_id = %s",
+        (resource_id,),
+    )
+
+
+def purge_deprovisioned(conn: psycopg.Connection, older_than_days: int) -> int:
+    """Delete resources deprovisioned long ago (their audit entries go with them)."""
+    return conn.execute(
+        "DELETE FROM resources WHERE state = 'deprovisioned' "
+        "AND deprovisioned_at < now() - make_interval(days => %s)",
+        (older_than_days,),
+    ).rowcount
+
+
+# --- asynchronous provisioning -------------------------------------------------
+
+def due_provisions(conn: psycopg.Connection, limit: int) -> list[uuid.UUID]:
+    rows = conn.execute(
+        "SELECT id FROM resources WHERE state = 'provisioning' AND provision_next_at <= now() "
+        "ORDER BY provision_next_at LIMIT %s",
+        (limit,),
+    ).fetchall()
+    return [r["id"] for r in rows]
+
+
+def store_oauth_tokens(conn: psycopg.Connection, resource_id: uuid.UUID | str, access_enc: str,
+                       refresh_enc: str | None, expires_in: int) -> None:
+    conn.execute(
+        """
+        UPDATE resources SET oauth_access_token_enc = %s,
+            oauth_refresh_token_enc = COALESCE(%s, oauth_refresh_token_enc),
+            oauth_expires_at = now() + make_interval(secs => %s),
+            oauth_grant_code_enc = NULL, updated_at = now()
+        WHERE id = %s AND state <> 'deprovisioned'
+        """,
+        (access_enc, refresh_enc, expires_in, resource_id),
+    )
+
+
+def provision_retry_later(conn: psycopg.Connection, resource_id: uuid.UUID | str, delay_seconds: float,
+                          error: str) -> None:
+    conn.execute(
+        """
+        UPDATE resources SET provision_attempts = provision_attempts + 1,
+            provision_next_at = now() + make_interval(secs => %s),
+            provision_error = %s, updated_at = now()
+        WHERE id = %s AND state = 'provisioning'
+        """,
+        (delay_seconds, error, resource_id),
+    )
+
+
+def provision_done(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> bool:
+    return conn.execute(
+        """
+        UPDATE resources SET state = 'provisioned', provisioned_at = now(), provision_next_at = NULL,
+            provision_error = NULL, updated_at = now()
+        WHERE id = %s AND state = 'provisioning'
+        """,
+        (resource_id,),
+    ).rowcount == 1
+
+
+def provision_failed(conn: psycopg.Connection, resource_id: uuid.UUID | str, error: str) -> bool:
+    return conn.execute(
+        """
+        UPDATE resources SET state = 'failed', provision_next_at = NULL, provision_error = %s,
+            oauth_grant_code_enc = NULL, updated_at = now()
+        WHERE id = %s AND state = 'provisioning'
+        """,
+        (error, resource_id),
+    ).rowcount == 1

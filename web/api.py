@@ -1,0 +1,87 @@
+"""The resource API under ``/v1`` (SPEC §2): bearer ``FORGEDRAIN_TOKEN``, one resource.
+
+The token is looked up by its SHA-256 digest, so the database never holds a
+usable token. A token opens only its own resource: any other id answers 404,
+exactly as a missing one does, so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint, g, request
+
+from broker import plans, resources, tokens
+from web import openapi, services
+from web.errors import error, json_response
+
+bp = Blueprint("api", __name__, url_prefix="/v1")
+
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="forgedrain"'}
+
+
+@bp.errorhandler(405)
+def _method(exc):
+    return error(405, "method_not_allowed", f"method {request.method} is not allowed here")
+
+
+@bp.errorhandler(413)
+def _too_large(exc):
+    return error(413, "too_large", "request body is larger than 1 MiB")
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    return json_response(openapi.document(services().settings.public_url))
+
+
+def authenticated(resource_id: str):
+    """The caller's resource if the bearer token opens ``resource_id``; else an error response."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 200:
+        return None, error(401, "unauthorized", "a bearer token (FORGEDRAIN_TOKEN) is required",
+                           headers=CHALLENGE)
+    with services().db.connection() as conn:
+        row = resources.by_api_token_digest(conn, tokens.digest(token))
+    if row is None:
+        return None, error(401, "unauthorized", "the bearer token is not valid", headers=CHALLENGE)
+    if str(row["id"]) != resource_id:
+        return None, error(404, "not_found", "no such resource")
+    return row, None
+
+
+def resource_view(row: dict, drains: list[dict]) -> dict:
+    plan = plans.get(row["plan"])
+    return {
+        "id": str(row["id"]),
+        "name": row["name"],
+        "plan": row["plan"],
+        "limits": plan.limits() if plan else None,
+        "state": row["state"],
+        "region": row["region"],
+        "provision_error": row["provision_error"],
+        "log_drain_token": tokens.mask(row["log_drain_token"]),
+        "drains": [
+            {"id": str(d["id"]), "kind": d["kind"], "token": d["token"], "enabled": d["enabled"]}
+            for d in drains
+        ],
+        "created_at": row["created_at"].isoformat(),
+        "provisioned_at": row["provisioned_at"].isoformat() if row["provisioned_at"] else None,
+    }
+
+
+@bp.get("/resources/<resource_id>")
+def get_resource(resource_id: str):
+    try:
+        resource_id = str(uuid.UUID(resource_id))
+    except ValueError:
+        pass  # authentication answers first; an unparseable id then fails as 404
+    row, failure = authenticated(resource_id)
+    if failure is not None:
+        return failure
+    with services().db.connection() as conn:
+        drains = resources.drains(conn, row["id"])
+    g.resource_id = row["id"]
+    return json_response(resource_view(row, drains))

@@ -1,0 +1,16 @@
+"""Jobs for the partner side: completing asynchronous provisioning."""
+
+from __future__ import annotations
+
+import requests
+
+from broker import provisioning
+from broker.vault import Vault
+from worker import context
+
+
+def complete_provision(resource_id: str) -> str:
+    settings = context.settings()
+    with requests.Session() as session:
+        return provisioning.complete(context.connection, settings, Vault(settings.fernet_keys),
+                                     session, resource_id)
