@@ -52,6 +52,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
+    @app.teardown_request
+    def _forget_request_id(exc):
+        logs.request_id.set(None)
+
     for code, message in ((404, "not found"), (405, "method not allowed"),
                           (413, "request body too large")):
         app.register_error_handler(code, _json_error(code, message))

@@ -1,0 +1,101 @@
+"""The resource API under /v1: bearer FORGEDRAIN_TOKEN scoped to one resource."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import jsonschema
+import pytest
+
+from tests.support.partner import heroku_headers, provision_body
+from web import openapi
+
+
+def provisioned(client, **overrides) -> tuple[dict, str]:
+    body = provision_body(**overrides)
+    response = client.post("/heroku/resources", data=json.dumps(body), headers=heroku_headers())
+    assert response.status_code == 200
+    return body, response.get_json(force=True)["config"]["FORGEDRAIN_TOKEN"]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def schema(name: str) -> dict:
+    document = openapi.document("http://x")
+    return {**document["components"]["schemas"][name], "$defs": {}}
+
+
+def test_it_returns_plan_limits_and_state(client):
+    body, token = provisioned(client, plan="test", name="acme-drain")
+    response = client.get(f"/v1/resources/{body['uuid']}", headers=bearer(token))
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    data = response.json
+    assert data["id"] == body["uuid"]
+    assert data["name"] == "acme-drain"
+    assert data["plan"] == "test"
+    assert data["limits"] == {"max_sources": 1, "max_drains": 2, "poll_interval_seconds": 300,
+                              "backlog_hours": 24}
+    assert data["state"] == "provisioned"
+    assert [d["kind"] for d in data["drains"]] == ["heroku"]
+    assert data["log_drain_token"] != body["log_drain_token"]  # masked
+    jsonschema.validate(data, schema("Resource"))
+
+
+def test_the_token_reflects_plan_changes(client):
+    body, token = provisioned(client, plan="test")
+    client.put(f"/heroku/resources/{body['uuid']}", data=json.dumps({"plan": "pro"}),
+               headers=heroku_headers())
+    assert client.get(f"/v1/resources/{body['uuid']}", headers=bearer(token)).json["plan"] == "pro"
+
+
+def test_another_resources_id_is_404(client):
+    mine, token = provisioned(client)
+    other, _ = provisioned(client)
+    response = client.get(f"/v1/resources/{other['uuid']}", headers=bearer(token))
+    assert response.status_code == 404
+    assert response.json["error"] == "not_found"
+    assert other["uuid"] not in response.get_data(as_text=True)
+    assert client.get(f"/v1/resources/{uuid.uuid4()}", headers=bearer(token)).status_code == 404
+    assert client.get("/v1/resources/not-a-uuid", headers=bearer(token)).status_code == 404
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"Authorization": "Bearer "},
+    {"Authorization": "Bearer fdr_wrong"},
+    {"Authorization": "Basic Zm9yZ2VkcmFpbjp4"},
+    {"Authorization": "Bearer " + "x" * 500},
+])
+def test_missing_or_wrong_tokens_get_401(client, headers):
+    body, _ = provisioned(client)
+    response = client.get(f"/v1/resources/{body['uuid']}", headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert set(response.json) == {"error", "message"}
+    jsonschema.validate(response.json, schema("Error"))
+
+
+def test_the_openapi_document_describes_every_v1_route(app, client):
+    response = client.get("/v1/openapi.json")
+    assert response.status_code == 200
+    document = response.json
+    assert document["openapi"].startswith("3.1")
+    documented = set(document["paths"])
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/v1"):
+            path = rule.rule.replace("<resource_id>", "{id}")
+            assert path in documented, f"{rule.rule} is not in the OpenAPI document"
+            methods = rule.methods - {"HEAD", "OPTIONS"}
+            assert methods <= {m.upper() for m in document["paths"][path]}
+
+
+def test_unknown_v1_paths_and_methods_are_json_errors(client):
+    body, token = provisioned(client)
+    assert client.get("/v1/nothing", headers=bearer(token)).status_code == 404
+    response = client.post(f"/v1/resources/{body['uuid']}", headers=bearer(token))
+    assert response.status_code == 405
+    assert response.json["error"]
