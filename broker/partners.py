@@ -10,6 +10,7 @@ about which password, or how much of one, matched.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -17,6 +18,10 @@ import psycopg
 
 from broker import tokens
 from broker.config import Settings
+
+
+# The partners table's CHECK: lowercase letters, digits and dashes.
+PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 
 @dataclass(frozen=True)
@@ -47,11 +52,13 @@ def authenticate(conn_factory, settings: Settings, partner_id: str, password: st
     if hmac.compare_digest(partner_id.encode("utf-8", "surrogatepass"), settings.addon_id.encode()):
         configured = [tokens.digest(p) for p in settings.addon_passwords]
         return Partner(settings.addon_id, is_heroku=True) if _matches(given, configured) else None
-    with conn_factory() as conn:
-        rows = conn.execute(
-            "SELECT digest FROM partner_passwords WHERE partner_id = %s", (partner_id,)
-        ).fetchall()
-    stored = [bytes(r["digest"]) for r in rows]
+    stored: list[bytes] = []
+    if PARTNER_ID.match(partner_id):
+        with conn_factory() as conn:
+            rows = conn.execute(
+                "SELECT digest FROM partner_passwords WHERE partner_id = %s", (partner_id,)
+            ).fetchall()
+        stored = [bytes(r["digest"]) for r in rows]
     if not stored:
         # Compare anyway so an unknown id costs what a known one does.
         _matches(given, [tokens.digest("")])
