@@ -127,3 +127,29 @@ def _fail(connect, resource_id: uuid.UUID | str, reason: str) -> str:
             audit.record(conn, resource_id, "broker", "provision.failed", {"reason": reason})
     log.warning("provision resource=%s failed reason=%s", resource_id, reason)
     return "failed"
+
+
+def push_config(connect, settings: Settings, vault: Vault, session: requests.Session,
+                resource_id: uuid.UUID | str) -> str:
+    """Send the resource's current config to Heroku (after a token rotation).
+
+    Only resources Heroku provisioned with an OAuth grant have a token to do
+    this with; integrators receive the new token in the rotation's answer.
+    A retryable failure raises :class:`HerokuError` so the job is retried.
+    """
+    with connect() as conn:
+        row = resources.get(conn, resource_id)
+        if row is None or row["state"] != "provisioned" or row["oauth_access_token_enc"] is None:
+            return "nothing-to-do"
+        timing = conn.execute(TIMING, (DEADLINE_HOURS, REFRESH_MARGIN_SECONDS, resource_id)).fetchone()
+    try:
+        access = _access_token(connect, settings, vault, session, row, timing)
+        heroku.update_config(session, settings, str(resource_id), access,
+                             resource_config(settings, resource_id, row["api_token_generation"]))
+    except HerokuError as exc:
+        if exc.retryable:
+            raise
+        log.warning("config push resource=%s refused reason=%s", resource_id, exc)
+        return "refused"
+    log.info("config push resource=%s generation=%d", resource_id, row["api_token_generation"])
+    return "pushed"

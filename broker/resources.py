@@ -52,10 +52,31 @@ def get_for_update(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> di
 
 
 def by_api_token_digest(conn: psycopg.Connection, digest: bytes) -> dict | None:
+    """The live resource this bearer token opens: the current token, or the previous one in its grace period."""
     return conn.execute(
-        f"SELECT {COLUMNS} FROM resources WHERE api_token_hash = %s AND state <> 'deprovisioned'",
-        (digest,),
+        f"""
+        SELECT {COLUMNS} FROM resources
+        WHERE state <> 'deprovisioned' AND (
+            api_token_hash = %s
+            OR (api_token_previous_hash = %s AND api_token_previous_until > now()))
+        """,
+        (digest, digest),
     ).fetchone()
+
+
+def rotate_api_token(conn: psycopg.Connection, resource_id: uuid.UUID | str, new_digest: bytes,
+                     grace_seconds: int) -> None:
+    """Make ``new_digest`` current; the old token stays valid for ``grace_seconds``."""
+    conn.execute(
+        """
+        UPDATE resources SET api_token_generation = api_token_generation + 1,
+            api_token_previous_hash = api_token_hash,
+            api_token_previous_until = now() + make_interval(secs => %s),
+            api_token_hash = %s, updated_at = now()
+        WHERE id = %s
+        """,
+        (grace_seconds, new_digest, resource_id),
+    )
 
 
 def insert_heroku_drain(conn: psycopg.Connection, resource_id: uuid.UUID, url_enc: str,
@@ -98,6 +119,7 @@ def deprovision(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> None:
         """
         UPDATE resources SET state = 'deprovisioned', deprovisioned_at = now(), updated_at = now(),
             log_drain_token = NULL, api_token_hash = NULL,
+            api_token_previous_hash = NULL, api_token_previous_until = NULL,
             oauth_grant_code_enc = NULL, oauth_grant_expires_at = NULL,
             oauth_access_token_enc = NULL, oauth_refresh_token_enc = NULL, oauth_expires_at = NULL,
             provision_next_at = NULL

@@ -26,6 +26,10 @@ CREATE INDEX partner_passwords_partner_idx ON partner_passwords (partner_id);
 ALTER TABLE resources
     -- Bumped by a token rotation; FORGEDRAIN_TOKEN is derived from it.
     ADD COLUMN api_token_generation   integer NOT NULL DEFAULT 1,
+    -- After a rotation the previous token keeps working for a grace period,
+    -- while Heroku restarts the app with the new config (credential rolls).
+    ADD COLUMN api_token_previous_hash  bytea,
+    ADD COLUMN api_token_previous_until timestamptz,
     -- Fernet tokens (broker.vault); erased at deprovision.
     ADD COLUMN oauth_grant_code_enc    text,
     ADD COLUMN oauth_grant_expires_at  timestamptz,
@@ -37,6 +41,9 @@ ALTER TABLE resources
     ADD COLUMN provision_next_at       timestamptz,
     ADD COLUMN provision_error         text,
     ADD COLUMN provisioned_at          timestamptz;
+
+CREATE INDEX resources_previous_token_idx ON resources (api_token_previous_hash)
+    WHERE api_token_previous_hash IS NOT NULL;
 
 CREATE INDEX resources_provisioning_idx ON resources (provision_next_at)
     WHERE state = 'provisioning';

@@ -209,3 +209,15 @@ def test_backoff_grows_and_is_capped():
     assert delays[3] > delays[0]
     assert all(d <= provisioning.BACKOFF_MAX_SECONDS for d in delays)
     assert delays[-1] >= provisioning.BACKOFF_MAX_SECONDS / 2
+
+
+def test_a_token_rotation_pushes_the_new_config_to_heroku(async_client, async_settings, heroku, conn, redis_url):
+    body, response = start(async_client, heroku)
+    run_worker(redis_url)
+    old = response.get_json(force=True)["config"]["FORGEDRAIN_TOKEN"]
+    rotated = async_client.post(f"/v1/resources/{body['uuid']}/token",
+                                headers={"Authorization": f"Bearer {old}"})
+    assert rotated.status_code == 200
+    run_worker(redis_url)
+    assert heroku.state.config[body["uuid"]]["FORGEDRAIN_TOKEN"] == rotated.json["token"]
+    assert heroku.state.requests.count(("PATCH", f"/addons/{body['uuid']}/config")) == 2

@@ -99,3 +99,22 @@ def test_unknown_v1_paths_and_methods_are_json_errors(client):
     response = client.post(f"/v1/resources/{body['uuid']}", headers=bearer(token))
     assert response.status_code == 405
     assert response.json["error"]
+
+
+def test_rotating_the_token_keeps_the_old_one_for_a_grace_period(client, conn):
+    body, old = provisioned(client)
+    response = client.post(f"/v1/resources/{body['uuid']}/token", headers=bearer(old))
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    new = response.json["token"]
+    assert new != old
+    assert client.get(f"/v1/resources/{body['uuid']}", headers=bearer(new)).status_code == 200
+    assert client.get(f"/v1/resources/{body['uuid']}", headers=bearer(old)).status_code == 200
+    conn.execute("UPDATE resources SET api_token_previous_until = now() - interval '1 second'")
+    assert client.get(f"/v1/resources/{body['uuid']}", headers=bearer(old)).status_code == 401
+    assert client.get(f"/v1/resources/{body['uuid']}", headers=bearer(new)).status_code == 200
+    entry = conn.execute("SELECT actor, action, detail FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
+    assert entry == {"actor": "api-token", "action": "resource.token_rotated", "detail": {"generation": 2}}
+    # a replayed provision now hands out the current token, not the first one
+    replay = client.post("/heroku/resources", data=json.dumps(body), headers=heroku_headers())
+    assert replay.get_json(force=True)["config"]["FORGEDRAIN_TOKEN"] == new

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import uuid
 
+import logging
+
+import redis
 from flask import Blueprint, g, request
 
-from broker import plans, resources, tokens
+from broker import audit, jobs, plans, resources, tokens
 from web import openapi, services
 from web.errors import error, json_response
 
+log = logging.getLogger(__name__)
+
 bp = Blueprint("api", __name__, url_prefix="/v1")
+
+# How long a rotated-out FORGEDRAIN_TOKEN keeps working: Heroku restarts every
+# attached app after a config change, and Private Spaces restart slowly
+# (Dev Center "implementing-cred-rolls-as-an-add-on-partner").
+TOKEN_GRACE_SECONDS = 2 * 3600
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="forgedrain"'}
 
@@ -85,3 +95,29 @@ def get_resource(resource_id: str):
         drains = resources.drains(conn, row["id"])
     g.resource_id = row["id"]
     return json_response(resource_view(row, drains))
+
+
+@bp.post("/resources/<resource_id>/token")
+def rotate_token(resource_id: str):
+    """Issue a new FORGEDRAIN_TOKEN; the old one keeps working for a grace period."""
+    row, failure = authenticated(resource_id)
+    if failure is not None:
+        return failure
+    svc = services()
+    with svc.db.connection() as conn, conn.transaction():
+        locked = resources.get_for_update(conn, row["id"])
+        generation = locked["api_token_generation"] + 1
+        token = tokens.api_token(svc.settings.secret_key, row["id"], generation)
+        resources.rotate_api_token(conn, row["id"], tokens.digest(token), TOKEN_GRACE_SECONDS)
+        audit.record(conn, row["id"], "api-token", "resource.token_rotated", {"generation": generation})
+        until = conn.execute("SELECT api_token_previous_until FROM resources WHERE id = %s",
+                             (row["id"],)).fetchone()["api_token_previous_until"]
+    if locked["oauth_access_token_enc"] is not None:
+        try:
+            jobs.enqueue_config_push(svc.redis, str(row["id"]))
+        except redis.RedisError:
+            log.warning("config push resource=%s not enqueued: redis unavailable", row["id"])
+    log.info("token rotated resource=%s generation=%d", row["id"], generation)
+    response = json_response({"token": token, "previous_token_valid_until": until.isoformat()})
+    response.headers["Cache-Control"] = "no-store"
+    return response

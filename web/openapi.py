@@ -95,6 +95,28 @@ def document(public_url: str) -> dict:
                     },
                 }
             },
+            "/v1/resources/{id}/token": {
+                "post": {
+                    "operationId": "rotateToken",
+                    "summary": "Issue a new FORGEDRAIN_TOKEN (shown once). The previous token keeps "
+                               "working for two hours; Heroku apps get the new one in their config.",
+                    "parameters": [{"name": "id", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "The new token.",
+                                "content": {"application/json": {"schema": {
+                                    "type": "object",
+                                    "required": ["token", "previous_token_valid_until"],
+                                    "properties": {
+                                        "token": {"type": "string"},
+                                        "previous_token_valid_until": {"type": "string",
+                                                                       "format": "date-time"},
+                                    }}}}},
+                        "401": _error_response("Missing or invalid bearer token."),
+                        "404": _error_response("No such resource for this token."),
+                    },
+                }
+            },
             "/v1/openapi.json": {
                 "get": {
                     "operationId": "getOpenAPI",

@@ -14,3 +14,10 @@ def complete_provision(resource_id: str) -> str:
     with requests.Session() as session:
         return provisioning.complete(context.connection, settings, Vault(settings.fernet_keys),
                                      session, resource_id)
+
+
+def push_config(resource_id: str) -> str:
+    settings = context.settings()
+    with requests.Session() as session:
+        return provisioning.push_config(context.connection, settings, Vault(settings.fernet_keys),
+                                        session, resource_id)
