@@ -29,53 +29,13 @@ from pathlib import Path
 from typing import Iterator
 
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.support.tls import self_signed
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BIN = Path(sys.executable).parent
 START_TIMEOUT_SECONDS = 30
 STOP_TIMEOUT_SECONDS = 30
-
-
-def certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 that a client can also use as its trust anchor.
-
-    (tests.support.tls makes a leaf without the CA flag, which OpenSSL refuses as
-    a trust anchor; this one says CA:TRUE so ``verify=<cert>`` works.)
-    """
-    import datetime
-    import ipaddress
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "web-cert.pem", directory / "web-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def free_port() -> int:
@@ -133,7 +93,7 @@ def live_web(env: dict[str, str], directory: Path, *, tls: bool = True,
     command = [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py"]
     verify: str | bool = True
     if tls:
-        cert, key = certificate(directory)
+        cert, key = self_signed(directory)
         command += ["--certfile", str(cert), "--keyfile", str(key)]
         verify = str(cert)
     command.append("web:create_app()")

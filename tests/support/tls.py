@@ -13,7 +13,11 @@ from cryptography.x509.oid import NameOID
 
 
 def self_signed(directory: Path, common_name: str = "localhost") -> tuple[Path, Path]:
-    """Write a self-signed certificate for 127.0.0.1/localhost; return (cert, key) paths."""
+    """Write a self-signed certificate for 127.0.0.1/localhost; return (cert, key) paths.
+
+    It says CA:TRUE so a client can use the certificate itself as its trust
+    anchor (``verify=<cert path>``); OpenSSL refuses a plain leaf for that.
+    """
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -25,6 +29,7 @@ def self_signed(directory: Path, common_name: str = "localhost") -> tuple[Path, 
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
