@@ -15,21 +15,29 @@ command, ``gunicorn --config gunicorn.conf.py 'web:create_app()'``):
   at-least-once redelivery, the idempotent path.
 
 Each scenario sends the same number of requests from the same number of
-concurrent clients (one thread and one keep-alive ``requests.Session`` each),
-timed per request with ``time.perf_counter``. It prints requests, errors,
-throughput and p50/p90/p99/max per scenario, the ratio of provision p99 to the
-healthz p99 measured in the same run, and whether the absolute target is met.
-Timings never fail the run; any non-2xx answer or transport error does (exit 1).
+concurrent clients (one thread and one keep-alive ``requests.Session`` each,
+bodies serialized beforehand), timed per request with ``time.perf_counter``;
+the scenarios take turns in rounds so a load that comes and goes on the
+machine weighs on all of them. It prints, per scenario: requests, errors,
+throughput and client-side p50/p90/p99/max; gunicorn's own duration_ms from
+its access log (the rest of the client's figure is queueing and the client);
+the CPU used by the client, gunicorn, PostgreSQL (when local) and everything
+else; the ratio of provision p99 to the healthz p99 of the same run; and
+whether the absolute target is met. Timings never fail the run; a non-2xx
+answer, a transport error or a replay that stored a row does (exit 1).
 
-Run it with ``./scripts/bench partner_api`` (flags: ``--requests 2000``,
-``--concurrency 20``, ``--warmup 400``, ``--workers`` / ``--threads``, which
-default to WEB_CONCURRENCY / WEB_THREADS or gunicorn.conf.py's 2 and 5).
+Run it with ``./scripts/bench partner_api``. Flags: ``--requests 2000``
+(per scenario), ``--concurrency 20``, ``--rounds 4``, ``--warmup 400``,
+``--no-keepalive`` (a new connection per request), ``--workers`` /
+``--threads`` (default WEB_CONCURRENCY / WEB_THREADS, else gunicorn.conf.py's
+2 and 5).
 
 It needs DATABASE_URL (a PostgreSQL server where it may create and drop a
-``forgedrain_bench_*`` database) and REDIS_URL; ``./scripts/bench`` provides
-both, starting private instances (fsync on) when they are unset. The client,
-gunicorn and PostgreSQL share the machine's cores, so the figures include
-their contention: compare ratios across machines, not absolute milliseconds.
+``forgedrain_bench_*`` database; migrations are applied into it) and
+REDIS_URL; ``./scripts/bench`` provides both, starting private instances
+(fsync on) when they are unset. The client, gunicorn and PostgreSQL share the
+machine's cores (2 on the development machine), so the figures include their
+contention: compare ratios across machines, not absolute milliseconds.
 """
 
 from __future__ import annotations
@@ -97,13 +105,14 @@ def drop_database(server_url: str, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def server_facts(database_url: str) -> dict[str, str]:
+def server_facts(database_url: str) -> dict:
     with db.connect(database_url, "forgedrain-bench") as conn:
         facts = {
             key: conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(key))).fetchone()[key]
             for key in ("server_version", "fsync", "synchronous_commit")
         }
-        facts["backend_pid"] = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
+        backend = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
+        facts["postmaster"] = postmaster_pid(database_url, backend)  # while the backend lives
     return facts
 
 
@@ -244,6 +253,40 @@ def machine_ticks() -> tuple[int, int, int]:
     return total - idle - iowait, iowait, total
 
 
+def connections_per_worker(master: int, port: int) -> list[int]:
+    """Established connections to ``port`` held by each gunicorn worker, most first.
+
+    A keep-alive connection stays with the worker that accepted it, and gthread
+    workers do not balance them: this shows how the clients' connections fell.
+    """
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(fields[9])
+        except OSError:
+            pass
+    counts = []
+    for worker in _children(master):
+        held = 0
+        try:
+            for fd in os.listdir(f"/proc/{worker}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{worker}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    held += 1
+        except OSError:
+            pass
+        counts.append(held)
+    return sorted(counts, reverse=True)
+
+
 # --- the load generator ----------------------------------------------------------
 
 
@@ -272,12 +315,27 @@ class Result:
     def requests(self) -> int:
         return len(self.latencies) + self.errors
 
+    def add(self, other: "Result") -> None:
+        """Fold another round of the same scenario into this one."""
+        self.latencies += other.latencies
+        self.errors += other.errors
+        self.examples += other.examples[: 5 - len(self.examples)]
+        # Averages over the rounds' wall time: weight by it.
+        for attr in ("machine_busy", "machine_iowait"):
+            total = getattr(self, attr) * self.wall + getattr(other, attr) * other.wall
+            setattr(self, attr, total / ((self.wall + other.wall) or 1.0))
+        self.wall += other.wall
+        self.client_cpu += other.client_cpu
+        self.server_cpu += other.server_cpu
+        if other.postgres_cpu is not None:
+            self.postgres_cpu = (self.postgres_cpu or 0.0) + other.postgres_cpu
+
 
 class Clients:
-    """``concurrency`` client threads, each with its own keep-alive session."""
+    """``concurrency`` client threads, each with its own session (one connection each)."""
 
     def __init__(self, base: str, concurrency: int, auth: tuple[str, str], gunicorn_pid: int,
-                 postmaster: int | None):
+                 postmaster: int | None, keepalive: bool = True):
         self.base = base
         self.gunicorn_pid = gunicorn_pid
         self.postmaster = postmaster
@@ -287,6 +345,8 @@ class Clients:
             adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=1)
             session.mount("http://", adapter)
             session.auth = auth
+            if not keepalive:
+                session.headers["Connection"] = "close"
             self.sessions.append(session)
         self.stop = threading.Event()
 
@@ -387,6 +447,11 @@ def server_durations(log_path: Path) -> dict[str, list[int]]:
     return found
 
 
+def split(total: int, parts: int) -> list[int]:
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
 # --- report ------------------------------------------------------------------------
 
 
@@ -432,6 +497,11 @@ def report(results: list[Result]) -> None:
               f"{(ordered[-1] * 1000 if ordered else float('nan')):>7.0f} | {client:>6.2f} "
               f"{server:>8.2f} {shown_pg:>8} {other:>6.2f} {result.machine_busy:>5.2f} "
               f"{result.machine_iowait:>6.2f}")
+    busiest = max(r.machine_busy - (r.client_cpu + r.server_cpu + (r.postgres_cpu or 0)) / (r.wall or 1)
+                  for r in results)
+    if busiest > 0.25:
+        print(f"note: other processes used up to {busiest:.2f} cores during the run; the absolute "
+              "figures are pessimistic (the ratios less so: the scenarios took turns)")
     print()
     by_name = {r.name: figures(r) for r in results}
     floor = by_name["healthz"]["p99"]
@@ -452,14 +522,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per scenario (2000)")
     parser.add_argument("--concurrency", type=int, default=20, help="concurrent clients (20)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="the scenarios take turns in this many rounds (4)")
     parser.add_argument("--warmup", type=int, default=400,
                         help="untimed requests per kind before measuring (400)")
+    parser.add_argument("--no-keepalive", dest="keepalive", action="store_false",
+                        help="a new connection per request, as a router that does not reuse "
+                             "connections to the dyno sends them")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")),
                         help="gunicorn worker processes (WEB_CONCURRENCY, else 2)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("WEB_THREADS", "5")),
                         help="threads per gunicorn worker (WEB_THREADS, else 5)")
     args = parser.parse_args(argv)
-    if args.requests < 1 or args.concurrency < 1 or args.warmup < 0 or args.workers < 1 or args.threads < 1:
+    if args.requests < 1 or args.concurrency < 1 or args.warmup < 0 or args.rounds < 1 or args.workers < 1 or args.threads < 1:
         parser.error("counts must be positive")
     return args
 
@@ -498,16 +573,17 @@ def main(argv: list[str]) -> int:
 
         pool_max = db.Database.__init__.__kwdefaults__["max_size"]
         print(f"Partner API bench: {args.requests} requests per scenario from {args.concurrency} "
-              f"concurrent clients (threads, keep-alive requests.Session each), after "
-              f"{args.warmup} warm-up requests per kind")
+              f"concurrent clients (threads, a requests.Session each), in {args.rounds} "
+              f"rounds, after {args.warmup} warm-up requests per kind")
         print(f"server: gunicorn gthread {args.workers} workers x {args.threads} threads, "
               f"pool max {pool_max} connections per worker; PostgreSQL {facts['server_version']} "
               f"fsync={facts['fsync']} synchronous_commit={facts['synchronous_commit']}")
         print(f"machine: {os.cpu_count()} cores shared by this client, gunicorn, PostgreSQL and "
-              f"Redis; Python {platform.python_version()} on {platform.machine()}")
+              f"Redis (and whatever else runs here); Python {platform.python_version()} on "
+              f"{platform.machine()}")
 
         clients = Clients(base, args.concurrency, ("forgedrain", password), process.pid,
-                          postmaster_pid(database_url, facts["backend_pid"]))
+                          facts["postmaster"], args.keepalive)
         if args.warmup:
             warm = [Request("GET", "/healthz")] * args.warmup
             warm += [Request("POST", "/heroku/resources", b) for b in provision_bodies(args.warmup)]
@@ -517,13 +593,21 @@ def main(argv: list[str]) -> int:
                 print(f"warm-up: {warmed.errors} errors:\n{report_errors}", file=sys.stderr)
                 return 1
 
-        bodies = provision_bodies(args.requests)
-        provisions = [Request("POST", "/heroku/resources", b) for b in bodies]
-        results = [
-            clients.run("healthz", [Request("GET", "/healthz")] * args.requests),
-            clients.run("provision", provisions),
-            clients.run("replay", provisions),
-        ]
+        if args.keepalive:
+            spread = connections_per_worker(process.pid, port)
+            print(f"client connections per gunicorn worker (kept for the whole run): "
+                  f"{', '.join(map(str, spread)) or 'unknown'}")
+        else:
+            print("client connections: a new one per request (Connection: close)")
+
+        # The scenarios take turns in rounds, so a load that comes and goes on the
+        # machine (another build, a backup) weighs on each of them alike.
+        results = [Result("healthz"), Result("provision"), Result("replay")]
+        for round_size in split(args.requests, args.rounds):
+            provisions = [Request("POST", "/heroku/resources", b) for b in provision_bodies(round_size)]
+            results[0].add(clients.run("healthz", [Request("GET", "/healthz")] * round_size))
+            results[1].add(clients.run("provision", provisions))
+            results[2].add(clients.run("replay", provisions))
         time.sleep(0.2)  # let the last access-log lines reach the file
         durations = server_durations(log_path)
         for result in results:
