@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
+import weakref
 from typing import Iterator
 
 import psycopg
@@ -51,6 +53,32 @@ def connect(database_url: str, application_name: str = "forgedrain") -> psycopg.
     )
 
 
+# A pooled connection used within this many seconds is trusted without a ping.
+IDLE_CHECK_SECONDS = 5.0
+
+
+class _IdleCheck:
+    """Ping a pooled connection before use only if it sat idle for a while.
+
+    Checking every borrow (``ConnectionPool.check_connection``) costs a round
+    trip per request; under load connections are seconds old at most and a
+    dead server shows up on the query itself. After an idle spell, when a
+    restart or a dropped TCP session is likely to have gone unnoticed, the
+    ping catches it and the pool hands out a fresh connection instead.
+    """
+
+    def __init__(self) -> None:
+        self._returned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def reset(self, conn: psycopg.Connection) -> None:
+        self._returned[conn] = time.monotonic()
+
+    def check(self, conn: psycopg.Connection) -> None:
+        last = self._returned.get(conn)
+        if last is None or time.monotonic() - last > IDLE_CHECK_SECONDS:
+            ConnectionPool.check_connection(conn)
+
+
 class Database:
     """A lazily opened, fork-aware connection pool for one process.
 
@@ -66,6 +94,7 @@ class Database:
         self._max_size = max_size
         self._pool: ConnectionPool | None = None
         self._pid: int | None = None
+        self._idle = _IdleCheck()
         self._lock = threading.Lock()
 
     def open(self) -> ConnectionPool:
@@ -76,7 +105,8 @@ class Database:
                     min_size=self._min_size,
                     max_size=self._max_size,
                     kwargs={"autocommit": True, "row_factory": dict_row},
-                    check=ConnectionPool.check_connection,
+                    check=self._idle.check,
+                    reset=self._idle.reset,
                     # Do not wait for the database here: a web process must come up
                     # (and answer /healthz) even while PostgreSQL is down.
                     open=False,

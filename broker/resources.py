@@ -19,14 +19,14 @@ oauth_refresh_token_enc, oauth_expires_at
 def insert(conn: psycopg.Connection, *, resource_id: uuid.UUID, partner_id: str, name: str | None,
            plan: str, region: str | None, callback_url: str | None, state: str,
            log_drain_token: str | None, api_token_digest: bytes,
-           grant_code_enc: str | None = None, grant_expires_at: datetime | None = None) -> bool:
-    """Insert a resource unless its id exists; True when this call created it.
+           grant_code_enc: str | None = None, grant_expires_at: datetime | None = None) -> dict | None:
+    """Insert a resource unless its id exists; the new row, or None when it existed.
 
     ``ON CONFLICT DO NOTHING`` makes two identical requests racing each other
     safe: the second waits for the first to commit, then inserts nothing.
     """
     cur = conn.execute(
-        """
+        f"""
         INSERT INTO resources (id, partner_id, name, plan, region, callback_url, state,
                                log_drain_token, api_token_hash, oauth_grant_code_enc,
                                oauth_grant_expires_at, provision_next_at, provisioned_at)
@@ -34,11 +34,12 @@ def insert(conn: psycopg.Connection, *, resource_id: uuid.UUID, partner_id: str,
                 CASE WHEN %s = 'provisioning' THEN now() END,
                 CASE WHEN %s = 'provisioned' THEN now() END)
         ON CONFLICT (id) DO NOTHING
+        RETURNING {COLUMNS}
         """,
         (resource_id, partner_id, name, plan, region, callback_url, state, log_drain_token,
          api_token_digest, grant_code_enc, grant_expires_at, state, state),
     )
-    return cur.rowcount == 1
+    return cur.fetchone()
 
 
 def get(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> dict | None:

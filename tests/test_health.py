@@ -57,3 +57,17 @@ def test_it_echoes_the_router_request_id(client):
     response = client.get("/healthz", headers={"X-Request-Id": "abc-123"})
     assert response.headers["X-Request-Id"] == "abc-123"
     assert client.get("/healthz").headers["X-Request-Id"]
+
+
+def test_a_pooled_connection_killed_while_idle_is_replaced_not_served(client, database_url, monkeypatch):
+    from broker import db
+
+    assert client.get("/readyz").status_code == 200  # the pool now holds a connection
+    with db.connect(database_url) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()["n"]
+    assert killed >= 1
+    monkeypatch.setattr(db, "IDLE_CHECK_SECONDS", 0.0)  # as if it had sat idle
+    assert client.get("/readyz").status_code == 200

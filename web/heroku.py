@@ -260,13 +260,14 @@ def provision():
 
     try:
         with svc.db.connection() as conn, conn.transaction():
-            created = resources.insert(
+            resource = resources.insert(
                 conn, resource_id=resource_id, partner_id=partner.id, name=name, plan=plan.name,
                 region=region, callback_url=callback_url, state=state, log_drain_token=drain_token,
                 api_token_digest=digest,
                 grant_code_enc=svc.vault.encrypt(grant[0]) if asynchronous else None,
                 grant_expires_at=grant[1] if asynchronous else None,
             )
+            created = resource is not None
             if created:
                 if log_input_url:
                     resources.insert_heroku_drain(conn, resource_id, svc.vault.encrypt(log_input_url),
@@ -275,7 +276,8 @@ def provision():
                              {"plan": plan.name, "region": region, "asynchronous": asynchronous,
                               "log_drain_token": tokens.mask(drain_token),
                               "log_input": log_input_url is not None})
-            resource = resources.get(conn, resource_id)
+            else:
+                resource = resources.get(conn, resource_id)
     except psycopg.errors.UniqueViolation:
         return refuse(422, "log_drain_token is already used by another resource")
 
