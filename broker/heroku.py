@@ -63,27 +63,24 @@ def _token_set(response: requests.Response, what: str) -> TokenSet:
     return TokenSet(access, refresh, max(expires_in, 0))
 
 
-def exchange_grant(session: requests.Session, settings: Settings, code: str) -> TokenSet:
-    """Trade a provisioning ``oauth_grant`` code for tokens (it expires in minutes)."""
-    what = "grant exchange"
+def _token_request(session: requests.Session, settings: Settings, what: str, form: dict) -> TokenSet:
     response = _send(
         session, "POST", f"{settings.heroku_id_url}/oauth/token", what,
-        data={"grant_type": "authorization_code", "code": code,
-              "client_secret": settings.heroku_client_secret},
+        data={**form, "client_secret": settings.heroku_client_secret},
         headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
     )
     return _token_set(response, what)
+
+
+def exchange_grant(session: requests.Session, settings: Settings, code: str) -> TokenSet:
+    """Trade a provisioning ``oauth_grant`` code for tokens (it expires in minutes)."""
+    return _token_request(session, settings, "grant exchange",
+                          {"grant_type": "authorization_code", "code": code})
 
 
 def refresh(session: requests.Session, settings: Settings, refresh_token: str) -> TokenSet:
-    what = "token refresh"
-    response = _send(
-        session, "POST", f"{settings.heroku_id_url}/oauth/token", what,
-        data={"grant_type": "refresh_token", "refresh_token": refresh_token,
-              "client_secret": settings.heroku_client_secret},
-        headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-    )
-    return _token_set(response, what)
+    return _token_request(session, settings, "token refresh",
+                          {"grant_type": "refresh_token", "refresh_token": refresh_token})
 
 
 def _platform_headers(access_token: str) -> dict[str, str]:
