@@ -117,7 +117,7 @@ class Database:
             return self._pool
 
     @contextlib.contextmanager
-    def connection(self, timeout: float = 10.0) -> Iterator[psycopg.Connection]:
+    def connection(self, timeout: float = 5.0) -> Iterator[psycopg.Connection]:
         """Borrow a connection; ``timeout`` bounds the wait when the pool is empty."""
         with self.open().connection(timeout=timeout) as conn:
             yield conn

@@ -71,3 +71,18 @@ def test_a_pooled_connection_killed_while_idle_is_replaced_not_served(client, da
     assert killed >= 1
     monkeypatch.setattr(db, "IDLE_CHECK_SECONDS", 0.0)  # as if it had sat idle
     assert client.get("/readyz").status_code == 200
+
+
+def test_partner_calls_get_503_when_postgres_is_down(env):
+    from tests.support.partner import heroku_headers, provision_body
+    import json
+
+    env["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{closed_port()}/forgedrain"
+    app = create_app(config.load(env, testing=True))
+    try:
+        response = app.test_client().post("/heroku/resources", data=json.dumps(provision_body()),
+                                          headers=heroku_headers())
+        assert response.status_code == 503
+        assert "retry" in response.get_json(force=True)["message"]
+    finally:
+        app.extensions["forgedrain"].db.close()

@@ -8,7 +8,10 @@ pool opens after gunicorn forks (``gunicorn.conf.py``) or on first use.
 from __future__ import annotations
 
 import datetime
+import logging
 import uuid
+
+import psycopg
 
 from flask import Flask, g, jsonify, request
 
@@ -59,6 +62,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     for code, message in ((404, "not found"), (405, "method not allowed"),
                           (413, "request body too large")):
         app.register_error_handler(code, _json_error(code, message))
+
+    @app.errorhandler(psycopg.OperationalError)
+    def _database_unavailable(exc):
+        # PostgreSQL is down or the pool is exhausted: a retry may well succeed
+        # (Heroku retries partner calls), so say so instead of a bare 500.
+        logging.getLogger("web").warning("database unavailable: %s", type(exc).__name__)
+        return jsonify(error="unavailable", message="temporarily unavailable; retry shortly",
+                       request_id=g.get("request_id")), 503
 
     @app.errorhandler(500)
     def _internal_error(exc):

@@ -73,11 +73,6 @@ def _too_large(exc):
     return refuse(413, "request body is larger than 1 MiB")
 
 
-@bp.errorhandler(405)
-def _method(exc):
-    return refuse(405, f"method {request.method} is not allowed here")
-
-
 @bp.before_request
 def _authenticate():
     auth = request.authorization
