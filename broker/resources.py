@@ -20,10 +20,14 @@ def insert(conn: psycopg.Connection, *, resource_id: uuid.UUID, partner_id: str,
            plan: str, region: str | None, callback_url: str | None, state: str,
            log_drain_token: str | None, api_token_digest: bytes,
            grant_code_enc: str | None = None, grant_expires_at: datetime | None = None) -> dict | None:
-    """Insert a resource unless its id exists; the new row, or None when it existed.
+    """Insert a resource; the new row, or None when it conflicts with one that exists.
 
     ``ON CONFLICT DO NOTHING`` makes two identical requests racing each other
-    safe: the second waits for the first to commit, then inserts nothing.
+    safe: the second waits for the first to commit, then inserts nothing. It
+    names no conflict target on purpose: the racing twin also collides on the
+    drain token's unique index, and PostgreSQL may check that index first, so
+    a target of ``(id)`` alone would turn the replay into a unique violation.
+    The caller tells the cases apart by reading the row by id.
     """
     cur = conn.execute(
         f"""
@@ -33,7 +37,7 @@ def insert(conn: psycopg.Connection, *, resource_id: uuid.UUID, partner_id: str,
         VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
                 CASE WHEN %s = 'provisioning' THEN now() END,
                 CASE WHEN %s = 'provisioned' THEN now() END)
-        ON CONFLICT (id) DO NOTHING
+        ON CONFLICT DO NOTHING
         RETURNING {COLUMNS}
         """,
         (resource_id, partner_id, name, plan, region, callback_url, state, log_drain_token,
@@ -99,14 +103,16 @@ def drains(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> list[dict]
 def usage(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> tuple[int, int]:
     """(sources, drains counted against the plan) for a resource.
 
-    The built-in `heroku` drain is not counted. Sources are counted once the
-    sources table exists (the Forge sources migration adds it to this query).
+    The built-in `heroku` drain is not counted.
     """
     row = conn.execute(
-        "SELECT count(*) AS n FROM drains WHERE resource_id = %s AND kind <> 'heroku'",
-        (resource_id,),
+        """
+        SELECT (SELECT count(*) FROM sources WHERE resource_id = %(id)s) AS sources,
+               (SELECT count(*) FROM drains WHERE resource_id = %(id)s AND kind <> 'heroku') AS drains
+        """,
+        {"id": resource_id},
     ).fetchone()
-    return 0, row["n"]
+    return row["sources"], row["drains"]
 
 
 def set_plan(conn: psycopg.Connection, resource_id: uuid.UUID | str, plan: str) -> None:
@@ -130,6 +136,11 @@ def deprovision(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> None:
     )
     conn.execute(
         "UPDATE drains SET enabled = false, url_enc = NULL, updated_at = now() WHERE resource_id = %s",
+        (resource_id,),
+    )
+    conn.execute(
+        "UPDATE sources SET api_token_enc = NULL, state = 'paused', updated_at = now() "
+        "WHERE resource_id = %s",
         (resource_id,),
     )
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
 import uuid
 
 import psycopg
+import requests
 
 from flask import Flask, g, jsonify, request
 
 from broker import config, db, logs, redisconn
 from broker.config import Settings
+from broker.forge import ForgeClient
 from broker.vault import Vault
 
 # Bodies larger than this are refused with 413 before any view runs. Partner
@@ -80,9 +83,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _utc(moment):
         return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
-    from web import api, dashboard, health, heroku, sso
+    from web import api, dashboard, health, heroku, sources, sso
 
-    for blueprint in (health.bp, heroku.bp, sso.bp, dashboard.bp, api.bp):
+    for blueprint in (health.bp, heroku.bp, sso.bp, dashboard.bp, api.bp, sources.bp):
         app.register_blueprint(blueprint)
     return app
 
@@ -102,6 +105,14 @@ class Services:
         self.db = db.Database(settings.database_url)
         self.redis = redisconn.connect(settings.redis_url)
         self.vault = Vault(settings.fernet_keys)
+        self._local = threading.local()
+
+    def forge(self) -> ForgeClient:
+        """This thread's App logs API client (a requests.Session is not shared across threads)."""
+        client = getattr(self._local, "forge", None)
+        if client is None:
+            client = self._local.forge = ForgeClient(self.settings.forge_api_url, requests.Session())
+        return client
 
 
 def services(app: Flask | None = None) -> Services:

@@ -19,7 +19,7 @@ import psycopg
 import redis
 from flask import Blueprint, Response, g, request
 
-from broker import audit, jobs, partners, plans, provisioning, resources, tokens
+from broker import audit, forge, jobs, partners, plans, provisioning, resources, sources, tokens
 from broker.partners import Partner
 from web import services
 from web.errors import error, json_response
@@ -57,7 +57,8 @@ def reply(body: dict, status: int = 200) -> Response:
 
 def refuse(status: int, message: str, **headers: str) -> Response:
     codes = {400: "bad_request", 401: "unauthorized", 404: "not_found", 409: "conflict",
-             410: "gone", 413: "too_large", 422: "unprocessable"}
+             410: "gone", 413: "too_large", 422: "unprocessable", 502: "forge_unavailable",
+             503: "unavailable"}
     return error(status, codes.get(status, "error"), message, CONTENT_TYPE, headers or None)
 
 
@@ -196,6 +197,34 @@ def _options(body: dict) -> dict:
     return value
 
 
+FORGE_OPTIONS = ("app_id", "environment_id", "email", "api_token")
+
+
+def _first_source(options: dict) -> dict | None:
+    """Forge credentials passed as provisioning options (``heroku addons:create forgedrain
+    --app_id=… --environment_id=… --email=… --api_token=…``), validated; None when absent."""
+    given = {k: options[k] for k in FORGE_OPTIONS if options.get(k) not in (None, "")}
+    if not given:
+        return None
+    missing = [k for k in FORGE_OPTIONS if k not in given]
+    if missing:
+        raise BadRequest(422, "options " + ", ".join(FORGE_OPTIONS) + " go together to register a "
+                              "Forge source; missing: " + ", ".join(missing))
+    try:
+        return sources.validate(given).values
+    except sources.SourceInputError as exc:
+        raise BadRequest(422, f"options: {exc.message}") from None
+
+
+def _verify_first_source(values: dict):
+    try:
+        services().forge().verify(forge.Credentials(values["email"], values["api_token"]),
+                                  values["app_id"], values["environment_id"])
+    except forge.ForgeError as exc:
+        return sources.explain(exc, values["app_id"], values["environment_id"])
+    return None
+
+
 def _owned(conn, resource_id: str, partner: Partner) -> dict | None:
     """The resource if it exists and belongs to ``partner`` (else None: another partner's is 404)."""
     try:
@@ -240,9 +269,20 @@ def provision():
         drain_token = _drain_token(body)
         log_input_url = _log_input_url(body)
         grant = _grant(body)
-        _options(body)
+        first_source = _first_source(_options(body))
     except BadRequest as exc:
         return refuse(exc.status, exc.message)
+
+    if first_source is not None:
+        # Verify before anything is written, and only for a new resource: a
+        # replay must answer as the first request did, without calling Atlassian.
+        with svc.db.connection() as conn:
+            existing = resources.get(conn, resource_id)
+        if existing is None:
+            refusal = _verify_first_source(first_source)
+            if refusal is not None:
+                return refuse(refusal.http_status,
+                              f"the Forge source in the options could not be registered: {refusal.message}")
 
     # An integrator that sends no drain token gets one issued and returned
     # (a replay returns the one stored by the first request).
@@ -253,28 +293,34 @@ def provision():
     state = "provisioning" if asynchronous else "provisioned"
     digest = tokens.digest(tokens.api_token(svc.settings.secret_key, resource_id, 1))
 
-    try:
-        with svc.db.connection() as conn, conn.transaction():
-            resource = resources.insert(
-                conn, resource_id=resource_id, partner_id=partner.id, name=name, plan=plan.name,
-                region=region, callback_url=callback_url, state=state, log_drain_token=drain_token,
-                api_token_digest=digest,
-                grant_code_enc=svc.vault.encrypt(grant[0]) if asynchronous else None,
-                grant_expires_at=grant[1] if asynchronous else None,
-            )
-            created = resource is not None
-            if created:
-                if log_input_url:
-                    resources.insert_heroku_drain(conn, resource_id, svc.vault.encrypt(log_input_url),
-                                                  tokens.new_drain_token())
-                audit.record(conn, resource_id, f"partner:{partner.id}", "resource.provisioned",
-                             {"plan": plan.name, "region": region, "asynchronous": asynchronous,
-                              "log_drain_token": tokens.mask(drain_token),
-                              "log_input": log_input_url is not None})
-            else:
-                resource = resources.get(conn, resource_id)
-    except psycopg.errors.UniqueViolation:
-        return refuse(422, "log_drain_token is already used by another resource")
+    with svc.db.connection() as conn, conn.transaction():
+        resource = resources.insert(
+            conn, resource_id=resource_id, partner_id=partner.id, name=name, plan=plan.name,
+            region=region, callback_url=callback_url, state=state, log_drain_token=drain_token,
+            api_token_digest=digest,
+            grant_code_enc=svc.vault.encrypt(grant[0]) if asynchronous else None,
+            grant_expires_at=grant[1] if asynchronous else None,
+        )
+        created = resource is not None
+        if created:
+            if log_input_url:
+                resources.insert_heroku_drain(conn, resource_id, svc.vault.encrypt(log_input_url),
+                                              tokens.new_drain_token())
+            audit.record(conn, resource_id, f"partner:{partner.id}", "resource.provisioned",
+                         {"plan": plan.name, "region": region, "asynchronous": asynchronous,
+                          "log_drain_token": tokens.mask(drain_token),
+                          "log_input": log_input_url is not None})
+            if first_source is not None:
+                source = sources.insert(conn, resource_id, first_source,
+                                        svc.vault.encrypt(first_source["api_token"]))
+                audit.record(conn, resource_id, f"partner:{partner.id}", "source.created",
+                             {"source_id": str(source["id"]), "app_id": source["app_id"],
+                              "environment_id": source["environment_id"]})
+        else:
+            resource = resources.get(conn, resource_id)
+            if resource is None:
+                # The insert conflicted, but not on this id: the drain token is taken.
+                return refuse(422, "log_drain_token is already used by another resource")
 
     if resource["partner_id"] != partner.id:
         return refuse(409, "uuid is already used by another partner's resource")

@@ -57,6 +57,111 @@ RESOURCE = {
 }
 
 
+LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"]
+
+SOURCE_INPUT = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "app_id": {"type": "string", "description": "Forge app id (developer console); an "
+                                                     "ari:cloud:ecosystem::app/<id> is accepted too."},
+        "environment_id": {"type": "string"},
+        "email": {"type": "string", "format": "email",
+                  "description": "Account that owns the API token (a bot account is best)."},
+        "api_token": {"type": "string", "writeOnly": True,
+                      "description": "Atlassian API token; stored encrypted, never returned."},
+        "levels": {"type": "array", "items": {"type": "string", "enum": LEVELS},
+                   "description": "Only these levels; empty means all."},
+        "installation_contexts": {"type": "array", "maxItems": 50, "items": {"type": "string"},
+                                  "description": "Only these sites (ARIs); empty means all."},
+        "service_name": {"type": ["string", "null"], "maxLength": 100},
+        "environment_label": {"type": ["string", "null"], "maxLength": 100},
+        "include_arguments": {"type": "boolean",
+                              "description": "Forward Forge's `arguments` attribute (off by default)."},
+    },
+}
+
+SOURCE = {
+    "type": "object",
+    "required": ["id", "app_id", "environment_id", "email", "api_token", "levels",
+                 "installation_contexts", "include_arguments", "state", "created_at", "updated_at"],
+    "properties": {
+        **{k: v for k, v in SOURCE_INPUT["properties"].items() if k != "api_token"},
+        "id": {"type": "string", "format": "uuid"},
+        "api_token": {"type": ["string", "null"], "description": "Masked: the last four characters."},
+        "state": {"type": "string", "enum": ["active", "paused"]},
+        "pause_reason": {"type": ["string", "null"], "enum": ["auth_failed", "not_found", "bad_request", None]},
+        "last_error": {"type": ["string", "null"]},
+        "verified_at": {"type": ["string", "null"], "format": "date-time"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+    },
+}
+
+
+def _json(schema_ref: str, description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}}
+
+
+def _source_paths() -> dict:
+    resource_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    source_param = {"name": "source_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    common = {"401": _error_response("Missing or invalid bearer token."),
+              "404": _error_response("No such resource or source for this token.")}
+    refusals = {
+        "400": _error_response("The body is not a JSON object."),
+        "422": _error_response("A field is invalid, the plan limit is reached, or Atlassian refused "
+                               "the credentials or ids (the message says which)."),
+        "502": _error_response("Atlassian's API could not be reached; nothing was saved."),
+        "503": _error_response("Atlassian is rate limiting the app; nothing was saved (Retry-After)."),
+    }
+    body = {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/SourceInput"}}}}
+    return {
+        "/v1/resources/{id}/sources": {
+            "parameters": [resource_param],
+            "get": {"operationId": "listSources", "summary": "The resource's Forge sources.",
+                    "responses": {"200": {"description": "The sources.", "content": {"application/json": {
+                        "schema": {"type": "object", "required": ["sources"], "properties": {
+                            "sources": {"type": "array", "items": {"$ref": "#/components/schemas/Source"}}}}}}},
+                        **common}},
+            "post": {"operationId": "createSource",
+                     "summary": "Register a Forge source; the credentials are verified first "
+                                "(app_id, environment_id, email and api_token are required).",
+                     "requestBody": body,
+                     "responses": {"201": _json("Source", "The source."), **common, **refusals,
+                                   "409": _error_response("That app environment is already a source.")}},
+        },
+        "/v1/resources/{id}/sources/{source_id}": {
+            "parameters": [resource_param, source_param],
+            "get": {"operationId": "getSource", "summary": "One source.",
+                    "responses": {"200": _json("Source", "The source."), **common}},
+            "patch": {"operationId": "updateSource",
+                      "summary": "Change fields; new credentials or ids are verified first, and a "
+                                 "paused source resumes once they are.",
+                      "requestBody": body,
+                      "responses": {"200": _json("Source", "The source."), **common, **refusals,
+                                    "409": _error_response("That app environment is already a source.")}},
+            "delete": {"operationId": "deleteSource", "summary": "Stop pulling this source.",
+                       "responses": {"204": {"description": "Deleted."}, **common}},
+        },
+        "/v1/resources/{id}/sources/{source_id}/verify": {
+            "parameters": [resource_param, source_param],
+            "post": {"operationId": "verifySource",
+                     "summary": "Check the stored credentials now: success resumes a paused source, "
+                                "a refusal pauses it with the reason.",
+                     "responses": {"200": {"description": "The outcome.", "content": {"application/json": {
+                         "schema": {"type": "object", "required": ["source", "verification"], "properties": {
+                             "source": {"$ref": "#/components/schemas/Source"},
+                             "verification": {"type": "object", "required": ["ok", "message"], "properties": {
+                                 "ok": {"type": "boolean"}, "message": {"type": "string"}}}}}}}},
+                         **common,
+                         "502": refusals["502"], "503": refusals["503"]}},
+        },
+    }
+
+
 def _error_response(description: str) -> dict:
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -77,7 +182,8 @@ def document(public_url: str) -> dict:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "The resource's FORGEDRAIN_TOKEN."}},
-            "schemas": {"Error": ERROR, "Resource": RESOURCE, "Limits": LIMITS, "Drain": DRAIN},
+            "schemas": {"Error": ERROR, "Resource": RESOURCE, "Limits": LIMITS, "Drain": DRAIN,
+                        "Source": SOURCE, "SourceInput": SOURCE_INPUT},
         },
         "paths": {
             "/v1/resources/{id}": {
@@ -117,6 +223,7 @@ def document(public_url: str) -> dict:
                     },
                 }
             },
+            **_source_paths(),
             "/v1/openapi.json": {
                 "get": {
                     "operationId": "getOpenAPI",

@@ -1,0 +1,219 @@
+"""Forge sources: validation of what an owner submits, and the store (SPEC §3)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+import psycopg
+
+from broker import forge
+
+FIELDS = ("app_id", "environment_id", "email", "api_token", "levels", "installation_contexts",
+          "service_name", "environment_label", "include_arguments")
+# Changing any of these means the stored verification no longer holds.
+VERIFIED_FIELDS = ("app_id", "environment_id", "email", "api_token")
+
+APP_ARI_PREFIX = "ari:cloud:ecosystem::app/"
+IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}$")
+CONTEXT = re.compile(r"^ari:cloud:[a-z0-9-]+::[a-z0-9-]+/[A-Za-z0-9._:/-]{1,150}$")
+LABEL = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
+
+
+class SourceInputError(Exception):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class SourceInput:
+    """Validated fields; only those submitted are set (for partial updates)."""
+
+    values: dict
+
+    def credentials(self) -> forge.Credentials:
+        return forge.Credentials(self.values["email"], self.values["api_token"])
+
+
+def _text(field: str, value, pattern: re.Pattern, message: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise SourceInputError(field, f"{field} {message}")
+    return value
+
+
+def validate(payload: object, *, partial: bool = False) -> SourceInput:
+    """Check a submitted source; raise :class:`SourceInputError` naming the first bad field."""
+    if not isinstance(payload, dict):
+        raise SourceInputError("body", "request body must be a JSON object")
+    unknown = sorted(set(payload) - set(FIELDS))
+    if unknown:
+        raise SourceInputError(unknown[0], f"unknown field {unknown[0]!r}; fields are {', '.join(FIELDS)}")
+    if not partial:
+        for field in VERIFIED_FIELDS:
+            if payload.get(field) in (None, ""):
+                raise SourceInputError(field, f"{field} is required")
+    values: dict = {}
+    if "app_id" in payload:
+        app_id = payload["app_id"]
+        if isinstance(app_id, str) and app_id.startswith(APP_ARI_PREFIX):
+            app_id = app_id[len(APP_ARI_PREFIX):]  # the id as the developer console shows it
+        values["app_id"] = _text("app_id", app_id, IDENTIFIER,
+                                 "must be the Forge app id from the developer console")
+    if "environment_id" in payload:
+        values["environment_id"] = _text("environment_id", payload["environment_id"], IDENTIFIER,
+                                         "must be the environment id from the developer console")
+    if "email" in payload:
+        values["email"] = _text("email", payload["email"], EMAIL, "must be an email address")
+    if "api_token" in payload:
+        token = payload["api_token"]
+        if not isinstance(token, str) or not 1 <= len(token) <= 1024 or any(c.isspace() for c in token):
+            raise SourceInputError("api_token", "api_token must be an Atlassian API token (no spaces)")
+        values["api_token"] = token
+    if "levels" in payload:
+        levels = payload["levels"]
+        if levels is None:
+            levels = []
+        if not isinstance(levels, list) or any(level not in forge.LEVELS for level in levels):
+            raise SourceInputError("levels", f"levels must be a list of {', '.join(forge.LEVELS)}")
+        values["levels"] = sorted(set(levels), key=forge.LEVELS.index)
+    if "installation_contexts" in payload:
+        contexts = payload["installation_contexts"] or []
+        if (not isinstance(contexts, list) or len(contexts) > forge.MAX_CONTEXTS
+                or not all(isinstance(c, str) and CONTEXT.match(c) for c in contexts)):
+            raise SourceInputError("installation_contexts",
+                                   f"installation_contexts must be a list of at most {forge.MAX_CONTEXTS} "
+                                   "site ARIs such as ari:cloud:jira::site/<uuid>")
+        values["installation_contexts"] = list(dict.fromkeys(contexts))
+    for field in ("service_name", "environment_label"):
+        if field in payload:
+            value = payload[field]
+            values[field] = None if value in (None, "") else _text(
+                field, value, LABEL, "must be 1 to 100 printable characters")
+    if "include_arguments" in payload:
+        if not isinstance(payload["include_arguments"], bool):
+            raise SourceInputError("include_arguments", "include_arguments must be true or false")
+        values["include_arguments"] = payload["include_arguments"]
+    return SourceInput(values)
+
+
+def mask_secret(secret: str | None) -> str | None:
+    """The last four characters of a secret, enough to tell two apart."""
+    if not secret:
+        return None
+    return "…" + secret[-4:] if len(secret) > 8 else "…"
+
+
+# --- store ---------------------------------------------------------------------
+
+COLUMNS = """
+id, resource_id, app_id, environment_id, email, api_token_enc, levels, installation_contexts,
+service_name, environment_label, include_arguments, state, pause_reason, last_error,
+verified_at, created_at, updated_at
+"""
+
+
+def count(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> int:
+    return conn.execute("SELECT count(*) AS n FROM sources WHERE resource_id = %s",
+                        (resource_id,)).fetchone()["n"]
+
+
+def list_for(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> list[dict]:
+    return conn.execute(f"SELECT {COLUMNS} FROM sources WHERE resource_id = %s ORDER BY created_at, id",
+                        (resource_id,)).fetchall()
+
+
+def get(conn: psycopg.Connection, resource_id: uuid.UUID | str, source_id: uuid.UUID | str,
+        *, for_update: bool = False) -> dict | None:
+    lock = " FOR UPDATE" if for_update else ""
+    return conn.execute(f"SELECT {COLUMNS} FROM sources WHERE resource_id = %s AND id = %s{lock}",
+                        (resource_id, source_id)).fetchone()
+
+
+def insert(conn: psycopg.Connection, resource_id: uuid.UUID | str, values: dict,
+           api_token_enc: str) -> dict:
+    """Insert a verified source (raises UniqueViolation for a duplicate app environment)."""
+    return conn.execute(
+        f"""
+        INSERT INTO sources (resource_id, app_id, environment_id, email, api_token_enc, levels,
+                             installation_contexts, service_name, environment_label,
+                             include_arguments, verified_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
+        RETURNING {COLUMNS}
+        """,
+        (resource_id, values["app_id"], values["environment_id"], values["email"], api_token_enc,
+         values.get("levels", []), values.get("installation_contexts", []),
+         values.get("service_name"), values.get("environment_label"),
+         values.get("include_arguments", False)),
+    ).fetchone()
+
+
+def update(conn: psycopg.Connection, source_id: uuid.UUID | str, values: dict,
+           api_token_enc: str | None, verified: bool) -> dict:
+    """Apply changed fields; a fresh verification resumes a paused source."""
+    columns = {k: v for k, v in values.items() if k != "api_token"}
+    if api_token_enc is not None:
+        columns["api_token_enc"] = api_token_enc
+    assignments = [f"{name} = %({name})s" for name in columns]  # names come from FIELDS only
+    if verified:
+        assignments += ["verified_at = now()", "state = 'active'", "pause_reason = NULL",
+                        "last_error = NULL"]
+    assignments.append("updated_at = now()")
+    return conn.execute(
+        f"UPDATE sources SET {', '.join(assignments)} WHERE id = %(id)s RETURNING {COLUMNS}",
+        {**columns, "id": source_id},
+    ).fetchone()
+
+
+def record_verification(conn: psycopg.Connection, source_id: uuid.UUID | str,
+                        pause_reason: str | None, error: str | None) -> dict:
+    """Store the outcome of a "verify now": success resumes, a refusal pauses with its reason."""
+    if pause_reason is None:
+        sql = ("UPDATE sources SET verified_at = now(), state = 'active', pause_reason = NULL, "
+               "last_error = NULL, updated_at = now() WHERE id = %s RETURNING " + COLUMNS)
+        return conn.execute(sql, (source_id,)).fetchone()
+    sql = ("UPDATE sources SET state = 'paused', pause_reason = %s, last_error = %s, updated_at = now() "
+           "WHERE id = %s RETURNING " + COLUMNS)
+    return conn.execute(sql, (pause_reason, error, source_id)).fetchone()
+
+
+def delete(conn: psycopg.Connection, source_id: uuid.UUID | str) -> None:
+    conn.execute("DELETE FROM sources WHERE id = %s", (source_id,))
+
+
+# --- verification outcomes -----------------------------------------------------
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why verification failed, said for the owner, and what it means for the source."""
+
+    http_status: int  # for the API: 422 = fix your input, 502/503 = try again later
+    code: str
+    message: str
+    pause_reason: str | None  # when the failure says the source cannot work as saved
+    retry_after: float | None = None
+
+
+def explain(exc: forge.ForgeError, app_id: str, environment_id: str) -> Refusal:
+    if isinstance(exc, forge.AuthError):
+        return Refusal(422, "verification_failed",
+                       f"Atlassian refused the email and API token ({exc}): check that the token is "
+                       "current and belongs to the app's owner or a contributor with log access",
+                       "auth_failed")
+    if isinstance(exc, forge.NotFound):
+        return Refusal(422, "verification_failed",
+                       f"Atlassian has no app {app_id} with environment {environment_id} (HTTP 404): "
+                       "check the app id and the environment id in the developer console",
+                       "not_found")
+    if isinstance(exc, forge.BadWindow):
+        return Refusal(422, "verification_failed", f"Atlassian refused the query ({exc})", "bad_request")
+    if isinstance(exc, forge.RateLimited):
+        return Refusal(503, "rate_limited",
+                       "Atlassian is rate limiting this app right now; nothing was saved, try again shortly",
+                       None, exc.retry_after)
+    return Refusal(502, "forge_unavailable",
+                   f"could not reach Atlassian's App logs API ({exc}); nothing was saved, try again",
+                   None)

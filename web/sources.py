@@ -1,0 +1,250 @@
+"""Forge sources in the resource API: list, create, read, update, delete, verify now (SPEC §2–3).
+
+Credentials are verified against the App logs API before anything is saved,
+with no database connection held during that call. A refusal answers 422
+naming what is wrong (the email and token, or the app and environment ids);
+Atlassian being unreachable or rate limiting answers 502/503 — in every case
+nothing is written. The API token is stored encrypted and never returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import psycopg
+from flask import Blueprint, Response, request
+
+from broker import audit, forge, plans, resources, sources
+from broker.sources import SourceInputError
+from web import services
+from web.api import authenticated
+from web.errors import error, json_response
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("sources", __name__, url_prefix="/v1/resources/<resource_id>/sources")
+
+ACTOR = "api-token"
+
+
+def source_view(row: dict, vault) -> dict:
+    token = vault.decrypt(row["api_token_enc"]) if row["api_token_enc"] else None
+    return {
+        "id": str(row["id"]),
+        "app_id": row["app_id"],
+        "environment_id": row["environment_id"],
+        "email": row["email"],
+        "api_token": sources.mask_secret(token),
+        "levels": list(row["levels"]),
+        "installation_contexts": list(row["installation_contexts"]),
+        "service_name": row["service_name"],
+        "environment_label": row["environment_label"],
+        "include_arguments": row["include_arguments"],
+        "state": row["state"],
+        "pause_reason": row["pause_reason"],
+        "last_error": row["last_error"],
+        "verified_at": row["verified_at"].isoformat() if row["verified_at"] else None,
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+def _json_body():
+    if not request.get_data(cache=True):
+        raise SourceInputError("body", "request body must be a JSON object")
+    try:
+        return request.get_json(force=True, silent=False, cache=True)
+    except Exception:
+        raise SourceInputError("body", "request body is not valid JSON") from None
+
+
+def _invalid(exc: SourceInputError) -> Response:
+    status = 400 if exc.field == "body" else 422
+    response = json_response({"error": "invalid", "message": exc.message, "field": exc.field}, status)
+    return response
+
+
+def _refused(refusal: sources.Refusal) -> Response:
+    headers = {"Retry-After": str(max(1, int(refusal.retry_after)))} if refusal.retry_after else None
+    return error(refusal.http_status, refusal.code, refusal.message, headers=headers)
+
+
+def _verify(values: dict) -> sources.Refusal | None:
+    """Verify credentials and ids; None when Atlassian accepts them."""
+    client = services().forge()
+    try:
+        client.verify(forge.Credentials(values["email"], values["api_token"]),
+                      values["app_id"], values["environment_id"])
+    except forge.ForgeError as exc:
+        refusal = sources.explain(exc, values["app_id"], values["environment_id"])
+        log.info("source verification refused app=%s kind=%s", values["app_id"], exc.kind)
+        return refusal
+    return None
+
+
+def _limit_message(plan: plans.Plan) -> str:
+    return (f"plan {plan.name} allows {plan.max_sources} source{'s' if plan.max_sources > 1 else ''}; "
+            "delete one or change plan first")
+
+
+def _source_id(source_id: str) -> str | None:
+    try:
+        return str(uuid.UUID(source_id))
+    except ValueError:
+        return None
+
+
+@bp.get("")
+def list_sources(resource_id: str):
+    resource, failure = authenticated(resource_id)
+    if failure is not None:
+        return failure
+    svc = services()
+    with svc.db.connection() as conn:
+        rows = sources.list_for(conn, resource["id"])
+    return json_response({"sources": [source_view(r, svc.vault) for r in rows]})
+
+
+@bp.post("")
+def create_source(resource_id: str):
+    resource, failure = authenticated(resource_id)
+    if failure is not None:
+        return failure
+    svc = services()
+    try:
+        submitted = sources.validate(_json_body())
+    except SourceInputError as exc:
+        return _invalid(exc)
+    values = submitted.values
+    plan = plans.get(resource["plan"])
+    with svc.db.connection() as conn:
+        if sources.count(conn, resource["id"]) >= plan.max_sources:
+            return error(422, "plan_limit", _limit_message(plan))
+    refusal = _verify(values)
+    if refusal is not None:
+        return _refused(refusal)
+    try:
+        with svc.db.connection() as conn, conn.transaction():
+            # Lock the resource so two creates cannot both pass the limit check.
+            locked = resources.get_for_update(conn, resource["id"])
+            plan = plans.get(locked["plan"])
+            if sources.count(conn, resource["id"]) >= plan.max_sources:
+                return error(422, "plan_limit", _limit_message(plan))
+            row = sources.insert(conn, resource["id"], values, svc.vault.encrypt(values["api_token"]))
+            audit.record(conn, resource["id"], ACTOR, "source.created", _audit_detail(row))
+    except psycopg.errors.UniqueViolation:
+        return error(409, "duplicate", f"app {values['app_id']} environment {values['environment_id']} "
+                                       "is already a source of this resource")
+    log.info("source created resource=%s source=%s app=%s", resource["id"], row["id"], row["app_id"])
+    response = json_response(source_view(row, svc.vault), 201)
+    response.headers["Location"] = f"/v1/resources/{resource['id']}/sources/{row['id']}"
+    return response
+
+
+def _audit_detail(row: dict, changed: list[str] | None = None) -> dict:
+    detail = {"source_id": str(row["id"]), "app_id": row["app_id"],
+              "environment_id": row["environment_id"]}
+    if changed is not None:
+        detail["changed"] = changed
+    return detail
+
+
+@bp.get("/<source_id>")
+def read_source(resource_id: str, source_id: str):
+    resource, failure = authenticated(resource_id)
+    if failure is not None:
+        return failure
+    svc = services()
+    sid = _source_id(source_id)
+    with svc.db.connection() as conn:
+        row = sources.get(conn, resource["id"], sid) if sid else None
+    if row is None:
+        return error(404, "not_found", "no such source")
+    return json_response(source_view(row, svc.vault))
+
+
+@bp.patch("/<source_id>")
+def update_source(resource_id: str, source_id: str):
+    resource, failure = authenticated(resource_id)
+    if failure is not None:
+        return failure
+    svc = services()
+    sid = _source_id(source_id)
+    try:
+        changes = sources.validate(_json_body(), partial=True).values
+    except SourceInputError as exc:
+        return _invalid(exc)
+    with svc.db.connection() as conn:
+        current = sources.get(conn, resource["id"], sid) if sid else None
+    if current is None:
+        return error(404, "not_found", "no such source")
+    if not changes:
+        return error(422, "invalid", "nothing to change: send at least one field")
+    stored_token = svc.vault.decrypt(current["api_token_enc"]) if current["api_token_enc"] else None
+    changed = [f for f in changes if (stored_token if f == "api_token" else current[f]) != changes[f]]
+    needs_verification = any(f in sources.VERIFIED_FIELDS for f in changed)
+    if needs_verification:
+        merged = {f: current[f] for f in ("app_id", "environment_id", "email")}
+        merged["api_token"] = stored_token
+        merged.update({f: changes[f] for f in sources.VERIFIED_FIELDS if f in changes})
+        refusal = _verify(merged)
+        if refusal is not None:
+            return _refused(refusal)
+    token_enc = svc.vault.encrypt(changes["api_token"]) if "api_token" in changed else None
+    try:
+        with svc.db.connection() as conn, conn.transaction():
+            if sources.get(conn, resource["id"], sid, for_update=True) is None:
+                return error(404, "not_found", "no such source")
+            row = sources.update(conn, sid, {f: changes[f] for f in changed}, token_enc,
+                                 verified=needs_verification)
+            if changed:
+                audit.record(conn, resource["id"], ACTOR, "source.updated", _audit_detail(row, changed))
+    except psycopg.errors.UniqueViolation:
+        return error(409, "duplicate", "that app environment is already a source of this resource")
+    return json_response(source_view(row, svc.vault))
+
+
+@bp.delete("/<source_id>")
+def delete_source(resource_id: str, source_id: str):
+    resource, failure = authenticated(resource_id)
+    if failure is not None:
+        return failure
+    svc = services()
+    sid = _source_id(source_id)
+    with svc.db.connection() as conn, conn.transaction():
+        row = sources.get(conn, resource["id"], sid, for_update=True) if sid else None
+        if row is None:
+            return error(404, "not_found", "no such source")
+        sources.delete(conn, sid)
+        audit.record(conn, resource["id"], ACTOR, "source.deleted", _audit_detail(row))
+    log.info("source deleted resource=%s source=%s", resource["id"], sid)
+    return Response(status=204)
+
+
+@bp.post("/<source_id>/verify")
+def verify_source(resource_id: str, source_id: str):
+    resource, failure = authenticated(resource_id)
+    if failure is not None:
+        return failure
+    svc = services()
+    sid = _source_id(source_id)
+    with svc.db.connection() as conn:
+        row = sources.get(conn, resource["id"], sid) if sid else None
+    if row is None:
+        return error(404, "not_found", "no such source")
+    values = {"app_id": row["app_id"], "environment_id": row["environment_id"], "email": row["email"],
+              "api_token": svc.vault.decrypt(row["api_token_enc"]) if row["api_token_enc"] else ""}
+    refusal = _verify(values)
+    if refusal is not None and refusal.pause_reason is None:
+        return _refused(refusal)  # Atlassian unavailable: says nothing about the source
+    with svc.db.connection() as conn, conn.transaction():
+        updated = sources.record_verification(
+            conn, sid, refusal.pause_reason if refusal else None, refusal.message if refusal else None)
+        audit.record(conn, resource["id"], ACTOR, "source.verified",
+                     {**_audit_detail(row), "ok": refusal is None})
+    return json_response({
+        "source": source_view(updated, svc.vault),
+        "verification": {"ok": refusal is None,
+                         "message": refusal.message if refusal else "Atlassian accepted the credentials"},
+    })
