@@ -142,3 +142,55 @@ def test_a_fuzzed_valid_body_still_provisions(client, conn):
     response = client.post("/heroku/resources", data=json.dumps(provision_body(uuid=str(uuid.uuid4()))),
                            headers=heroku_headers())
     assert response.status_code == 200
+
+
+source_fields = {
+    "app_id": st.one_of(st.just("5f0f8a4e-1f5a-4c3e-9d7b-1a2b3c4d5e6f"), st.text(max_size=40), json_values),
+    "environment_id": st.one_of(st.just("prod"), st.text(max_size=40), json_values),
+    "email": st.one_of(st.just("bot@acme.test"), st.emails(), json_values),
+    "api_token": st.one_of(st.just("ATATT-fuzz-token"), st.text(max_size=40), json_values),
+    "levels": st.one_of(st.lists(st.sampled_from(["INFO", "ERROR", "LOUD", ""]), max_size=4), json_values),
+    "installation_contexts": st.one_of(st.lists(st.sampled_from(["ari:cloud:jira::site/1", "x"]), max_size=3),
+                                       json_values),
+    "service_name": st.one_of(st.text(max_size=120), json_values),
+    "environment_label": json_values,
+    "include_arguments": json_values,
+}
+
+
+@pytest.fixture
+def source_api(env):
+    from broker import config
+    from tests.fakes.forge import ForgeFake
+    from tests.fakes.server import LocalServer
+    from web import create_app
+
+    fake = ForgeFake(seed=9, rate_limit=100000)
+    fake.add_app("5f0f8a4e-1f5a-4c3e-9d7b-1a2b3c4d5e6f", ["prod"], "bot@acme.test", "ATATT-fuzz-token")
+    with LocalServer(fake.wsgi()) as server:
+        env["FORGE_API_URL"] = server.url
+        app = create_app(config.load(env, testing=True))
+        client = app.test_client()
+        body = provision_body(plan="pro")
+        token = client.post("/heroku/resources", data=json.dumps(body),
+                            headers=heroku_headers()).get_json(force=True)["config"]["FORGEDRAIN_TOKEN"]
+        yield client, body["uuid"], {"Authorization": f"Bearer {token}"}
+        app.extensions["forgedrain"].db.close()
+
+
+@FUZZ
+@given(body=st.one_of(json_values, st.fixed_dictionaries({}, optional=source_fields)),
+       method=st.sampled_from(["post", "patch"]))
+def test_no_source_body_causes_a_5xx_and_refusals_write_nothing(source_api, conn, body, method):
+    client, rid, auth = source_api
+    existing = client.get(f"/v1/resources/{rid}/sources", headers=auth).json["sources"]
+    if method == "patch" and existing:
+        path = f"/v1/resources/{rid}/sources/{existing[0]['id']}"
+    else:
+        path = f"/v1/resources/{rid}/sources"
+    before = json.dumps(existing, sort_keys=True)
+    response = getattr(client, method)(path, data=json.dumps(body), headers=auth)
+    assert response.status_code < 500, response.get_data(as_text=True)
+    if response.status_code >= 400:
+        after = client.get(f"/v1/resources/{rid}/sources", headers=auth).json["sources"]
+        assert json.dumps(after, sort_keys=True) == before

@@ -95,6 +95,19 @@ def _source_id(source_id: str) -> str | None:
         return None
 
 
+def _authorized_source(resource_id: str, source_id: str):
+    """(resource, source, None) for the caller's own source, else (.., .., error response)."""
+    resource, failure = authenticated(resource_id)
+    if failure is not None:
+        return None, None, failure
+    sid = _source_id(source_id)
+    with services().db.connection() as conn:
+        row = sources.get(conn, resource["id"], sid) if sid else None
+    if row is None:
+        return resource, None, error(404, "not_found", "no such source")
+    return resource, row, None
+
+
 @bp.get("")
 def list_sources(resource_id: str):
     resource, failure = authenticated(resource_id)
@@ -152,33 +165,23 @@ def _audit_detail(row: dict, changed: list[str] | None = None) -> dict:
 
 @bp.get("/<source_id>")
 def read_source(resource_id: str, source_id: str):
-    resource, failure = authenticated(resource_id)
+    _, row, failure = _authorized_source(resource_id, source_id)
     if failure is not None:
         return failure
-    svc = services()
-    sid = _source_id(source_id)
-    with svc.db.connection() as conn:
-        row = sources.get(conn, resource["id"], sid) if sid else None
-    if row is None:
-        return error(404, "not_found", "no such source")
-    return json_response(source_view(row, svc.vault))
+    return json_response(source_view(row, services().vault))
 
 
 @bp.patch("/<source_id>")
 def update_source(resource_id: str, source_id: str):
-    resource, failure = authenticated(resource_id)
+    resource, current, failure = _authorized_source(resource_id, source_id)
     if failure is not None:
         return failure
-    svc = services()
-    sid = _source_id(source_id)
     try:
         changes = sources.validate(_json_body(), partial=True).values
     except SourceInputError as exc:
         return _invalid(exc)
-    with svc.db.connection() as conn:
-        current = sources.get(conn, resource["id"], sid) if sid else None
-    if current is None:
-        return error(404, "not_found", "no such source")
+    svc = services()
+    sid = str(current["id"])
     if not changes:
         return error(422, "invalid", "nothing to change: send at least one field")
     stored_token = svc.vault.decrypt(current["api_token_enc"]) if current["api_token_enc"] else None
@@ -224,15 +227,11 @@ def delete_source(resource_id: str, source_id: str):
 
 @bp.post("/<source_id>/verify")
 def verify_source(resource_id: str, source_id: str):
-    resource, failure = authenticated(resource_id)
+    resource, row, failure = _authorized_source(resource_id, source_id)
     if failure is not None:
         return failure
     svc = services()
-    sid = _source_id(source_id)
-    with svc.db.connection() as conn:
-        row = sources.get(conn, resource["id"], sid) if sid else None
-    if row is None:
-        return error(404, "not_found", "no such source")
+    sid = str(row["id"])
     values = {"app_id": row["app_id"], "environment_id": row["environment_id"], "email": row["email"],
               "api_token": svc.vault.decrypt(row["api_token_enc"]) if row["api_token_enc"] else ""}
     refusal = _verify(values)
