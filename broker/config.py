@@ -47,6 +47,12 @@ class Settings:
     heroku_client_secret: str | None = field(repr=False)
     allow_private_drains: bool
     clock_tick_seconds: int
+    forge_rate_limit: int
+    forge_rate_period_seconds: float
+    poll_lag_seconds: int
+    poll_overlap_seconds: int
+    poll_threads: int
+    poll_batches: int
     log_level: str
     testing: bool = False
 
@@ -109,6 +115,12 @@ EXPECTED = {
     "ALLOW_PRIVATE_DRAINS": "expected true or false",
     "CLOCK_TICK_SECONDS": "expected a whole number of seconds between 1 and 3600",
     "LOG_LEVEL": "expected one of " + ", ".join(LOG_LEVELS),
+    "FORGE_RATE_LIMIT": "expected calls allowed per period per Forge app, 1 to 30 (Atlassian's limit is 30/min)",
+    "FORGE_RATE_PERIOD_SECONDS": "expected the rate-limit period in seconds, 0.1 to 3600",
+    "FORGE_POLL_LAG_SECONDS": "expected seconds a window ends before now, 0 to 3600",
+    "FORGE_POLL_OVERLAP_SECONDS": "expected seconds each window re-reads before the checkpoint, 0 to 3600",
+    "FORGE_POLL_THREADS": "expected sources one poll job works on at once, 1 to 256",
+    "FORGE_POLL_BATCHES": "expected poll jobs kept queued while sources are due, 1 to 64",
 }
 
 
@@ -195,6 +207,26 @@ def _tick(value: str) -> int:
     return number
 
 
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"{number} is out of range")
+        return number
+
+    return parse
+
+
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        number = float(value)
+        if not low <= number <= high:
+            raise ValueError(f"{number} is out of range")
+        return number
+
+    return parse
+
+
 def _log_level(value: str) -> str:
     level = value.upper()
     if level not in LOG_LEVELS:
@@ -221,6 +253,14 @@ def load(env: Mapping[str, str] | None = None, *, testing: bool = False) -> Sett
         allow_private_drains=r.parse("ALLOW_PRIVATE_DRAINS", "false", _bool),
         clock_tick_seconds=r.parse("CLOCK_TICK_SECONDS", "15", _tick),
         log_level=r.parse("LOG_LEVEL", "INFO", _log_level),
+        # 25 of Atlassian's 30 calls/min: headroom for the owner's own console and CLI use.
+        forge_rate_limit=r.parse("FORGE_RATE_LIMIT", "25", _int_range(1, 30)),
+        forge_rate_period_seconds=r.parse("FORGE_RATE_PERIOD_SECONDS", "60", _float_range(0.1, 3600)),
+        # Atlassian's own sample stops a minute short of now: records land late.
+        poll_lag_seconds=r.parse("FORGE_POLL_LAG_SECONDS", "120", _int_range(0, 3600)),
+        poll_overlap_seconds=r.parse("FORGE_POLL_OVERLAP_SECONDS", "300", _int_range(0, 3600)),
+        poll_threads=r.parse("FORGE_POLL_THREADS", "32", _int_range(1, 256)),
+        poll_batches=r.parse("FORGE_POLL_BATCHES", "2", _int_range(1, 64)),
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -72,3 +72,10 @@ def enqueue_config_push(connection: redis.Redis, resource_id: str) -> Job:
         "worker.partner.push_config", resource_id, job_timeout=60, result_ttl=0,
         failure_ttl=7 * 24 * 3600, retry=Retry(max=6, interval=[10, 30, 60, 300, 900, 3600]),
     )
+
+
+def enqueue_poll_batch(connection: redis.Redis, batch: int, tick_seconds: int) -> Job | None:
+    """Queue poll job number ``batch`` unless it is still queued or running."""
+    return enqueue_unique(connection, "poll", "worker.poll.run_batch", batch,
+                          job_id=f"poll-batch-{batch}", ttl=max(60, tick_seconds * 4),
+                          job_timeout=150)

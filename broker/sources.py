@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 
@@ -112,7 +113,8 @@ def mask_secret(secret: str | None) -> str | None:
 COLUMNS = """
 id, resource_id, app_id, environment_id, email, api_token_enc, levels, installation_contexts,
 service_name, environment_label, include_arguments, state, pause_reason, last_error,
-verified_at, created_at, updated_at
+verified_at, created_at, updated_at, checkpoint, next_poll_at, last_poll_at, last_success_at,
+consecutive_failures, backfill_from, backfill_until, window_start IS NOT NULL AS window_open
 """
 
 
@@ -160,7 +162,13 @@ def update(conn: psycopg.Connection, source_id: uuid.UUID | str, values: dict,
     assignments = [f"{name} = %({name})s" for name in columns]  # names come from FIELDS only
     if verified:
         assignments += ["verified_at = now()", "state = 'active'", "pause_reason = NULL",
-                        "last_error = NULL"]
+                        "last_error = NULL", "next_poll_at = now()", "consecutive_failures = 0"]
+    if "app_id" in values or "environment_id" in values:
+        # Another app or environment is another stream: start it fresh, an hour back.
+        assignments += ["checkpoint = now() - interval '1 hour'", "window_start = NULL",
+                        "window_end = NULL", "window_cursor = NULL", "backfill_from = NULL",
+                        "backfill_until = NULL"]
+        conn.execute("DELETE FROM forge_seen WHERE source_id = %s", (source_id,))
     assignments.append("updated_at = now()")
     return conn.execute(
         f"UPDATE sources SET {', '.join(assignments)} WHERE id = %(id)s RETURNING {COLUMNS}",
@@ -173,11 +181,34 @@ def record_verification(conn: psycopg.Connection, source_id: uuid.UUID | str,
     """Store the outcome of a "verify now": success resumes, a refusal pauses with its reason."""
     if pause_reason is None:
         sql = ("UPDATE sources SET verified_at = now(), state = 'active', pause_reason = NULL, "
-               "last_error = NULL, updated_at = now() WHERE id = %s RETURNING " + COLUMNS)
+               "last_error = NULL, next_poll_at = LEAST(next_poll_at, now()), consecutive_failures = 0, "
+               "updated_at = now() WHERE id = %s RETURNING " + COLUMNS)
         return conn.execute(sql, (source_id,)).fetchone()
     sql = ("UPDATE sources SET state = 'paused', pause_reason = %s, last_error = %s, updated_at = now() "
            "WHERE id = %s RETURNING " + COLUMNS)
     return conn.execute(sql, (pause_reason, error, source_id)).fetchone()
+
+
+def start_backfill(conn: psycopg.Connection, source_id: uuid.UUID | str, start: datetime) -> dict:
+    """Re-poll from ``start``: the checkpoint moves back, progress runs up to where it was."""
+    return conn.execute(
+        f"""
+        UPDATE sources SET backfill_from = %(start)s,
+            backfill_until = GREATEST(COALESCE(backfill_until, checkpoint), checkpoint),
+            checkpoint = %(start)s, window_start = NULL, window_end = NULL, window_cursor = NULL,
+            next_poll_at = now(), updated_at = now()
+        WHERE id = %(id)s RETURNING {COLUMNS}
+        """,
+        {"start": start, "id": source_id},
+    ).fetchone()
+
+
+def gaps(conn: psycopg.Connection, source_id: uuid.UUID | str, limit: int = 20) -> list[dict]:
+    return conn.execute(
+        "SELECT gap_from, gap_until, reason, recorded_at FROM source_gaps WHERE source_id = %s "
+        "ORDER BY recorded_at DESC, id DESC LIMIT %s",
+        (source_id, limit),
+    ).fetchall()
 
 
 def delete(conn: psycopg.Connection, source_id: uuid.UUID | str) -> None:

@@ -95,6 +95,30 @@ SOURCE = {
         "verified_at": {"type": ["string", "null"], "format": "date-time"},
         "created_at": {"type": "string", "format": "date-time"},
         "updated_at": {"type": "string", "format": "date-time"},
+        "polling": {
+            "type": "object",
+            "description": "Where polling stands: every record before `checkpoint` is stored.",
+            "properties": {
+                "checkpoint": {"type": "string", "format": "date-time"},
+                "next_poll_at": {"type": "string", "format": "date-time"},
+                "last_poll_at": {"type": ["string", "null"], "format": "date-time"},
+                "last_success_at": {"type": ["string", "null"], "format": "date-time"},
+                "consecutive_failures": {"type": "integer"},
+                "backfill": {"type": ["object", "null"], "properties": {
+                    "from": {"type": "string", "format": "date-time"},
+                    "until": {"type": "string", "format": "date-time"},
+                    "progress": {"type": "number", "minimum": 0, "maximum": 1}}},
+            },
+        },
+        "gaps": {
+            "type": "array",
+            "description": "Time ranges whose logs could not be fetched (single-source reads only).",
+            "items": {"type": "object", "properties": {
+                "from": {"type": "string", "format": "date-time"},
+                "until": {"type": "string", "format": "date-time"},
+                "reason": {"type": "string"},
+                "recorded_at": {"type": "string", "format": "date-time"}}},
+        },
     },
 }
 
@@ -145,6 +169,18 @@ def _source_paths() -> dict:
                                     "409": _error_response("That app environment is already a source.")}},
             "delete": {"operationId": "deleteSource", "summary": "Stop pulling this source.",
                        "responses": {"204": {"description": "Deleted."}, **common}},
+        },
+        "/v1/resources/{id}/sources/{source_id}/backfill": {
+            "parameters": [resource_param, source_param],
+            "post": {"operationId": "backfillSource",
+                     "summary": "Re-poll from a past time (at most 14 days back); records in that range "
+                                "are delivered again. Progress shows in polling.backfill.",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "type": "object", "required": ["from"],
+                         "properties": {"from": {"type": "string", "format": "date-time"}}}}}},
+                     "responses": {"202": _json("Source", "Backfill started."), **common,
+                                   "400": refusals["400"],
+                                   "422": _error_response("from is not a past time within 14 days.")}},
         },
         "/v1/resources/{id}/sources/{source_id}/verify": {
             "parameters": [resource_param, source_param],

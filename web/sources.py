@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime
 
 import psycopg
 from flask import Blueprint, Response, request
@@ -28,9 +29,30 @@ bp = Blueprint("sources", __name__, url_prefix="/v1/resources/<resource_id>/sour
 ACTOR = "api-token"
 
 
-def source_view(row: dict, vault) -> dict:
-    token = vault.decrypt(row["api_token_enc"]) if row["api_token_enc"] else None
+def _iso(moment):
+    return moment.isoformat() if moment else None
+
+
+def _polling_view(row: dict) -> dict:
+    backfill = None
+    if row["backfill_from"] is not None and row["backfill_until"] is not None:
+        total = (row["backfill_until"] - row["backfill_from"]).total_seconds()
+        done = (row["checkpoint"] - row["backfill_from"]).total_seconds()
+        backfill = {"from": _iso(row["backfill_from"]), "until": _iso(row["backfill_until"]),
+                    "progress": round(min(1.0, max(0.0, done / total)), 4) if total > 0 else 1.0}
     return {
+        "checkpoint": _iso(row["checkpoint"]),
+        "next_poll_at": _iso(row["next_poll_at"]),
+        "last_poll_at": _iso(row["last_poll_at"]),
+        "last_success_at": _iso(row["last_success_at"]),
+        "consecutive_failures": row["consecutive_failures"],
+        "backfill": backfill,
+    }
+
+
+def source_view(row: dict, vault, gaps: list[dict] | None = None) -> dict:
+    token = vault.decrypt(row["api_token_enc"]) if row["api_token_enc"] else None
+    view = {
         "id": str(row["id"]),
         "app_id": row["app_id"],
         "environment_id": row["environment_id"],
@@ -47,7 +69,12 @@ def source_view(row: dict, vault) -> dict:
         "verified_at": row["verified_at"].isoformat() if row["verified_at"] else None,
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
+        "polling": _polling_view(row),
     }
+    if gaps is not None:
+        view["gaps"] = [{"from": _iso(g["gap_from"]), "until": _iso(g["gap_until"]), "reason": g["reason"],
+                         "recorded_at": _iso(g["recorded_at"])} for g in gaps]
+    return view
 
 
 def _json_body():
@@ -168,7 +195,46 @@ def read_source(resource_id: str, source_id: str):
     _, row, failure = _authorized_source(resource_id, source_id)
     if failure is not None:
         return failure
-    return json_response(source_view(row, services().vault))
+    with services().db.connection() as conn:
+        recorded = sources.gaps(conn, row["id"])
+    return json_response(source_view(row, services().vault, recorded))
+
+
+@bp.post("/<source_id>/backfill")
+def backfill_source(resource_id: str, source_id: str):
+    """Re-poll from a past time (at most 14 days back); progress shows in ``polling.backfill``."""
+    resource, row, failure = _authorized_source(resource_id, source_id)
+    if failure is not None:
+        return failure
+    try:
+        body = _json_body()
+        start = datetime.fromisoformat(str(body.get("from", "")).replace("Z", "+00:00")) \
+            if isinstance(body, dict) and isinstance(body.get("from"), str) else None
+        if start is None or start.tzinfo is None:
+            raise ValueError
+    except SourceInputError as exc:
+        return _invalid(exc)
+    except ValueError:
+        return json_response({"error": "invalid", "field": "from",
+                              "message": "from must be an ISO 8601 time with a zone, such as "
+                                         "2026-11-20T08:00:00Z"}, 422)
+    svc = services()
+    with svc.db.connection() as conn, conn.transaction():
+        bounds = conn.execute("SELECT now() - interval '14 days' AS oldest, now() AS now").fetchone()
+        if start < bounds["oldest"]:
+            return json_response({"error": "invalid", "field": "from",
+                                  "message": "from is more than 14 days ago: Atlassian keeps app logs "
+                                             "for 14 days"}, 422)
+        if start >= bounds["now"]:
+            return json_response({"error": "invalid", "field": "from",
+                                  "message": "from must be in the past"}, 422)
+        if sources.get(conn, resource["id"], row["id"], for_update=True) is None:
+            return error(404, "not_found", "no such source")
+        updated = sources.start_backfill(conn, row["id"], start)
+        audit.record(conn, resource["id"], ACTOR, "source.backfill_started",
+                     {**_audit_detail(row), "from": start.isoformat()})
+    log.info("backfill source=%s from=%s", row["id"], start.isoformat())
+    return json_response(source_view(updated, svc.vault), 202)
 
 
 @bp.patch("/<source_id>")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from broker import jobs, redisconn, resources
+from broker import jobs, polling, redisconn, resources
 from worker import context
 
 log = logging.getLogger(__name__)
@@ -20,18 +20,32 @@ PURGE_AFTER_DAYS = 30
 PROVISIONS_PER_TICK = 500
 
 
-def run(slot: int) -> None:
-    """Record the tick, re-enqueue due asynchronous provisions, purge old resources."""
+def run(slot: int) -> dict:
+    """Record the tick, keep poll jobs queued while sources are due, re-enqueue due
+    asynchronous provisions, purge old resources.
+
+    Cheap at any fleet size: one indexed, capped count of due sources decides how
+    many poll jobs to keep queued (slot-unique ids: a job still queued or running
+    is not queued twice); the jobs themselves claim the sources.
+    """
     settings = context.settings()
     with context.connection() as conn:
         with conn.transaction():
             conn.execute(HEARTBEAT_SQL)
+        due_sources = polling.count_due(conn, settings.poll_threads * settings.poll_batches)
         due = resources.due_provisions(conn, PROVISIONS_PER_TICK)
         with conn.transaction():
             purged = resources.purge_deprovisioned(conn, PURGE_AFTER_DAYS)
-    if due:
-        connection = redisconn.connect(settings.redis_url)
-        for resource_id in due:
-            jobs.enqueue_provision(connection, str(resource_id))
-    log.info("tick slot=%d provisions=%d purged=%d", slot, len(due), purged)
+    connection = redisconn.connect(settings.redis_url)
+    batches = 0
+    if due_sources:
+        wanted = min(settings.poll_batches, -(-due_sources // settings.poll_threads))
+        for batch in range(wanted):
+            if jobs.enqueue_poll_batch(connection, batch, settings.clock_tick_seconds):
+                batches += 1
+    for resource_id in due:
+        jobs.enqueue_provision(connection, str(resource_id))
+    log.info("tick slot=%d due_sources=%d poll_jobs=%d provisions=%d purged=%d", slot, due_sources,
+             batches, len(due), purged)
+    return {"due_sources": due_sources, "poll_jobs": batches}
 
