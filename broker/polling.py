@@ -146,6 +146,10 @@ def record_time(record: dict, fallback: datetime) -> datetime:
         return fallback
 
 
+def _to_millis(moment: datetime) -> datetime:
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
 def encode_batch(records: list[dict]) -> bytes:
     return zlib.compress(orjson.dumps(records), COMPRESSION_LEVEL)
 
@@ -291,10 +295,12 @@ class Poller:
             outcome.result = "paused"
             return outcome
         client = self.client_for()
+        # Fixed for the whole poll: catching up chases where "now" was at the
+        # claim, not a target that moves with every call.
+        target_end = db_now - self.settings.lag
         try:
             while True:
                 now = db_now + timedelta(seconds=self.clock() - began)
-                target_end = now - self.settings.lag
                 window = self._next_window(source, now, target_end)
                 if window is None:
                     self._release(source, plan.poll_interval_seconds)
@@ -330,8 +336,10 @@ class Poller:
         checkpoint = source["checkpoint"]
         if target_end <= checkpoint:
             return None
-        start = max(checkpoint - self.settings.overlap, oldest)
-        end = min(start + MAX_WINDOW, target_end)
+        start = _to_millis(max(checkpoint - self.settings.overlap, oldest))
+        # The API speaks milliseconds: an end with microseconds would be cut
+        # short on the wire while the checkpoint claimed the remainder.
+        end = _to_millis(min(start + MAX_WINDOW, target_end))
         if end <= checkpoint:
             return None
         return start, end

@@ -1,0 +1,247 @@
+"""Polling Forge sources into the outbox: windows, checkpoints, fingerprints, errors, gaps."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from broker import polling
+from broker.vault import Vault
+from tests.fakes.forge import ForgeFake
+from tests.fakes.server import LocalServer
+from tests.support.polling import (APP, EMAIL, ENV, TOKEN, add_resource, add_source, identity,
+                                   make_poller, outbox_records)
+
+
+class SimClock:
+    def __init__(self, start: datetime):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now.timestamp()
+
+
+@pytest.fixture
+def vault(settings):
+    return Vault(settings.fernet_keys)
+
+
+def claim_one(conn, source_id, db_now: datetime | None = None) -> dict:
+    """Make the source due and lease it, as a poll job would; optionally at a simulated time."""
+    conn.execute("UPDATE sources SET next_poll_at = now() - interval '1 second' WHERE id = %s", (source_id,))
+    claimed = polling.claim(conn, 10, 180)
+    assert [c["id"] for c in claimed] == [source_id]
+    source = claimed[0]
+    if db_now is not None:
+        source["db_now"] = db_now
+    return source
+
+
+def source_row(conn, source_id) -> dict:
+    return conn.execute("SELECT * FROM sources WHERE id = %s", (source_id,)).fetchone()
+
+
+def test_consecutive_windows_with_late_records_lose_nothing_and_store_nothing_twice(
+        conn, database_url, redis_url, vault):
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=3)
+    clock = SimClock(start)
+    fake = ForgeFake(seed=11, page_size=20, clock=clock, rate_limit=10_000)
+    # Late records arrive up to 200 s after their timestamp. A record is re-read
+    # until the checkpoint passes it by the overlap, so lateness up to
+    # lag + overlap - poll interval (60 + 300 - 60 s) is caught.
+    fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=30, late_fraction=0.2,
+                 max_delay_seconds=200)
+    resource_id = add_resource(conn)
+    source_id = add_source(conn, vault, resource_id)
+    first_checkpoint = start - timedelta(minutes=30)
+    conn.execute("UPDATE sources SET checkpoint = %s", (first_checkpoint,))
+    with LocalServer(fake.wsgi()) as server:
+        poller = make_poller(database_url, redis_url, server.url, vault, lag=60, overlap=300)
+        for _ in range(90):  # an hour and a half of one-minute polls
+            outcome = poller.poll(claim_one(conn, source_id, clock.now))
+            assert outcome.result == "caught-up", outcome
+            clock.now += timedelta(minutes=1)
+    final = source_row(conn, source_id)["checkpoint"]
+    assert final > start + timedelta(minutes=80)
+    # Every record that had become visible by the last poll is stored: all with
+    # a timestamp at least max_delay before the end of the last poll's window.
+    settled = final - timedelta(seconds=200)
+    stored = outbox_records(conn, source_id)
+    counts = Counter(map(identity, stored))
+    assert max(counts.values()) == 1, "a record was stored twice"
+    expected = fake.records(APP, ENV, first_checkpoint, settled, now=clock() + 86400)
+    assert len(expected) > 2000
+    in_range = Counter(identity(r) for r in stored
+                       if first_checkpoint <= polling.record_time(r, first_checkpoint) < settled)
+    assert in_range == Counter(map(identity, expected)), "records were lost or invented"
+    everything = set(map(identity, fake.records(APP, ENV, first_checkpoint - timedelta(minutes=10), final,
+                                                now=clock() + 86400)))
+    assert set(counts) <= everything, "stored a record the API never returned"
+    # the overlap really re-read records and dropped them
+    assert conn.execute("SELECT count(*) AS n FROM outbox").fetchone()["n"] > 90
+
+
+def test_a_long_outage_catches_up_in_one_poll_as_far_as_the_time_box_allows(
+        conn, database_url, redis_url, vault):
+    fake = ForgeFake(seed=12, page_size=500, rate_limit=10_000)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=5, late_fraction=0)
+    source_id = add_source(conn, vault, add_resource(conn), checkpoint_ago=timedelta(hours=6))
+    with LocalServer(fake.wsgi()) as server:
+        poller = make_poller(database_url, redis_url, server.url, vault)
+        outcome = poller.poll(claim_one(conn, source_id))
+    assert outcome.result == "caught-up"
+    assert outcome.windows >= 6 and outcome.calls == outcome.windows
+    row = source_row(conn, source_id)
+    assert datetime.now(timezone.utc) - row["checkpoint"] < timedelta(minutes=3)
+    assert row["next_poll_at"] > datetime.now(timezone.utc) + timedelta(seconds=50)  # pro: 1 min
+    assert row["lease_token"] is None and row["consecutive_failures"] == 0
+
+
+def test_a_15_day_outage_records_a_gap_and_recovers_the_rest(conn, database_url, redis_url, vault):
+    fake = ForgeFake(seed=13, page_size=1000, rate_limit=100_000)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=0.2, late_fraction=0)
+    source_id = add_source(conn, vault, add_resource(conn), checkpoint_ago=timedelta(days=15))
+    with LocalServer(fake.wsgi()) as server:
+        poller = make_poller(database_url, redis_url, server.url, vault, time_box=60)
+        for _ in range(20):
+            if poller.poll(claim_one(conn, source_id)).result == "caught-up":
+                break
+    gaps = conn.execute("SELECT gap_from, gap_until FROM source_gaps").fetchall()
+    assert len(gaps) == 1
+    length = gaps[0]["gap_until"] - gaps[0]["gap_from"]
+    # a day, plus the 5 minutes kept clear of the API's edge
+    assert timedelta(hours=24) <= length <= timedelta(hours=24, minutes=6)
+    row = source_row(conn, source_id)
+    assert datetime.now(timezone.utc) - row["checkpoint"] < timedelta(minutes=3)
+    stored = Counter(map(identity, outbox_records(conn, source_id)))
+    expected = fake.records(APP, ENV, gaps[0]["gap_until"], row["checkpoint"])
+    assert set(stored) >= set(map(identity, expected))
+    assert max(stored.values()) == 1
+
+
+@pytest.mark.parametrize("inject, state, reason, fragment", [
+    ({"status": 401}, "paused", "auth_failed", "HTTP 401"),
+    ({"status": 403}, "paused", "auth_failed", "HTTP 403"),
+    ({"status": 404}, "paused", "not_found", "HTTP 404"),
+    ({"status": 400}, "paused", "bad_request", "HTTP 400"),
+    ({"status": 500}, "active", None, "HTTP 500"),
+    ({"status": 503}, "active", None, "HTTP 503"),
+    ({"malformed": True}, "active", None, "not JSON"),
+])
+def test_each_error_class_leads_to_its_state(conn, database_url, redis_url, vault, inject, state,
+                                             reason, fragment):
+    fake = ForgeFake(seed=14)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN)
+    source_id = add_source(conn, vault, add_resource(conn))
+    before = source_row(conn, source_id)["checkpoint"]
+    fake.fail(**inject)
+    with LocalServer(fake.wsgi()) as server:
+        make_poller(database_url, redis_url, server.url, vault).poll(claim_one(conn, source_id))
+    row = source_row(conn, source_id)
+    assert row["state"] == state and row["pause_reason"] == reason
+    assert fragment in row["last_error"]
+    assert row["checkpoint"] == before  # nothing moved
+    assert row["lease_token"] is None
+    if state == "active":
+        assert row["consecutive_failures"] == 1
+        assert row["next_poll_at"] > datetime.now(timezone.utc) + timedelta(seconds=5)
+    assert conn.execute("SELECT count(*) AS n FROM outbox").fetchone()["n"] == 0
+
+
+def test_wrong_credentials_pause_the_source(conn, database_url, redis_url, vault):
+    fake = ForgeFake(seed=15)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN)
+    source_id = add_source(conn, vault, add_resource(conn), token="ATATT-revoked")
+    with LocalServer(fake.wsgi()) as server:
+        outcome = make_poller(database_url, redis_url, server.url, vault).poll(claim_one(conn, source_id))
+    assert outcome.result == "paused"
+    row = source_row(conn, source_id)
+    assert (row["state"], row["pause_reason"]) == ("paused", "auth_failed")
+    # a paused source is not claimed again
+    conn.execute("UPDATE sources SET next_poll_at = now() - interval '1 minute'")
+    assert polling.claim(conn, 10, 180) == []
+
+
+def test_a_429_blocks_the_app_for_its_retry_after(conn, database_url, redis_url, vault):
+    fake = ForgeFake(seed=16, rate_limit=1, rate_period=30, retry_after=True)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN)
+    source_id = add_source(conn, vault, add_resource(conn), checkpoint_ago=timedelta(hours=3))
+    with LocalServer(fake.wsgi()) as server:
+        poller = make_poller(database_url, redis_url, server.url, vault)
+        outcome = poller.poll(claim_one(conn, source_id))
+        assert outcome.result == "rate-limited"
+        assert 0 < poller.limiter.try_take(APP) <= 30  # every worker now waits
+    row = source_row(conn, source_id)
+    wait = (row["next_poll_at"] - datetime.now(timezone.utc)).total_seconds()
+    assert 20 < wait <= 31
+    assert row["consecutive_failures"] == 1 and "429" in row["last_error"]
+
+
+def test_no_budget_yields_instead_of_sleeping(conn, database_url, redis_url, vault):
+    fake = ForgeFake(seed=17, rate_limit=10_000)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=1)
+    source_id = add_source(conn, vault, add_resource(conn), checkpoint_ago=timedelta(hours=5))
+    with LocalServer(fake.wsgi()) as server:
+        poller = make_poller(database_url, redis_url, server.url, vault, limit=2, period=60)
+        outcome = poller.poll(claim_one(conn, source_id))
+    assert outcome.result == "no-budget" and outcome.calls == 2
+    row = source_row(conn, source_id)
+    assert row["lease_token"] is None
+    assert row["next_poll_at"] > datetime.now(timezone.utc) + timedelta(seconds=30)
+    assert row["checkpoint"] < datetime.now(timezone.utc) - timedelta(hours=2)  # two windows done
+
+
+def test_a_poll_that_lost_its_lease_changes_nothing(conn, database_url, redis_url, vault):
+    fake = ForgeFake(seed=18, rate_limit=10_000)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN)
+    source_id = add_source(conn, vault, add_resource(conn))
+    stale = claim_one(conn, source_id)
+    conn.execute("UPDATE sources SET lease_expires_at = now() - interval '1 second'")
+    fresh = claim_one(conn, source_id)
+    assert fresh["lease_token"] != stale["lease_token"]
+    with LocalServer(fake.wsgi()) as server:
+        outcome = make_poller(database_url, redis_url, server.url, vault).poll(stale)
+    assert outcome.result == "lost-lease"
+    assert conn.execute("SELECT count(*) AS n FROM outbox").fetchone()["n"] == 0
+    assert source_row(conn, source_id)["lease_token"] == fresh["lease_token"]
+
+
+def test_deleted_sources_and_deprovisioned_resources_stop_at_once(conn, database_url, redis_url, vault):
+    fake = ForgeFake(seed=19, rate_limit=10_000)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN)
+    resource_id = add_resource(conn)
+    source_id = add_source(conn, vault, resource_id)
+    in_flight = claim_one(conn, source_id)
+    conn.execute("UPDATE resources SET state = 'deprovisioned' WHERE id = %s", (resource_id,))
+    conn.execute("UPDATE sources SET state = 'paused', api_token_enc = NULL")  # what deprovision does
+    with LocalServer(fake.wsgi()) as server:
+        outcome = make_poller(database_url, redis_url, server.url, vault).poll(in_flight)
+    assert outcome.result == "lost-lease"
+    assert conn.execute("SELECT count(*) AS n FROM outbox").fetchone()["n"] == 0
+    conn.execute("DELETE FROM sources")
+    assert polling.claim(conn, 10, 180) == []
+
+
+def test_two_claimers_never_get_the_same_source(conn, database_url, vault):
+    from broker import db
+
+    resource_id = add_resource(conn)
+    for i in range(20):
+        add_source(conn, vault, resource_id, environment_id=f"env-{i}")
+    with db.connect(database_url) as a, db.connect(database_url) as b:
+        first = polling.claim(a, 12, 180)
+        second = polling.claim(b, 12, 180)
+    assert len(first) == 12 and len(second) == 8
+    assert not {s["id"] for s in first} & {s["id"] for s in second}
+
+
+def test_fingerprints_tell_records_apart_by_time_invocation_and_body():
+    base = {"timeUnixNano": "1", "severityText": "INFO", "body": {"stringValue": "x"},
+            "attributes": [{"key": "invocationId", "value": {"stringValue": "i"}}]}
+    same = {**base, "attributes": list(base["attributes"])}
+    assert polling.fingerprint(base) == polling.fingerprint(same)
+    for change in ({"timeUnixNano": "2"}, {"body": {"stringValue": "y"}},
+                   {"attributes": [{"key": "invocationId", "value": {"stringValue": "j"}}]}):
+        assert polling.fingerprint({**base, **change}) != polling.fingerprint(base)
