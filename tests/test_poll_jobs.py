@@ -1,0 +1,170 @@
+"""The poll job and the clock's tick with real RQ workers, the Forge fake and a shared budget."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from rq import SimpleWorker
+
+from broker import config, jobs, polling, redisconn
+from broker.vault import Vault
+from tests.fakes.forge import ForgeFake
+from tests.fakes.server import LocalServer
+from tests.support.polling import (APP, EMAIL, ENV, TOKEN, add_resource, add_source, identity,
+                                   outbox_records)
+from worker import context, tick
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def vault(settings):
+    return Vault(settings.fernet_keys)
+
+
+def install(env: dict, **overrides) -> config.Settings:
+    settings = config.load({**env, **{k: str(v) for k, v in overrides.items()}}, testing=True)
+    context.install(settings)
+    return settings
+
+
+@pytest.fixture(autouse=True)
+def _uninstall():
+    yield
+    context.install(None)
+
+
+def burst(redis_url: str) -> None:
+    connection = redisconn.connect(redis_url, socket_timeout=None)
+    queues = [jobs.queue(name, connection) for name in jobs.QUEUE_NAMES]
+    SimpleWorker(queues, connection=connection, serializer=jobs.SERIALIZER).work(burst=True)
+
+
+def start_worker(env: dict, **overrides) -> subprocess.Popen:
+    process_env = {**env, **{k: str(v) for k, v in overrides.items()},
+                   "PATH": f"{BIN}:/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "worker", "--burst"], cwd=ROOT, env=process_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def test_the_tick_queues_poll_jobs_only_while_sources_are_due(env, conn, redis_url, vault):
+    install(env)
+    assert tick.run(1) == {"due_sources": 0, "poll_jobs": 0}
+    resource_id = add_resource(conn)
+    add_source(conn, vault, resource_id)
+    assert tick.run(2) == {"due_sources": 1, "poll_jobs": 1}
+    assert tick.run(3)["poll_jobs"] == 0  # still queued: not queued twice
+    queued = jobs.queue("poll", redisconn.connect(redis_url)).jobs
+    assert [j.id for j in queued] == ["poll-batch-0"]
+
+
+def test_a_flushed_redis_loses_no_work(env, conn, redis_url, vault):
+    fake = ForgeFake(seed=21, rate_limit=10_000)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=5)
+    with LocalServer(fake.wsgi()) as server:
+        install(env, FORGE_API_URL=server.url)
+        source_id = add_source(conn, vault, add_resource(conn))
+        tick.run(1)
+        redisconn.connect(redis_url).flushdb()  # the queued poll job is gone
+        tick.run(2)  # PostgreSQL still says the source is due
+        burst(redis_url)
+    row = conn.execute("SELECT checkpoint, last_success_at FROM sources WHERE id = %s", (source_id,)).fetchone()
+    assert row["last_success_at"] is not None
+    assert datetime.now(timezone.utc) - row["checkpoint"] < timedelta(minutes=3)
+    assert outbox_records(conn)
+
+
+def test_one_poll_job_serves_many_sources_at_once(env, conn, redis_url, vault):
+    fake = ForgeFake(seed=22, rate_limit=10_000, latency=0.2)
+    apps = [f"app-{i:02d}" for i in range(40)]
+    for app_id in apps:
+        fake.add_app(app_id, [ENV], EMAIL, TOKEN, records_per_minute=2)
+    with LocalServer(fake.wsgi()) as server:
+        install(env, FORGE_API_URL=server.url, FORGE_POLL_THREADS=20)
+        resource_id = add_resource(conn)
+        for app_id in apps:
+            add_source(conn, vault, resource_id, app_id=app_id, checkpoint_ago=timedelta(minutes=10))
+        began = time.monotonic()
+        from worker import poll
+
+        totals = poll.run_batch(0, budget_seconds=5)
+        elapsed = time.monotonic() - began
+    assert totals["polls"] == 40 and totals["errors"] == 0
+    # 40 calls of 0.2 s each, made concurrently: far less than the 8 s one after another
+    assert elapsed < 6
+    waiting = conn.execute("SELECT count(*) AS n FROM sources WHERE last_success_at IS NULL").fetchone()["n"]
+    assert waiting == 0
+
+
+def test_four_workers_in_parallel_never_exceed_the_apps_limit(env, conn, redis_url, vault):
+    # Atlassian allows 30 calls per period; we spend at most 25. The period is compressed to 2 s.
+    fake = ForgeFake(seed=23, rate_limit=30, rate_period=2.0, page_size=200)
+    environments = [f"env-{i}" for i in range(8)]
+    fake.add_app(APP, environments, EMAIL, TOKEN, records_per_minute=3)
+    with LocalServer(fake.wsgi()) as server:
+        overrides = dict(FORGE_API_URL=server.url, FORGE_RATE_LIMIT=25, FORGE_RATE_PERIOD_SECONDS=2,
+                         FORGE_POLL_THREADS=4)
+        install(env, **overrides)
+        resource_id = add_resource(conn)
+        for environment in environments:
+            add_source(conn, vault, resource_id, environment_id=environment, checkpoint_ago=timedelta(days=2))
+        connection = redisconn.connect(redis_url)
+        for slot in range(4):
+            jobs.queue("poll", connection).enqueue("worker.poll.run_batch", slot, 8.0, job_timeout=120)
+        workers = [start_worker(env, **overrides) for _ in range(4)]
+        outputs = [w.communicate(timeout=120)[0] for w in workers]
+    statuses = Counter(call.status for call in fake.calls)
+    assert statuses[429] == 0, outputs
+    # and the budget is used, not wasted: at least 80 % of 25 calls per 2 s over the run
+    times = sorted(call.time for call in fake.calls)
+    span = times[-1] - times[0]
+    assert statuses[200] >= 0.8 * 25 * span / 2.0 - 25, (statuses, span)
+
+
+def test_a_worker_killed_mid_poll_loses_nothing_and_stores_nothing_twice(env, conn, redis_url, vault):
+    fake = ForgeFake(seed=24, rate_limit=10_000, page_size=50, latency=0.1)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=20, late_fraction=0)
+    with LocalServer(fake.wsgi()) as server:
+        overrides = dict(FORGE_API_URL=server.url, FORGE_POLL_THREADS=1, FORGE_RATE_LIMIT=30,
+                         FORGE_RATE_PERIOD_SECONDS=0.1)
+        install(env, **overrides)
+        source_id = add_source(conn, vault, add_resource(conn), checkpoint_ago=timedelta(hours=2))
+        first = conn.execute("SELECT checkpoint FROM sources").fetchone()["checkpoint"]
+        jobs.queue("poll", redisconn.connect(redis_url)).enqueue("worker.poll.run_batch", 0, 30.0,
+                                                                 job_timeout=120)
+        worker = start_worker(env, **overrides)
+        deadline = time.monotonic() + 30
+        while len(fake.calls) < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # SIGKILL the whole worker: its parent and the work horse (in its own process group).
+        horses = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()
+        for pid in horses:
+            os.killpg(int(pid), signal.SIGKILL)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.communicate(timeout=30)
+        mid = conn.execute("SELECT count(*) AS n FROM outbox").fetchone()["n"]
+        assert mid > 0, "killed before anything was stored: the test proves nothing"
+        row = conn.execute("SELECT checkpoint, lease_token FROM sources").fetchone()
+        assert row["lease_token"] is not None  # the dead poll still holds its lease
+        # The lease expires; the next tick's job takes the source back and finishes.
+        conn.execute("UPDATE sources SET lease_expires_at = now() - interval '1 second'")
+        tick.run(1)
+        burst(redis_url)
+    final = conn.execute("SELECT checkpoint FROM sources WHERE id = %s", (source_id,)).fetchone()["checkpoint"]
+    assert datetime.now(timezone.utc) - final < timedelta(minutes=3)
+    stored = outbox_records(conn, source_id)
+    counts = Counter(map(identity, stored))
+    assert max(counts.values()) == 1, "a record was stored twice"
+    expected = fake.records(APP, ENV, first, final)
+    in_range = {identity(r) for r in stored if first <= polling.record_time(r, first) < final}
+    assert in_range == set(map(identity, expected))
