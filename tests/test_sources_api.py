@@ -294,3 +294,36 @@ def test_bad_provisioning_options_refuse_the_provision_and_create_nothing(api, c
     assert fragment in response.get_json(force=True)["message"]
     assert "ATATT-wrong" not in response.get_data(as_text=True)
     assert count(conn, "resources") == 0 and count(conn) == 0
+
+
+def test_a_backfill_re_polls_from_a_past_time_with_visible_progress(api, resource, conn, forge_fake,
+                                                                    database_url, redis_url, settings):
+    from datetime import datetime, timedelta, timezone
+
+    from broker import polling
+    from broker.vault import Vault
+    from tests.support.polling import make_poller
+
+    rid, auth = resource
+    sid = create(api, resource).json["id"]
+    path = f"/v1/resources/{rid}/sources/{sid}/backfill"
+    now = datetime.now(timezone.utc)
+    for bad in ({"from": (now - timedelta(days=15)).isoformat()}, {"from": (now + timedelta(hours=1)).isoformat()},
+                {"from": "yesterday"}, {"from": "2026-11-20T08:00:00"}, {}):
+        refused = api.post(path, data=json.dumps(bad), headers=auth)
+        assert refused.status_code == 422 and refused.json["field"] == "from"
+    start = now - timedelta(hours=3)
+    response = api.post(path, data=json.dumps({"from": start.isoformat()}), headers=auth)
+    assert response.status_code == 202
+    backfill = response.json["polling"]["backfill"]
+    assert backfill["progress"] == 0.0
+    assert datetime.fromisoformat(response.json["polling"]["checkpoint"]) == start
+    poller = make_poller(database_url, redis_url, forge_fake.url, Vault(settings.fernet_keys))
+    conn.execute("UPDATE sources SET next_poll_at = now() - interval '1 second'")
+    source = polling.claim(conn, 1, 180)[0]
+    poller.poll(source)
+    after = api.get(f"/v1/resources/{rid}/sources/{sid}", headers=auth).json["polling"]
+    assert after["backfill"] is None  # done: the checkpoint passed where it was
+    assert datetime.fromisoformat(after["checkpoint"]) > now - timedelta(minutes=3)
+    entry = conn.execute("SELECT action FROM audit_log WHERE action = 'source.backfill_started'").fetchone()
+    assert entry is not None
