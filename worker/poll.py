@@ -33,6 +33,7 @@ from worker import context
 log = logging.getLogger(__name__)
 
 CLAIM_BUDGET_SECONDS = 45
+MAX_CONNECTIONS = 6
 JOB_TIMEOUT_SECONDS = 150
 
 
@@ -58,8 +59,11 @@ def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
     """Claim and poll due sources until none is due or the budget is spent."""
     settings = context.settings()
     threads = settings.poll_threads
+    # Threads hold a connection only for a page's short transaction, so a few
+    # connections serve many threads; Heroku's small plans allow 20 in all.
     pool = ConnectionPool(
-        db.conninfo(settings.database_url, "forgedrain-poll"), min_size=1, max_size=threads + 1,
+        db.conninfo(settings.database_url, "forgedrain-poll"), min_size=1,
+        max_size=min(threads, MAX_CONNECTIONS) + 1, timeout=30,
         kwargs={"autocommit": True, "row_factory": dict_row}, open=False, name=f"poll-{slot}",
     )
     pool.open(wait=True, timeout=30)
