@@ -1,0 +1,54 @@
+"""Heroku's logplex dialect, byte for byte (research heroku-addon-and-logplex.md §7; PITFALLS).
+
+A frame is ``<len> <PRI>1 TIMESTAMP HOST APP PROCID - MSG\\n``: no structured
+data field, one ``-`` (the MSGID) before the message, a LF after it, and a
+length that counts the UTF-8 bytes of everything after the space, LF included.
+Receivers such as Vector's ``heroku_logs`` split the body on LF and read eight
+space-separated fields, so a message never holds a raw line break: a
+multi-line body (a stack trace) becomes one frame per line. A frame's message
+part over 10,000 bytes is split, as Heroku splits long dyno lines.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from broker.formats import fields, severity
+
+# local7, like Heroku's app output: an INFO line is <190>.
+FACILITY = 23
+MAX_MESSAGE_BYTES = 10_000
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the header says about the sender."""
+
+    host: str       # HOSTNAME (≤ 255 bytes): the drain's token, or "host" as Heroku writes
+    app_name: str   # APP-NAME (≤ 48 bytes): the source's service name
+
+
+def frames(record: dict, who: Identity) -> list[bytes]:
+    """The frames of one record (one per line of its body, long lines split)."""
+    otlp_number, syslog_severity = severity.of(record)
+    attrs = fields.attributes(record)
+    header = (
+        f"<{FACILITY * 8 + syslog_severity}>1 {fields.timestamp(record)} "
+        f"{fields.header_field(who.host, 255)} {fields.header_field(who.app_name, 48)} "
+        f"{fields.header_field(attrs.get('functionKey'), 128)} - "
+    ).encode()
+    room = MAX_MESSAGE_BYTES - len(header) - 1
+    out = []
+    for line in LINE_BREAK.split(fields.body_text(record)):
+        for piece in fields.cut_utf8(line.encode("utf-8", "replace"), room):
+            message = header + piece + b"\n"
+            out.append(str(len(message)).encode() + b" " + message)
+    return out
+
+
+def batch(records: list[dict], who: Identity) -> tuple[bytes, int]:
+    """A request body for ``records`` and its frame count (``Logplex-Msg-Count``)."""
+    parts = [frame for record in records for frame in frames(record, who)]
+    return b"".join(parts), len(parts)

@@ -1,0 +1,199 @@
+"""Output formats: strict parsers accept every frame, and the content decodes back unchanged."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from broker.formats import fields, logplex, severity, syslog5424
+
+PRINTUSASCII = re.compile(rb"^[\x21-\x7e]+$")
+TIMESTAMP = re.compile(rb"^(-|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z)$")
+
+
+def record(body: str = "hello", *, text: str | None = "INFO", number=30, function: str | None = "run",
+           nanos: str = "1707821444939123456", extra: dict | None = None) -> dict:
+    attributes = [{"key": "appId", "value": {"stringValue": "app-1"}},
+                  {"key": "invocationId", "value": {"stringValue": "inv-1"}}]
+    if function is not None:
+        attributes.append({"key": "functionKey", "value": {"stringValue": function}})
+    for key, value in (extra or {}).items():
+        attributes.append({"key": key, "value": {"stringValue": value}})
+    out = {"timeUnixNano": nanos, "severityNumber": number, "body": {"stringValue": body},
+           "attributes": attributes}
+    if text is not None:
+        out["severityText"] = text
+    return out
+
+
+# --- strict readers, written from the wire descriptions, independent of the encoders ---
+
+def read_octet_counted(data: bytes) -> list[bytes]:
+    """RFC 6587 octet counting: LEN SP MSG, LEN = NONZERO-DIGIT *DIGIT bytes of MSG."""
+    messages, i = [], 0
+    while i < len(data):
+        match = re.match(rb"[1-9][0-9]*", data[i:])
+        assert match, f"no length at byte {i}"
+        length = int(match.group())
+        i += len(match.group())
+        assert data[i:i + 1] == b" "
+        i += 1
+        assert i + length <= len(data), "frame longer than the data"
+        messages.append(data[i:i + length])
+        i += length
+    return messages
+
+
+def read_logplex(body: bytes, count: int) -> list[dict]:
+    """As Vector's heroku_logs source reads: split on LF, eight space-separated fields."""
+    assert all(m.endswith(b"\n") for m in read_octet_counted(body)), "every frame ends with LF"
+    lines = [line for line in body.split(b"\n") if line]
+    events = []
+    for line in lines:
+        parts = line.split(b" ", 7)
+        assert len(parts) == 8, line
+        length, pri_version, ts, host, app, procid, msgid, message = parts
+        assert re.fullmatch(rb"<\d{1,3}>1", pri_version)
+        assert TIMESTAMP.match(ts) and msgid == b"-"
+        for field, limit in ((host, 255), (app, 48), (procid, 128)):
+            assert PRINTUSASCII.match(field) and len(field) <= limit
+        events.append({"pri": int(pri_version[1:-2]), "app": app, "procid": procid, "message": message})
+    assert len(events) == count, "Logplex-Msg-Count differs from the frames a reader sees"
+    return events
+
+
+# SD-ELEMENT: [SD-ID *(SP PARAM-NAME="PARAM-VALUE")], with \" \\ \] the only escapes.
+SD = rb'(?P<sd>-|(?:\[[\x21-\x7e]{1,32}?(?: [^= \]"]{1,32}="(?:\\["\\\]]|[^"\\\]])*")*\])+)'
+RFC5424 = re.compile(rb"^<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) " + SD + rb"(?: (?P<msg>.*))?$", re.S)
+
+
+def read_5424(message: bytes) -> dict:
+    match = RFC5424.match(message)
+    assert match, message[:200]
+    pri, ts, host, app, procid, msgid = match.group(1, 2, 3, 4, 5, 6)
+    sd = match.group("sd")
+    assert 0 <= int(pri) <= 191 and TIMESTAMP.match(ts)
+    for field, limit in ((host, 255), (app, 48), (procid, 128), (msgid, 32)):
+        assert PRINTUSASCII.match(field) and len(field) <= limit
+    assert not (match.group("msg") or b"").startswith(b"\xef\xbb\xbf"), "no BOM"
+    return {"pri": int(pri), "sd": sd, "message": match.group("msg") or b""}
+
+
+def unescape_sd(value: bytes) -> bytes:
+    return re.sub(rb'\\(["\\\]])', rb"\1", value)
+
+
+# --- severity ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, number, expected", [
+    ("INFO", 30, (9, 6)), ("info", None, (9, 6)), ("WARN", 40, (13, 4)), ("ERROR", 50, (17, 3)),
+    ("FATAL", 60, (21, 2)), ("TRACE", 10, (1, 7)), ("DEBUG", 20, (5, 7)),
+    (None, 30, (9, 6)), (None, 17, (17, 3)), (None, 99, (0, 6)), ("LOUD", None, (0, 6)),
+])
+def test_severity_comes_from_the_text_first(text, number, expected):
+    assert severity.of(record(text=text, number=number)) == expected
+
+
+# --- logplex ------------------------------------------------------------------------
+
+WHO = logplex.Identity(host="d.11111111-2222-3333-4444-555555555555", app_name="acme-forge")
+
+
+def test_a_logplex_frame_is_herokus_dialect_byte_for_byte():
+    body, count = logplex.batch([record("This is simple log message")], WHO)
+    message = b"<190>1 2024-02-13T10:50:44.939123Z d.11111111-2222-3333-4444-555555555555 acme-forge run - This is simple log message\n"
+    assert body == str(len(message)).encode() + b" " + message
+    assert count == 1
+
+
+def test_a_multi_line_body_becomes_one_frame_per_line():
+    trace = "TypeError: x is undefined\n    at run (index.js:3:7)\r\n    at main (index.js:9:1)"
+    body, count = logplex.batch([record(trace, text="ERROR")], WHO)
+    events = read_logplex(body, count)
+    assert [e["message"] for e in events] == [b"TypeError: x is undefined", b"    at run (index.js:3:7)",
+                                              b"    at main (index.js:9:1)"]
+    assert {e["pri"] for e in events} == {23 * 8 + 3}
+
+
+def test_a_long_line_is_split_below_10000_bytes_without_breaking_characters():
+    line = "é" * 9000 + "✓" * 2000  # 24,000 bytes
+    frames = logplex.frames(record(line), WHO)
+    assert len(frames) == 3
+    messages = read_octet_counted(b"".join(frames))
+    assert all(len(m) <= 10_000 for m in messages)
+    text = b"".join(m.split(b" - ", 1)[1][:-1] for m in messages).decode("utf-8")
+    assert text == line
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.text(), function=st.one_of(st.none(), st.text(max_size=200)),
+       app=st.text(max_size=80), text=st.sampled_from(["INFO", "ERROR", "nonsense", None]))
+def test_any_record_gives_frames_a_strict_logplex_reader_accepts(body, function, app, text):
+    who = logplex.Identity(host="d.token", app_name=app)
+    data, count = logplex.batch([record(body, function=function, text=text)], who)
+    events = read_logplex(data, count)
+    # the lines decode back to the body (line breaks normalised, invalid surrogates replaced)
+    expected = logplex.LINE_BREAK.split(body.encode("utf-8", "replace").decode("utf-8"))
+    assert b"\n".join(e["message"] for e in events).decode("utf-8") == "\n".join(expected)
+
+
+def test_missing_and_odd_fields_still_give_valid_frames():
+    odd = {"body": {"kvlistValue": {"values": []}}, "attributes": [{"key": "x"}, "junk"]}
+    data, count = logplex.batch([odd, {"timeUnixNano": "not-a-number"}], WHO)
+    events = read_logplex(data, count)
+    assert [e["procid"] for e in events] == [b"-", b"-"]
+
+
+# --- RFC 5424 -------------------------------------------------------------------------
+
+STRICT = syslog5424.Identity(host="d.token", app_name="acme-forge", sd_id="forge@32473")
+
+
+def test_a_5424_frame_has_structured_data_and_keeps_the_body_whole():
+    rec = record('multi\nline "quoted" ]bracket\\', extra={"appVersion": '1.2"]\\'})
+    frame = syslog5424.frames(rec, STRICT)
+    assert len(frame) == 1
+    (message,) = read_octet_counted(frame[0])
+    parsed = read_5424(message)
+    assert parsed["message"] == 'multi\nline "quoted" ]bracket\\'.encode()
+    assert b'appVersion="1.2\\"\\]\\\\"' in parsed["sd"]
+    assert message.startswith(b"<190>1 2024-02-13T10:50:44.939123Z d.token acme-forge run - [forge@32473 ")
+
+
+def test_without_an_sd_id_the_structured_data_is_nil():
+    (message,) = read_octet_counted(syslog5424.stream([record("x")], syslog5424.Identity("h", "a")))
+    assert read_5424(message)["sd"] == b"-"
+
+
+def test_arguments_leave_only_when_the_source_opts_in():
+    rec = record("x", extra={"arguments": '[{"email":"user@customer.test"}]'})
+    closed = syslog5424.stream([rec], STRICT)
+    opened = syslog5424.stream([rec], syslog5424.Identity("d.token", "a", "forge@32473", include_arguments=True))
+    assert b"user@customer.test" not in closed
+    assert b"user@customer.test" in opened
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.text(), function=st.one_of(st.none(), st.text(max_size=200)), app=st.text(max_size=80),
+       values=st.dictionaries(st.sampled_from(["appVersion", "invocationId", "installationContext",
+                                               "moduleType"]), st.text(max_size=50)),
+       nanos=st.one_of(st.integers(-10, 2**63).map(str), st.text(max_size=5)))
+def test_any_record_gives_frames_a_strict_5424_reader_accepts(body, function, app, values, nanos):
+    who = syslog5424.Identity(host="d.token", app_name=app, sd_id="forge@32473")
+    rec = record(body, function=function, nanos=nanos, extra=values)
+    messages = read_octet_counted(syslog5424.stream([rec], who))
+    parsed = [read_5424(m) for m in messages]
+    assert all(len(m) <= 10_000 for m in messages)
+    assert b"".join(p["message"] for p in parsed) == body.encode("utf-8", "replace")
+    for key, value in values.items():
+        if value:
+            found = re.search(rb" " + key.encode() + rb'="((?:\\.|[^"\\])*)"', parsed[0]["sd"])
+            assert found and unescape_sd(found.group(1)) == value.encode("utf-8", "replace")
+
+
+def test_timestamps_have_six_fractional_digits_or_are_nil():
+    assert fields.timestamp({"timeUnixNano": "1707821444939000000"}) == "2024-02-13T10:50:44.939000Z"
+    assert fields.timestamp({"timeUnixNano": "0"}) == "-"
+    assert fields.timestamp({}) == "-"
