@@ -197,3 +197,104 @@ def test_timestamps_have_six_fractional_digits_or_are_nil():
     assert fields.timestamp({"timeUnixNano": "1707821444939000000"}) == "2024-02-13T10:50:44.939000Z"
     assert fields.timestamp({"timeUnixNano": "0"}) == "-"
     assert fields.timestamp({}) == "-"
+
+
+# --- OTLP -------------------------------------------------------------------------------
+
+from broker.formats import otlp  # noqa: E402
+
+ORIGIN = otlp.Origin(app_id="app-1", environment_id="env-1", drain_token="d.token",
+                     service_name="acme-jira-app", environment_label="production")
+CAMEL = re.compile(r"^[a-z][A-Za-z0-9]*$")
+
+
+def check_otlp_json(export: dict) -> None:
+    """OTLP/JSON rules a Collector enforces: camelCase keys, hex ids, integer enums, int64 strings."""
+    def walk(node, path=""):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if path.endswith("attributes[]") and key in ("key", "value"):
+                    pass
+                elif not path.endswith("value"):
+                    assert CAMEL.match(key), f"{path}.{key} is not lowerCamelCase"
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, path + "[]")
+    walk(export)
+    for resource_logs in export["resourceLogs"]:
+        keys = [a["key"] for a in resource_logs["resource"]["attributes"]]
+        assert len(keys) == len(set(keys))
+        for log in resource_logs["scopeLogs"][0]["logRecords"]:
+            assert isinstance(log["severityNumber"], int) and 0 <= log["severityNumber"] <= 24
+            assert log["timeUnixNano"].isdigit() and log["observedTimeUnixNano"].isdigit()
+            assert re.fullmatch(r"[0-9a-f]{32}", log.get("traceId", "0" * 31 + "1"))
+            assert re.fullmatch(r"[0-9a-f]{16}", log.get("spanId", "0" * 15 + "1"))
+            names = [a["key"] for a in log.get("attributes", [])]
+            assert len(names) == len(set(names))
+
+
+def test_otlp_json_maps_a_forge_record_as_decided():
+    rec = record("This is simple log message", extra={"appVersion": "1.206.0", "moduleType": "core:function",
+                                                       "arguments": "[1]"})
+    rec.update(traceId="3E1C350520934CBEB20B7D54D56BEE2C", spanId="6c7f6ad7436700c1")
+    export = otlp.request([rec], ORIGIN, observed_nanos=1707821500000000000)
+    check_otlp_json(export)
+    (resource_logs,) = export["resourceLogs"]
+    resource = {a["key"]: a["value"]["stringValue"] for a in resource_logs["resource"]["attributes"]}
+    assert resource == {"service.name": "acme-jira-app", "service.namespace": "atlassian-forge",
+                        "forge.app.id": "app-1", "forge.environment.id": "env-1",
+                        "forgedrain.drain.token": "d.token", "service.version": "1.206.0",
+                        "deployment.environment.name": "production"}
+    (log,) = resource_logs["scopeLogs"][0]["logRecords"]
+    assert log["severityNumber"] == 9 and log["severityText"] == "INFO"
+    assert log["traceId"] == "3e1c350520934cbeb20b7d54d56bee2c"
+    assert log["timeUnixNano"] == "1707821444939123456"
+    attributes = {a["key"]: a["value"] for a in log["attributes"]}
+    assert attributes["faas.invocation_id"] == {"stringValue": "inv-1"}
+    assert attributes["forge.function.key"] == {"stringValue": "run"}
+    assert attributes["forge.severity_number"] == {"intValue": "30"}
+    assert "forge.arguments" not in attributes
+
+
+def test_a_16_hex_trace_id_is_padded_and_a_bad_one_kept_aside():
+    padded = record("x")
+    padded["traceId"] = "6c7f6ad7436700c1"
+    bad = record("y")
+    bad.update(traceId="not-hex", spanId="00000000000000000")
+    export = otlp.request([padded, bad], ORIGIN, 1)
+    logs = export["resourceLogs"][0]["scopeLogs"][0]["logRecords"]
+    assert logs[0]["traceId"] == "0000000000000000" + "6c7f6ad7436700c1"
+    assert "traceId" not in logs[1] and "spanId" not in logs[1]
+    assert {"key": "forge.trace_id", "value": {"stringValue": "not-hex"}} in logs[1]["attributes"]
+
+
+def test_records_are_grouped_by_resource():
+    v1 = record("a", extra={"appVersion": "1"})
+    v2 = record("b", extra={"appVersion": "2"})
+    export = otlp.request([v1, v2, v1], ORIGIN, 1)
+    assert [len(r["scopeLogs"][0]["logRecords"]) for r in export["resourceLogs"]] == [2, 1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.text(), text=st.sampled_from(["INFO", "ERROR", "x", None]),
+       number=st.one_of(st.none(), st.integers(-5, 100)),
+       trace=st.one_of(st.none(), st.text(alphabet="0123456789abcdefXYZ", max_size=34)),
+       extra=st.dictionaries(st.text(min_size=1, max_size=12), st.text(max_size=20), max_size=4))
+def test_any_record_gives_otlp_json_and_protobuf_that_the_official_schema_accepts(body, text, number,
+                                                                                  trace, extra):
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    rec = record(body, text=text, number=number, extra=extra)
+    if trace is not None:
+        rec["traceId"] = trace
+    export = otlp.request([rec], ORIGIN, 1707821500000000000)
+    check_otlp_json(export)
+    parsed = json_format.ParseDict(otlp.hex_ids_to_base64(export), ExportLogsServiceRequest())
+    log = parsed.resource_logs[0].scope_logs[0].log_records[0]
+    assert log.body.string_value == fields.body_text(rec)
+    if "traceId" in export["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]:
+        assert len(log.trace_id) == 16
+    decoded = ExportLogsServiceRequest.FromString(otlp.to_protobuf(export))
+    assert decoded == parsed

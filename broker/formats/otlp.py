@@ -1,0 +1,192 @@
+"""OTLP ``ExportLogsServiceRequest`` as OTLP/JSON and as protobuf (research otlp-syslog-forge.md §1–2).
+
+OTLP/JSON is not plain proto3 JSON: trace and span ids are lowercase hex of
+exactly 32 and 16 characters (never base64), enums are integers, keys are
+lowerCamelCase and 64-bit integers are decimal strings. It is therefore built
+by hand here, never with ``json_format.MessageToJson`` (PITFALLS). The
+protobuf body is built from the same dict with the generated classes.
+
+Records are grouped into one ``ResourceLogs`` per resource: the source's
+service name and environment label, the Forge app, environment and app
+version. Attribute mapping (decision 7): resource ``service.name``,
+``service.namespace``, ``service.version``, ``forge.app.id``,
+``forge.environment.id``, ``deployment.environment.name`` and the drain's
+token; record ``faas.invocation_id``, ``forge.function.key``,
+``forge.module.type``, ``forge.installation_context``, ``forge.license.state``,
+``forge.edition``, other Forge keys as ``forge.<key>``; ``arguments`` only when
+the source opts in. A severity number outside 1..24 is rewritten and the
+original kept as ``forge.severity_number``; invalid ids are dropped from the
+record and kept as attributes, since one bad id makes a Collector refuse the
+whole request.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from broker.formats import fields, severity
+
+SCOPE = {"name": "forgedrain", "version": "1"}
+HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
+HEX16 = re.compile(r"^[0-9a-fA-F]{16}$")
+RECORD_KEYS = {
+    "invocationId": "faas.invocation_id", "functionKey": "forge.function.key",
+    "moduleType": "forge.module.type", "installationContext": "forge.installation_context",
+    "licenseState": "forge.license.state", "edition": "forge.edition",
+}
+RESOURCE_KEYS = {"appId", "environmentId", "appVersion"}
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The source a record came from, as the owner configured it, and the drain it goes to."""
+
+    app_id: str
+    environment_id: str
+    drain_token: str
+    service_name: str | None = None
+    environment_label: str | None = None
+    include_arguments: bool = False
+
+
+def _kv(key: str, value: str) -> dict:
+    return {"key": key, "value": {"stringValue": value}}
+
+
+def _trace_id(value) -> str | None:
+    if not isinstance(value, str):
+        return None
+    if HEX32.match(value) and value.strip("0"):
+        return value.lower()
+    if HEX16.match(value) and value.strip("0"):
+        return "0" * 16 + value.lower()  # a 64-bit (B3) trace id, left-padded
+    return None
+
+
+def _span_id(value) -> str | None:
+    return value.lower() if isinstance(value, str) and HEX16.match(value) and value.strip("0") else None
+
+
+def _body(record: dict) -> dict:
+    body = record.get("body")
+    if isinstance(body, dict) and len(body) == 1:
+        (kind, inner), = body.items()
+        if kind == "stringValue" and isinstance(inner, str):
+            return body
+    return {"stringValue": fields.body_text(record)}
+
+
+def _nanos(value) -> str:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return "0"
+    return str(number) if 0 <= number < 2**64 else "0"
+
+
+def log_record(record: dict, origin: Origin, observed_nanos: int) -> tuple[tuple, dict]:
+    """(resource key, OTLP LogRecord JSON) for one Forge record."""
+    attrs = fields.attributes(record)
+    number, _ = severity.of(record)
+    text = record.get("severityText")
+    out: dict = {
+        "timeUnixNano": _nanos(record.get("timeUnixNano")),
+        "observedTimeUnixNano": str(observed_nanos),
+        "severityNumber": number,
+        "body": _body(record),
+    }
+    if isinstance(text, str) and text:
+        out["severityText"] = text
+    attributes = []
+    for key, value in attrs.items():
+        if key in RESOURCE_KEYS:
+            continue
+        if key == "arguments":
+            if origin.include_arguments:
+                attributes.append(_kv("forge.arguments", value))
+            continue
+        attributes.append(_kv(RECORD_KEYS.get(key, f"forge.{key}"), value))
+    original = record.get("severityNumber")
+    if original is not None and original != number:
+        attributes.append({"key": "forge.severity_number", "value": {"intValue": str(original)}
+                           if isinstance(original, int) and not isinstance(original, bool)
+                           else {"stringValue": str(original)}})
+    trace, span = _trace_id(record.get("traceId")), _span_id(record.get("spanId"))
+    if trace:
+        out["traceId"] = trace
+    elif record.get("traceId"):
+        attributes.append(_kv("forge.trace_id", str(record["traceId"])))
+    if span:
+        out["spanId"] = span
+    elif record.get("spanId"):
+        attributes.append(_kv("forge.span_id", str(record["spanId"])))
+    if attributes:
+        out["attributes"] = _unique(attributes)
+    key = (attrs.get("appId") or origin.app_id, attrs.get("environmentId") or origin.environment_id,
+           attrs.get("appVersion"))
+    return key, out
+
+
+def _unique(attributes: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for item in attributes:
+        if item["key"] not in seen:
+            seen.add(item["key"])
+            out.append(item)
+    return out
+
+
+def _resource(key: tuple, origin: Origin) -> dict:
+    app_id, environment_id, app_version = key
+    attributes = [
+        _kv("service.name", origin.service_name or f"forge-app-{app_id}"),
+        _kv("service.namespace", "atlassian-forge"),
+        _kv("forge.app.id", app_id),
+        _kv("forge.environment.id", environment_id),
+        _kv("forgedrain.drain.token", origin.drain_token),
+    ]
+    if app_version:
+        attributes.append(_kv("service.version", app_version))
+    if origin.environment_label:
+        attributes.append(_kv("deployment.environment.name", origin.environment_label))
+    return {"attributes": attributes}
+
+
+def request(records: list[dict], origin: Origin, observed_nanos: int) -> dict:
+    """An ``ExportLogsServiceRequest`` (OTLP/JSON shape) for ``records``, grouped by resource."""
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        key, log = log_record(record, origin, observed_nanos)
+        groups.setdefault(key, []).append(log)
+    return {"resourceLogs": [
+        {"resource": _resource(key, origin), "scopeLogs": [{"scope": SCOPE, "logRecords": logs}]}
+        for key, logs in groups.items()
+    ]}
+
+
+def to_json(export: dict) -> bytes:
+    return orjson.dumps(export)
+
+
+def to_protobuf(export: dict) -> bytes:
+    """The same request as binary protobuf (``application/x-protobuf``)."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    return json_format.ParseDict(hex_ids_to_base64(export), ExportLogsServiceRequest()).SerializeToString()
+
+
+def hex_ids_to_base64(export: dict) -> dict:
+    """A copy with OTLP/JSON hex ids turned into proto3 JSON's base64 (json_format reads base64)."""
+    copy = orjson.loads(orjson.dumps(export))
+    for resource_logs in copy.get("resourceLogs", ()):
+        for scope_logs in resource_logs.get("scopeLogs", ()):
+            for log in scope_logs.get("logRecords", ()):
+                for key in ("traceId", "spanId"):
+                    if log.get(key):
+                        log[key] = base64.b64encode(bytes.fromhex(log[key])).decode()
+    return copy
