@@ -1,0 +1,1 @@
+"""The wire to drains: HTTP sessions, TLS sockets, retry classes, and the SSRF guard."""
