@@ -87,7 +87,8 @@ def test_the_openapi_document_describes_every_v1_route(app, client):
     documented = set(document["paths"])
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith("/v1"):
-            path = rule.rule.replace("<resource_id>", "{id}").replace("<source_id>", "{source_id}")
+            path = rule.rule.replace("<resource_id>", "{id}").replace("<source_id>", "{source_id}").replace(
+                "<drain_id>", "{drain_id}")
             assert path in documented, f"{rule.rule} is not in the OpenAPI document"
             methods = rule.methods - {"HEAD", "OPTIONS"}
             assert methods <= {m.upper() for m in document["paths"][path]}

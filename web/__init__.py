@@ -83,9 +83,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _utc(moment):
         return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
-    from web import api, dashboard, health, heroku, sources, sso
+    from web import api, dashboard, drains, health, heroku, sources, sso
 
-    for blueprint in (health.bp, heroku.bp, sso.bp, dashboard.bp, api.bp, sources.bp):
+    for blueprint in (health.bp, heroku.bp, sso.bp, dashboard.bp, api.bp, sources.bp, drains.bp):
         app.register_blueprint(blueprint)
     return app
 

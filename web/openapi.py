@@ -198,6 +198,90 @@ def _source_paths() -> dict:
     }
 
 
+DRAIN_INPUT = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "kind": {"type": "string", "enum": ["logplex", "syslog", "otlp"],
+                 "description": "Fixed once created."},
+        "url": {"type": "string", "writeOnly": True,
+                "description": "logplex: https://[user:pass@]host/path; syslog: syslog+tls://host:port; "
+                               "otlp: an https base URL or the full /v1/logs URL."},
+        "name": {"type": ["string", "null"], "maxLength": 100},
+        "enabled": {"type": "boolean"},
+        "encoding": {"type": "string", "enum": ["json", "protobuf"], "description": "otlp only"},
+        "gzip": {"type": "boolean", "description": "otlp only"},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}, "writeOnly": True,
+                    "description": "otlp only: custom headers (API keys), stored encrypted."},
+        "sd_id": {"type": ["string", "null"], "description": "syslog only: SD-ID name@<PEN> for Forge metadata."},
+    },
+}
+
+DRAIN_FULL = {
+    "type": "object",
+    "required": ["id", "kind", "token", "enabled", "settings", "delivery", "created_at"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "kind": {"type": "string", "enum": ["heroku", "logplex", "syslog", "otlp"]},
+        "name": {"type": ["string", "null"]},
+        "url": {"type": ["string", "null"], "description": "Password masked; null for the heroku drain."},
+        "token": {"type": "string", "description": "d.<uuid> identifying the drain to its receiver."},
+        "enabled": {"type": "boolean"},
+        "settings": {"type": "object"},
+        "headers": {"type": "object", "description": "Header names, values masked."},
+        "delivery": {"type": "object", "properties": {
+            "delivered": {"type": "integer"}, "retried": {"type": "integer"}, "dropped": {"type": "integer"},
+            "rejected": {"type": "integer"}, "consecutive_failures": {"type": "integer"},
+            "last_error": {"type": ["string", "null"]}, "backlog": {"type": "integer"},
+            "last_delivery_at": {"type": ["string", "null"], "format": "date-time"},
+            "next_attempt_at": {"type": "string", "format": "date-time"}}},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+    },
+}
+
+
+def _drain_paths() -> dict:
+    resource_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    drain_param = {"name": "drain_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    common = {"401": _error_response("Missing or invalid bearer token."),
+              "404": _error_response("No such resource or drain for this token.")}
+    invalid = {"400": _error_response("The body is not a JSON object."),
+               "422": _error_response("A field is invalid or the plan's drain limit is reached.")}
+    body = {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/DrainInput"}}}}
+    one = _json("DrainFull", "The drain.")
+    return {
+        "/v1/resources/{id}/drains": {
+            "parameters": [resource_param],
+            "get": {"operationId": "listDrains", "summary": "The resource's drains.",
+                    "responses": {"200": {"description": "The drains.", "content": {"application/json": {
+                        "schema": {"type": "object", "properties": {"drains": {
+                            "type": "array", "items": {"$ref": "#/components/schemas/DrainFull"}}}}}}},
+                        **common}},
+            "post": {"operationId": "createDrain",
+                     "summary": "Add a drain; it receives what is stored from now on.",
+                     "requestBody": body, "responses": {"201": one, **common, **invalid}},
+        },
+        "/v1/resources/{id}/drains/{drain_id}": {
+            "parameters": [resource_param, drain_param],
+            "get": {"operationId": "getDrain", "summary": "One drain with its delivery counters and backlog.",
+                    "responses": {"200": one, **common}},
+            "patch": {"operationId": "updateDrain", "summary": "Change a drain (the heroku drain: name "
+                                                               "and enabled only).",
+                      "requestBody": body, "responses": {"200": one, **common, **invalid}},
+            "delete": {"operationId": "deleteDrain", "summary": "Remove a drain (not the heroku drain).",
+                       "responses": {"204": {"description": "Deleted."}, **common,
+                                     "422": _error_response("The heroku drain cannot be deleted.")}},
+        },
+        "/v1/resources/{id}/drains/{drain_id}/token": {
+            "parameters": [resource_param, drain_param],
+            "post": {"operationId": "rotateDrainToken", "summary": "Issue the drain a new d.<uuid> token.",
+                     "responses": {"200": one, **common}},
+        },
+    }
+
+
 def _error_response(description: str) -> dict:
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -219,7 +303,8 @@ def document(public_url: str) -> dict:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "The resource's FORGEDRAIN_TOKEN."}},
             "schemas": {"Error": ERROR, "Resource": RESOURCE, "Limits": LIMITS, "Drain": DRAIN,
-                        "Source": SOURCE, "SourceInput": SOURCE_INPUT},
+                        "Source": SOURCE, "SourceInput": SOURCE_INPUT, "DrainInput": DRAIN_INPUT,
+                        "DrainFull": DRAIN_FULL},
         },
         "paths": {
             "/v1/resources/{id}": {
@@ -260,6 +345,7 @@ def document(public_url: str) -> dict:
                 }
             },
             **_source_paths(),
+            **_drain_paths(),
             "/v1/openapi.json": {
                 "get": {
                     "operationId": "getOpenAPI",

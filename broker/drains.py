@@ -1,0 +1,230 @@
+"""Drains: validation of what an owner submits, and the store (SPEC §4).
+
+Kinds an owner adds: ``logplex`` (HTTPS POST in Heroku's dialect), ``syslog``
+(``syslog+tls://host:port``, strict RFC 5424) and ``otlp`` (OTLP/HTTP, a base
+URL or the full ``/v1/logs`` URL, JSON or protobuf, custom headers). The
+``heroku`` drain — the app's own log stream — is made at provision from
+``log_input_url``; it can be disabled, not deleted. Plain ``http://`` is
+accepted only where private drains are allowed (tests, private deployments).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import psycopg
+
+OWNER_KINDS = ("logplex", "syslog", "otlp")
+FIELDS = ("kind", "url", "name", "enabled", "encoding", "gzip", "headers", "sd_id")
+SD_ID = re.compile(r'^[^= \]"@\x00-\x20\x7f-\uffff]{1,32}@[0-9]+(\.[0-9]+)*$')
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
+# Headers the broker sets itself; a drain may not override them.
+RESERVED_HEADERS = {"content-type", "content-length", "content-encoding", "host", "user-agent",
+                    "transfer-encoding", "connection"}
+
+
+class DrainInputError(Exception):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class DrainInput:
+    values: dict
+
+
+def _url(kind: str, value, allow_private: bool) -> str:
+    if not isinstance(value, str) or len(value) > 2048 or any(c.isspace() for c in value):
+        raise DrainInputError("url", "url must be a URL without spaces, at most 2048 characters")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise DrainInputError("url", "url is not a valid URL") from None
+    if not parts.hostname:
+        raise DrainInputError("url", "url has no host")
+    if kind == "syslog":
+        if parts.scheme != "syslog+tls" or port is None:
+            raise DrainInputError("url", "a syslog drain's url is syslog+tls://host:port")
+        if parts.path not in ("", "/") or parts.query or parts.username:
+            raise DrainInputError("url", "a syslog drain's url is only syslog+tls://host:port")
+        return value
+    schemes = ("https", "http") if allow_private else ("https",)
+    if parts.scheme not in schemes:
+        raise DrainInputError("url", f"a {kind} drain's url must start with https://")
+    if parts.fragment:
+        raise DrainInputError("url", "url must not have a #fragment")
+    return value
+
+
+def validate(payload: object, *, allow_private: bool, current: dict | None = None) -> DrainInput:
+    """Check a submitted drain (a new one, or changes to ``current``)."""
+    if not isinstance(payload, dict):
+        raise DrainInputError("body", "request body must be a JSON object")
+    unknown = sorted(set(payload) - set(FIELDS))
+    if unknown:
+        raise DrainInputError(unknown[0], f"unknown field {unknown[0]!r}; fields are {', '.join(FIELDS)}")
+    values: dict = {}
+    if current is None:
+        kind = payload.get("kind")
+        if kind not in OWNER_KINDS:
+            raise DrainInputError("kind", f"kind must be one of {', '.join(OWNER_KINDS)}")
+        if "url" not in payload:
+            raise DrainInputError("url", "url is required")
+        values["kind"] = kind
+    else:
+        kind = current["kind"]
+        if "kind" in payload and payload["kind"] != kind:
+            raise DrainInputError("kind", "a drain's kind cannot change; add a new drain instead")
+        if kind == "heroku" and set(payload) - {"enabled", "name"}:
+            raise DrainInputError(sorted(set(payload) - {"enabled", "name"})[0],
+                                  "the heroku drain is the app's own log stream: it can only be "
+                                  "renamed, enabled or disabled")
+    if "url" in payload:
+        values["url"] = _url(kind, payload["url"], allow_private)
+    if "name" in payload:
+        name = payload["name"]
+        if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= 100
+                                 or not name.isprintable()):
+            raise DrainInputError("name", "name must be 1 to 100 printable characters")
+        values["name"] = name
+    if "enabled" in payload:
+        if not isinstance(payload["enabled"], bool):
+            raise DrainInputError("enabled", "enabled must be true or false")
+        values["enabled"] = payload["enabled"]
+    settings = dict(current["settings"]) if current else {}
+    if kind == "otlp":
+        settings.setdefault("encoding", "protobuf")
+        settings.setdefault("gzip", True)
+    for field in ("encoding", "gzip", "headers"):
+        if field in payload and kind != "otlp":
+            raise DrainInputError(field, f"{field} applies to otlp drains only")
+    if "sd_id" in payload and kind != "syslog":
+        raise DrainInputError("sd_id", "sd_id applies to syslog drains only")
+    if "encoding" in payload:
+        if payload["encoding"] not in ("json", "protobuf"):
+            raise DrainInputError("encoding", "encoding must be json or protobuf")
+        settings["encoding"] = payload["encoding"]
+    if "gzip" in payload:
+        if not isinstance(payload["gzip"], bool):
+            raise DrainInputError("gzip", "gzip must be true or false")
+        settings["gzip"] = payload["gzip"]
+    if "sd_id" in payload:
+        sd_id = payload["sd_id"]
+        if sd_id is not None and (not isinstance(sd_id, str) or not SD_ID.match(sd_id)):
+            raise DrainInputError("sd_id", "sd_id must be name@<your Private Enterprise Number>, "
+                                           "such as forge@32473 (RFC 5424 §7.2.2)")
+        settings["sd_id"] = sd_id
+    if "headers" in payload:
+        headers = payload["headers"] or {}
+        if (not isinstance(headers, dict) or len(headers) > 20
+                or not all(isinstance(k, str) and HEADER_NAME.match(k) and k.lower() not in RESERVED_HEADERS
+                           and isinstance(v, str) and len(v) <= 4096 and v.isprintable()
+                           for k, v in headers.items())):
+            raise DrainInputError("headers", "headers must be an object of at most 20 header names to "
+                                             "printable text values (not Content-Type, Host, …)")
+        values["headers"] = headers
+    values["settings"] = settings
+    return DrainInput(values)
+
+
+def masked_url(url: str | None) -> str | None:
+    """The URL with any password replaced, safe to show."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}" if parts.password is not None
+                                     else f"{user}@{host}"))
+
+
+def new_token() -> str:
+    return f"d.{uuid.uuid4()}"
+
+
+# --- store ---------------------------------------------------------------------
+
+COLUMNS = """
+id, resource_id, kind, url_enc, token, enabled, created_at, updated_at, name, settings, headers_enc,
+cursor, next_attempt_at, consecutive_failures, last_error, last_delivery_at, delivered, retried,
+dropped, rejected
+"""
+
+
+def list_for(conn: psycopg.Connection, resource_id) -> list[dict]:
+    return conn.execute(f"SELECT {COLUMNS} FROM drains WHERE resource_id = %s ORDER BY created_at, id",
+                        (resource_id,)).fetchall()
+
+
+def get(conn: psycopg.Connection, resource_id, drain_id, *, for_update: bool = False) -> dict | None:
+    lock = " FOR UPDATE" if for_update else ""
+    return conn.execute(f"SELECT {COLUMNS} FROM drains WHERE resource_id = %s AND id = %s{lock}",
+                        (resource_id, drain_id)).fetchone()
+
+
+def count_owned(conn: psycopg.Connection, resource_id) -> int:
+    return conn.execute("SELECT count(*) AS n FROM drains WHERE resource_id = %s AND kind <> 'heroku'",
+                        (resource_id,)).fetchone()["n"]
+
+
+def insert(conn: psycopg.Connection, resource_id, values: dict, url_enc: str,
+           headers_enc: str | None) -> dict:
+    """A new drain starts at the newest outbox batch: it gets what arrives from now on."""
+    return conn.execute(
+        f"""
+        INSERT INTO drains (resource_id, kind, url_enc, token, name, settings, headers_enc, enabled, cursor)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s,
+                COALESCE((SELECT max(id) FROM outbox WHERE resource_id = %s), 0))
+        RETURNING {COLUMNS}
+        """,
+        (resource_id, values["kind"], url_enc, new_token(), values.get("name"),
+         orjson.dumps(values["settings"]).decode(), headers_enc, values.get("enabled", True), resource_id),
+    ).fetchone()
+
+
+def update(conn: psycopg.Connection, drain_id, values: dict, url_enc: str | None,
+           headers_enc: str | None) -> dict:
+    sets, params = ["updated_at = now()", "settings = %(settings)s"], {
+        "id": drain_id, "settings": orjson.dumps(values["settings"]).decode()}
+    if url_enc is not None:
+        sets.append("url_enc = %(url_enc)s")
+        params["url_enc"] = url_enc
+        # A new destination gets a fresh start: no inherited back-off.
+        sets += ["consecutive_failures = 0", "next_attempt_at = now()", "last_error = NULL"]
+    if headers_enc is not None:
+        sets.append("headers_enc = %(headers_enc)s")
+        params["headers_enc"] = headers_enc
+    for field in ("name", "enabled"):
+        if field in values:
+            sets.append(f"{field} = %({field})s")
+            params[field] = values[field]
+    return conn.execute(f"UPDATE drains SET {', '.join(sets)} WHERE id = %(id)s RETURNING {COLUMNS}",
+                        params).fetchone()
+
+
+def rotate_token(conn: psycopg.Connection, drain_id) -> dict:
+    return conn.execute(f"UPDATE drains SET token = %s, updated_at = now() WHERE id = %s RETURNING {COLUMNS}",
+                        (new_token(), drain_id)).fetchone()
+
+
+def delete(conn: psycopg.Connection, drain_id) -> None:
+    conn.execute("DELETE FROM drains WHERE id = %s", (drain_id,))
+
+
+def backlog(conn: psycopg.Connection, drain: dict) -> int:
+    """Records stored for the drain's resource that it has not received yet."""
+    return conn.execute(
+        "SELECT COALESCE(sum(record_count), 0) AS n FROM outbox WHERE resource_id = %s AND id > %s",
+        (drain["resource_id"], drain["cursor"]),
+    ).fetchone()["n"]

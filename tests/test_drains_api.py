@@ -1,0 +1,142 @@
+"""Drains through the resource API (SPEC §2, §4)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from broker import config
+from broker.vault import Vault
+from tests.support.partner import heroku_headers, provision_body
+from web import create_app
+
+
+@pytest.fixture
+def api_factory(env):
+    apps = []
+
+    def make(allow_private: bool = False):
+        app = create_app(config.load({**env, "ALLOW_PRIVATE_DRAINS": "true" if allow_private else "false"},
+                                     testing=True))
+        apps.append(app)
+        return app.test_client()
+
+    yield make
+    for app in apps:
+        app.extensions["forgedrain"].db.close()
+
+
+@pytest.fixture
+def api(api_factory):
+    return api_factory()
+
+
+@pytest.fixture
+def resource(api):
+    body = provision_body(plan="test")
+    token = api.post("/heroku/resources", data=json.dumps(body),
+                     headers=heroku_headers()).get_json(force=True)["config"]["FORGEDRAIN_TOKEN"]
+    return body["uuid"], {"Authorization": f"Bearer {token}"}
+
+
+def create(api, resource, **body):
+    rid, auth = resource
+    return api.post(f"/v1/resources/{rid}/drains", data=json.dumps(body), headers=auth)
+
+
+def count(conn) -> int:
+    return conn.execute("SELECT count(*) AS n FROM drains WHERE kind <> 'heroku'").fetchone()["n"]
+
+
+def test_it_creates_each_kind_with_secrets_encrypted_and_masked(api, resource, conn, settings):
+    logplex = create(api, resource, kind="logplex", url="https://user:s3cret@logs.example.com/drain",
+                     name="papertrail")
+    assert logplex.status_code == 201
+    assert logplex.json["url"] == "https://user:****@logs.example.com/drain"
+    assert logplex.json["token"].startswith("d.") and logplex.json["token"] != resource[0]
+    otlp = create(api, resource, kind="otlp", url="https://otlp.example.com", encoding="json",
+                  headers={"DD-API-KEY": "k3y-value"})
+    assert otlp.status_code == 201
+    assert otlp.json["settings"] == {"encoding": "json", "gzip": True}
+    assert otlp.json["headers"] == {"DD-API-KEY": "****"}
+    dump = json.dumps([dict(r) for r in conn.execute("SELECT * FROM drains")], default=str)
+    assert "s3cret" not in dump and "k3y-value" not in dump
+    row = conn.execute("SELECT url_enc FROM drains WHERE kind = 'logplex'").fetchone()
+    assert Vault(settings.fernet_keys).decrypt(row["url_enc"]) == "https://user:s3cret@logs.example.com/drain"
+    entry = conn.execute("SELECT action FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
+    assert entry["action"] == "drain.created"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"kind": "smoke", "url": "https://x.example.com"}, "kind"),
+    ({"kind": "logplex"}, "url"),
+    ({"kind": "logplex", "url": "http://x.example.com"}, "url"),
+    ({"kind": "logplex", "url": "ftp://x.example.com"}, "url"),
+    ({"kind": "syslog", "url": "syslog://x.example.com:6514"}, "url"),
+    ({"kind": "syslog", "url": "syslog+tls://x.example.com"}, "url"),
+    ({"kind": "syslog", "url": "syslog+tls://x.example.com:6514", "sd_id": "forge"}, "sd_id"),
+    ({"kind": "otlp", "url": "https://o.example.com", "encoding": "xml"}, "encoding"),
+    ({"kind": "otlp", "url": "https://o.example.com", "headers": {"Content-Type": "x"}}, "headers"),
+    ({"kind": "logplex", "url": "https://x.example.com", "encoding": "json"}, "encoding"),
+    ({"kind": "heroku", "url": "https://x.example.com"}, "kind"),
+    ({"kind": "logplex", "url": "https://x.example.com", "colour": 1}, "colour"),
+])
+def test_invalid_drains_are_refused_and_nothing_is_saved(api, resource, conn, body, field):
+    response = create(api, resource, **body)
+    assert response.status_code == 422
+    assert response.json["field"] == field
+    assert count(conn) == 0
+
+
+def test_plain_http_is_allowed_only_for_private_drains(api_factory, resource, conn):
+    private = api_factory(allow_private=True)
+    assert create(private, resource, kind="logplex", url="http://127.0.0.1:9999/logs").status_code == 201
+
+
+def test_the_plan_limit_counts_owned_drains_not_the_heroku_one(api, resource, conn):
+    for i in range(2):
+        assert create(api, resource, kind="logplex", url=f"https://d{i}.example.com").status_code == 201
+    third = create(api, resource, kind="logplex", url="https://d3.example.com")
+    assert third.status_code == 422 and third.json["error"] == "plan_limit"
+    assert count(conn) == 2
+
+
+def test_the_heroku_drain_can_be_disabled_not_deleted_or_redirected(api, resource, conn):
+    rid, auth = resource
+    listed = api.get(f"/v1/resources/{rid}/drains", headers=auth).json["drains"]
+    (heroku,) = [d for d in listed if d["kind"] == "heroku"]
+    assert heroku["url"] is None  # Heroku's log_input_url carries a token
+    path = f"/v1/resources/{rid}/drains/{heroku['id']}"
+    assert api.delete(path, headers=auth).status_code == 422
+    assert api.patch(path, data=json.dumps({"url": "https://elsewhere.example.com"}), headers=auth).status_code == 422
+    disabled = api.patch(path, data=json.dumps({"enabled": False}), headers=auth)
+    assert disabled.status_code == 200 and disabled.json["enabled"] is False
+
+
+def test_update_rotate_and_delete(api, resource, conn):
+    rid, auth = resource
+    drain = create(api, resource, kind="otlp", url="https://o.example.com/v1/logs").json
+    path = f"/v1/resources/{rid}/drains/{drain['id']}"
+    changed = api.patch(path, data=json.dumps({"encoding": "json", "gzip": False}), headers=auth)
+    assert changed.json["settings"] == {"encoding": "json", "gzip": False}
+    assert api.patch(path, data=json.dumps({"kind": "logplex"}), headers=auth).status_code == 422
+    rotated = api.post(f"{path}/token", headers=auth).json
+    assert rotated["token"] != drain["token"] and rotated["token"].startswith("d.")
+    read = api.get(path, headers=auth).json
+    assert read["delivery"]["backlog"] == 0
+    assert api.delete(path, headers=auth).status_code == 204
+    assert api.get(path, headers=auth).status_code == 404
+    actions = [r["action"] for r in conn.execute("SELECT action FROM audit_log WHERE action LIKE 'drain.%%' ORDER BY id")]
+    assert actions == ["drain.created", "drain.updated", "drain.token_rotated", "drain.deleted"]
+
+
+def test_another_resources_drains_are_404(api, resource):
+    rid, auth = resource
+    drain = create(api, resource, kind="logplex", url="https://d.example.com").json
+    other = provision_body()
+    token = api.post("/heroku/resources", data=json.dumps(other),
+                     headers=heroku_headers()).get_json(force=True)["config"]["FORGEDRAIN_TOKEN"]
+    theirs = {"Authorization": f"Bearer {token}"}
+    assert api.get(f"/v1/resources/{other['uuid']}/drains/{drain['id']}", headers=theirs).status_code == 404
+    assert api.delete(f"/v1/resources/{rid}/drains/{drain['id']}", headers=theirs).status_code == 404
