@@ -79,3 +79,10 @@ def enqueue_poll_batch(connection: redis.Redis, batch: int, tick_seconds: int) -
     return enqueue_unique(connection, "poll", "worker.poll.run_batch", batch,
                           job_id=f"poll-batch-{batch}", ttl=max(60, tick_seconds * 4),
                           job_timeout=150)
+
+
+def enqueue_delivery_batch(connection: redis.Redis, batch: int, tick_seconds: int) -> Job | None:
+    """Queue delivery job number ``batch`` unless it is still queued or running."""
+    return enqueue_unique(connection, "deliver", "worker.deliver.run_batch", batch,
+                          job_id=f"deliver-batch-{batch}", ttl=max(60, tick_seconds * 4),
+                          job_timeout=150)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from broker import jobs, polling, redisconn, resources
+from broker import delivery, jobs, polling, redisconn, resources
 from worker import context
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def run(slot: int) -> dict:
         with conn.transaction():
             conn.execute(HEARTBEAT_SQL)
         due_sources = polling.count_due(conn, settings.poll_threads * settings.poll_batches)
+        due_drains = delivery.count_due(conn, 1)
         due = resources.due_provisions(conn, PROVISIONS_PER_TICK)
         with conn.transaction():
             purged = resources.purge_deprovisioned(conn, PURGE_AFTER_DAYS)
@@ -43,6 +44,8 @@ def run(slot: int) -> dict:
         for batch in range(wanted):
             if jobs.enqueue_poll_batch(connection, batch, settings.clock_tick_seconds):
                 batches += 1
+    if due_drains:
+        jobs.enqueue_delivery_batch(connection, 0, settings.clock_tick_seconds)
     for resource_id in due:
         jobs.enqueue_provision(connection, str(resource_id))
     log.info("tick slot=%d due_sources=%d poll_jobs=%d provisions=%d purged=%d", slot, due_sources,

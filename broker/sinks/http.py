@@ -1,0 +1,142 @@
+"""HTTP sinks: logplex-style drains (``logplex`` and the app's own ``heroku`` stream) and OTLP/HTTP.
+
+Each send returns a :class:`Result` that says what the delivery loop must do
+(research otlp-syslog-forge.md decision 12; heroku-addon-and-logplex.md §7.3):
+
+- logplex: 2xx delivered; 429, 5xx, timeouts and connection errors retried with
+  the same ``Logplex-Frame-Id``; any other 4xx drops the batch (it would never
+  be accepted), counted.
+- OTLP: 2xx delivered — with ``partialSuccess.rejectedLogRecords`` counted as
+  rejected, never retried; 429/502/503/504 and network errors retried
+  (``Retry-After`` honoured); 413 asks for the batch to be split; other
+  statuses drop it, counted.
+
+The destination is checked against the SSRF guard right before each send.
+Secrets (URL passwords, OTLP headers) never appear in a Result.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import requests
+
+from broker.forge import parse_retry_after
+from broker.sinks.guard import BlockedDestination, resolve
+
+# Logplex gives a drain 5 s; OTLP exporters 10–30 s. Connect fast either way.
+LOGPLEX_TIMEOUT = (3.05, 10)
+OTLP_TIMEOUT = (3.05, 30)
+USER_AGENT = "forgedrain/1 (+log-drain broker)"
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: str  # delivered | retry | drop | split
+    status: int | None = None
+    detail: str = ""
+    retry_after: float | None = None
+    rejected: int = 0
+
+
+def _target(url: str) -> tuple[str, tuple[str, str] | None]:
+    """The URL without userinfo, and the userinfo as Basic-auth credentials."""
+    parts = urlsplit(url)
+    auth = None
+    if parts.username is not None or parts.password is not None:
+        from urllib.parse import unquote
+
+        auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        url = urlunsplit(parts._replace(netloc=netloc))
+    return url, auth
+
+
+def _guard(url: str, allow_private: bool) -> Result | None:
+    parts = urlsplit(url)
+    try:
+        resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
+                allow_private=allow_private)
+    except BlockedDestination as exc:
+        return Result("drop", detail=f"destination refused: {exc}")
+    return None
+
+
+def _transport_failure(exc: requests.RequestException) -> Result:
+    kind = "timeout" if isinstance(exc, requests.Timeout) else type(exc).__name__
+    return Result("retry", detail=f"could not deliver ({kind})")
+
+
+def send_logplex(session: requests.Session, url: str, body: bytes, *, count: int, frame_id: str,
+                 drain_token: str, allow_private: bool) -> Result:
+    refused = _guard(url, allow_private)
+    if refused:
+        return refused
+    target, auth = _target(url)
+    try:
+        response = session.post(target, data=body, auth=auth, timeout=LOGPLEX_TIMEOUT, headers={
+            "Content-Type": "application/logplex-1", "Logplex-Msg-Count": str(count),
+            "Logplex-Frame-Id": frame_id, "Logplex-Drain-Token": drain_token, "User-Agent": USER_AGENT,
+        })
+    except requests.RequestException as exc:
+        return _transport_failure(exc)
+    status = response.status_code
+    if 200 <= status < 300:
+        return Result("delivered", status)
+    if status == 429 or status >= 500:
+        return Result("retry", status, f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")))
+    return Result("drop", status, f"HTTP {status}: the receiver refused the batch")
+
+
+def otlp_url(url: str) -> str:
+    """A base URL gets OTLP's default path; a full ``…/v1/logs`` URL is kept."""
+    parts = urlsplit(url)
+    if parts.path.rstrip("/").endswith("/v1/logs"):
+        return url
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/v1/logs"))
+
+
+def send_otlp(session: requests.Session, url: str, body: bytes, *, encoding: str, use_gzip: bool,
+              headers: dict[str, str], allow_private: bool) -> Result:
+    refused = _guard(url, allow_private)
+    if refused:
+        return refused
+    target, auth = _target(otlp_url(url))
+    content_type = "application/json" if encoding == "json" else "application/x-protobuf"
+    request_headers = {**headers, "Content-Type": content_type, "User-Agent": USER_AGENT}
+    if use_gzip:
+        body = gzip.compress(body, compresslevel=5)
+        request_headers["Content-Encoding"] = "gzip"
+    try:
+        response = session.post(target, data=body, auth=auth, headers=request_headers, timeout=OTLP_TIMEOUT)
+    except requests.RequestException as exc:
+        return _transport_failure(exc)
+    status = response.status_code
+    if 200 <= status < 300:
+        return Result("delivered", status, rejected=_rejected(response, encoding))
+    if status in (429, 502, 503, 504):
+        return Result("retry", status, f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")))
+    if status == 413:
+        return Result("split", status, "HTTP 413: batch too large for the receiver")
+    return Result("drop", status, f"HTTP {status}: the receiver refused the batch")
+
+
+def _rejected(response: requests.Response, encoding: str) -> int:
+    """``partialSuccess.rejectedLogRecords`` of an ExportLogsServiceResponse (0 when absent)."""
+    if not response.content:
+        return 0
+    try:
+        if "json" in response.headers.get("Content-Type", "") or encoding == "json":
+            partial = orjson.loads(response.content).get("partialSuccess") or {}
+            return int(partial.get("rejectedLogRecords") or 0)
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+        return int(ExportLogsServiceResponse.FromString(response.content).partial_success.rejected_log_records)
+    except Exception:  # noqa: BLE001 — an unreadable success body is still a success
+        return 0

@@ -1,0 +1,259 @@
+"""Delivering the outbox to drains: cursors, retries with stable Frame-Ids, drops, other drains unaffected."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+
+import orjson
+import pytest
+import requests
+
+from broker import db, delivery, polling
+from broker.vault import Vault
+from tests.fakes.receivers import logplex_receiver, otlp_receiver
+from tests.fakes.server import LocalServer
+from tests.support.polling import add_resource, add_source
+
+
+@pytest.fixture
+def vault(settings):
+    return Vault(settings.fernet_keys)
+
+
+def make_deliverer(database_url: str, vault: Vault) -> delivery.Deliverer:
+    @contextlib.contextmanager
+    def connect():
+        with db.connect(database_url, "forgedrain-tests") as conn:
+            yield conn
+
+    session = requests.Session()
+    return delivery.Deliverer(connect, lambda: session, vault, allow_private=True, time_box_seconds=20)
+
+
+def forge_record(i: int, body: str | None = None) -> dict:
+    return {"timeUnixNano": str(1_763_700_000_000_000_000 + i * 1_000_000), "severityText": "INFO",
+            "severityNumber": 30, "body": {"stringValue": body if body is not None else f"record {i} ✓"},
+            "traceId": f"{i:032x}" if i else "", "spanId": f"{i + 1:016x}",
+            "attributes": [{"key": "invocationId", "value": {"stringValue": f"inv-{i}"}},
+                           {"key": "functionKey", "value": {"stringValue": "run"}}]}
+
+
+def store(conn, resource_id, source_id, records: list[dict], origin: str = "forge") -> int:
+    times = [polling.record_time(r, datetime.now(timezone.utc)) for r in records]
+    return conn.execute(
+        "INSERT INTO outbox (resource_id, source_id, origin, record_count, min_ts, max_ts, payload) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (resource_id, source_id, origin, len(records), min(times), max(times), polling.encode_batch(records)),
+    ).fetchone()["id"]
+
+
+def add_drain(conn, vault, resource_id, kind: str, url: str, settings: dict | None = None) -> uuid.UUID:
+    return conn.execute(
+        "INSERT INTO drains (resource_id, kind, url_enc, token, settings) VALUES (%s, %s, %s, %s, %s) "
+        "RETURNING id",
+        (resource_id, kind, vault.encrypt(url), f"d.{uuid.uuid4()}", orjson.dumps(settings or {}).decode()),
+    ).fetchone()["id"]
+
+
+def deliver_all(deliverer, conn) -> list[delivery.Outcome]:
+    outcomes = []
+    for drain in delivery.claim(conn, 50):
+        outcomes.append(deliverer.deliver(drain))
+    return outcomes
+
+
+def drain_row(conn, drain_id) -> dict:
+    return conn.execute("SELECT * FROM drains WHERE id = %s", (drain_id,)).fetchone()
+
+
+@pytest.fixture
+def world(conn, vault):
+    resource_id = add_resource(conn)
+    source_id = add_source(conn, vault, resource_id)
+    conn.execute("UPDATE sources SET service_name = 'acme-app' WHERE id = %s", (source_id,))
+    return resource_id, source_id
+
+
+def test_logplex_drains_get_every_record_once_in_herokus_dialect(conn, vault, database_url, world):
+    resource_id, source_id = world
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as server:
+        drain_id = add_drain(conn, vault, resource_id, "logplex", f"http://user:pa%3Ass@127.0.0.1:{server.port}/logs")
+        batches = [store(conn, resource_id, source_id, [forge_record(b * 100 + i) for i in range(100)])
+                   for b in range(3)]
+        outcomes = deliver_all(make_deliverer(database_url, vault), conn)
+    assert [o.result for o in outcomes] == ["caught-up"]
+    assert inbox.refused == []
+    messages = [e["message"] for r in inbox.requests for e in r["events"]]
+    assert Counter(messages) == Counter(f"record {i} ✓" for i in range(300))
+    first = inbox.requests[0]
+    assert first["auth"] == ("user", "pa:ss")
+    assert first["token"] == drain_row(conn, drain_id)["token"]
+    assert first["events"][0]["app"] == b"acme-app" and first["events"][0]["procid"] == b"run"
+    row = drain_row(conn, drain_id)
+    assert row["cursor"] == batches[-1] and row["delivered"] == 300 and row["lease_token"] is None
+
+
+def test_a_failed_send_is_retried_later_with_the_same_frame_id(conn, vault, database_url, world):
+    resource_id, source_id = world
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as server:
+        drain_id = add_drain(conn, vault, resource_id, "logplex", f"http://127.0.0.1:{server.port}/")
+        batch = store(conn, resource_id, source_id, [forge_record(i) for i in range(5)])
+        inbox.fail(503, retry_after="7")
+        deliverer = make_deliverer(database_url, vault)
+        (first,) = deliver_all(deliverer, conn)
+        assert first.result == "retry"
+        row = drain_row(conn, drain_id)
+        assert row["cursor"] == 0 and row["retried"] == 1 and row["consecutive_failures"] == 1
+        wait = (row["next_attempt_at"] - datetime.now(timezone.utc)).total_seconds()
+        assert 5 < wait <= 7.5  # Retry-After honoured
+        assert delivery.claim(conn, 10) == []  # a waiting drain costs nothing
+        conn.execute("UPDATE drains SET next_attempt_at = now()")
+        (second,) = deliver_all(deliverer, conn)
+    assert second.result == "caught-up"
+    assert len(inbox.requests) == 1
+    # the accepted request carries the Frame-Id the failed one had: derived, not random
+    assert inbox.requests[0]["frame_id"] == delivery.frame_id(drain_id, batch, 0)
+    assert drain_row(conn, drain_id)["consecutive_failures"] == 0
+
+
+def test_frame_ids_are_stable_per_drain_batch_and_part():
+    drain = uuid.uuid4()
+    assert delivery.frame_id(drain, 7, 0) == delivery.frame_id(drain, 7, 0)
+    assert len({delivery.frame_id(drain, 7, 0), delivery.frame_id(drain, 7, 1),
+                delivery.frame_id(drain, 8, 0), delivery.frame_id(uuid.uuid4(), 7, 0)}) == 4
+    assert re.fullmatch(r"[0-9A-F]{32}", delivery.frame_id(drain, 1, 0))
+
+
+def test_a_refused_batch_is_dropped_and_counted_not_retried(conn, vault, database_url, world):
+    resource_id, source_id = world
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as server:
+        drain_id = add_drain(conn, vault, resource_id, "logplex", f"http://127.0.0.1:{server.port}/")
+        store(conn, resource_id, source_id, [forge_record(i) for i in range(4)])
+        second = store(conn, resource_id, source_id, [forge_record(10 + i) for i in range(6)])
+        inbox.fail(400)
+        deliver_all(make_deliverer(database_url, vault), conn)
+    row = drain_row(conn, drain_id)
+    assert row["dropped"] == 4 and row["delivered"] == 6 and row["cursor"] == second
+    assert "HTTP 400" in row["last_error"]
+
+
+def test_a_dead_drain_does_not_hold_back_another(conn, vault, database_url, world):
+    resource_id, source_id = world
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as server:
+        dead = add_drain(conn, vault, resource_id, "logplex", "http://127.0.0.1:9/")  # nothing listens
+        alive = add_drain(conn, vault, resource_id, "logplex", f"http://127.0.0.1:{server.port}/")
+        store(conn, resource_id, source_id, [forge_record(i) for i in range(3)])
+        deliver_all(make_deliverer(database_url, vault), conn)
+    assert drain_row(conn, alive)["delivered"] == 3
+    dead_row = drain_row(conn, dead)
+    assert dead_row["cursor"] == 0 and dead_row["consecutive_failures"] == 1
+    assert "could not deliver" in dead_row["last_error"]
+
+
+def test_the_apps_own_logs_never_go_back_into_its_heroku_drain(conn, vault, database_url, world):
+    resource_id, source_id = world
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as server:
+        heroku = add_drain(conn, vault, resource_id, "heroku", f"http://token:t.abc@127.0.0.1:{server.port}/logs")
+        store(conn, resource_id, None, [forge_record(1, "from the app itself")], origin="heroku")
+        store(conn, resource_id, source_id, [forge_record(2, "from forge")])
+        deliver_all(make_deliverer(database_url, vault), conn)
+    messages = [e["message"] for r in inbox.requests for e in r["events"]]
+    assert messages == ["from forge"]
+    assert inbox.requests[0]["auth"] == ("token", "t.abc")
+    assert drain_row(conn, heroku)["delivered"] == 1
+
+
+@pytest.mark.parametrize("encoding", ["json", "protobuf"])
+def test_otlp_drains_get_valid_requests_with_headers_and_gzip(conn, vault, database_url, world, encoding):
+    resource_id, source_id = world
+    app, inbox = otlp_receiver()
+    with LocalServer(app) as server:
+        drain_id = add_drain(conn, vault, resource_id, "otlp", f"http://127.0.0.1:{server.port}",
+                             {"encoding": encoding, "gzip": True})
+        conn.execute("UPDATE drains SET headers_enc = %s WHERE id = %s",
+                     (vault.encrypt(orjson.dumps({"X-Api-Key": "k3y"}).decode()), drain_id))
+        store(conn, resource_id, source_id, [forge_record(i) for i in range(1500)])
+        deliver_all(make_deliverer(database_url, vault), conn)
+    assert inbox.refused == []
+    assert len(inbox.requests) == 2  # ≤ 1,000 records per request
+    assert all(r["headers"]["X-Api-Key"] == "k3y" and r["headers"]["Content-Encoding"] == "gzip"
+               for r in inbox.requests)
+    bodies = [log.body.string_value for r in inbox.requests
+              for rl in r["message"].resource_logs for sl in rl.scope_logs for log in sl.log_records]
+    assert Counter(bodies) == Counter(f"record {i} ✓" for i in range(1500))
+    resource = {a.key: a.value.string_value for a in inbox.requests[0]["message"].resource_logs[0].resource.attributes}
+    assert resource["service.name"] == "acme-app"
+    assert drain_row(conn, drain_id)["delivered"] == 1500
+
+
+def test_otlp_partial_success_is_counted_not_retried(conn, vault, database_url, world):
+    resource_id, source_id = world
+    app, inbox = otlp_receiver()
+    app.config["partial"] = 2
+    with LocalServer(app) as server:
+        drain_id = add_drain(conn, vault, resource_id, "otlp", f"http://127.0.0.1:{server.port}/v1/logs",
+                             {"encoding": "protobuf", "gzip": False})
+        store(conn, resource_id, source_id, [forge_record(i) for i in range(10)])
+        deliver_all(make_deliverer(database_url, vault), conn)
+    row = drain_row(conn, drain_id)
+    assert len(inbox.requests) == 1
+    assert (row["delivered"], row["rejected"], row["retried"]) == (8, 2, 0)
+
+
+def test_an_otlp_413_splits_the_batch(conn, vault, database_url, world):
+    resource_id, source_id = world
+    app, inbox = otlp_receiver()
+    with LocalServer(app) as server:
+        drain_id = add_drain(conn, vault, resource_id, "otlp", f"http://127.0.0.1:{server.port}",
+                             {"encoding": "json", "gzip": False})
+        store(conn, resource_id, source_id, [forge_record(i) for i in range(8)])
+        inbox.fail(413)
+        deliver_all(make_deliverer(database_url, vault), conn)
+    assert [sum(len(sl.log_records) for rl in r["message"].resource_logs for sl in rl.scope_logs)
+            for r in inbox.requests] == [4, 4]
+    assert drain_row(conn, drain_id)["delivered"] == 8
+
+
+def test_private_destinations_are_refused_unless_allowed(conn, vault, database_url, world):
+    resource_id, source_id = world
+    drain_id = add_drain(conn, vault, resource_id, "logplex", "http://127.0.0.1:9/")
+    store(conn, resource_id, source_id, [forge_record(1)])
+    deliverer = make_deliverer(database_url, vault)
+    deliverer.allow_private = False
+    deliver_all(deliverer, conn)
+    row = drain_row(conn, drain_id)
+    assert row["dropped"] == 1 and "destination refused" in row["last_error"]
+
+
+
+def test_the_tick_queues_delivery_and_a_real_job_delivers(env, conn, vault, world, redis_url):
+    from broker import config, jobs, redisconn
+    from rq import SimpleWorker
+    from worker import context, tick
+
+    resource_id, source_id = world
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as server:
+        context.install(config.load(env, testing=True))
+        try:
+            add_drain(conn, vault, resource_id, "logplex", f"http://127.0.0.1:{server.port}/")
+            tick.run(1)
+            assert jobs.queue("deliver", redisconn.connect(redis_url)).jobs == []  # nothing to send
+            store(conn, resource_id, source_id, [forge_record(i) for i in range(20)])
+            tick.run(2)
+            connection = redisconn.connect(redis_url, socket_timeout=None)
+            assert [j.id for j in jobs.queue("deliver", connection).jobs] == ["deliver-batch-0"]
+            SimpleWorker([jobs.queue("deliver", connection)], connection=connection,
+                         serializer=jobs.SERIALIZER).work(burst=True)
+        finally:
+            context.install(None)
+    assert sum(len(r["events"]) for r in inbox.requests) == 20
