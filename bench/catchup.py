@@ -1,0 +1,649 @@
+"""Catch-up of a 14-day backlog at the rate limit (SPEC §3, §9).
+
+Targets: "Rate-limit use during catch-up: ≥ 90 % of the per-app budget with
+zero 429s caused by us" and "worker memory flat for a 1,000,000-record
+backfill"; SPEC §3: "Catch-up after an outage runs as fast as the rate limit
+allows".
+
+What it runs, per backlog size (100,000 then 1,000,000 records by default),
+against real PostgreSQL (fsync on) and Redis, with time compressed:
+
+- the Forge fake (``tests/fakes/forge.py``) in this process on a loopback
+  ``LocalServer``: Atlassian's 30 calls per period per app, the period
+  compressed to ``--period`` seconds (4), pages of ``--page-size`` records
+  (1000), an answer latency of 300 ms compressed the same way (0.3 × period /
+  60), and ``records_per_minute`` chosen so that the 14 days hold the backlog;
+- one source of one app whose checkpoint is 14 days less 10 minutes back
+  (inside the API's limit, so no gap), due at once;
+- one real ``python -m worker`` process and one ``python -m worker.clock``,
+  configured as deployed except for the compression: ``FORGE_RATE_LIMIT=25``
+  calls per ``FORGE_RATE_PERIOD_SECONDS=<period>`` and ``CLOCK_TICK_SECONDS``
+  (``--tick``, 1). A 4 s period with a 1 s tick keeps the deployed ratio of
+  a 60 s period to a 15 s tick. The clock's tick enqueues the poll job
+  (``worker.poll.run_batch``); the job claims the source, spends the budget
+  page by page, gives the source back when the budget is spent, and the next
+  tick enqueues it again, until the source has caught up to "now" as it was
+  when the run began. The worker runs under a three-line wrapper that writes,
+  when it exits, ``getrusage`` of itself and of its reaped children (the work
+  horses RQ forks per job, and RQ's scheduler).
+
+It prints, per backlog: calls made per period against the 25 allowed (the
+baseline: calls / (25 × catch-up seconds / period), target ≥ 0.9), the
+periods' spread (calls in each whole period, and the most in any sliding
+period), 429s answered by the fake (target 0), records stored and per
+second, outbox rows, the ceiling the budget allows (25 calls × records per
+call / period), and the worker's memory: the parent's peak RSS and the
+largest child's, from ``getrusage``, and the largest work horse's high-water
+mark sampled from ``/proc``; then the ratio of each memory figure between the
+largest and the smallest backlog (flat means ≈ 1). Records per call differ
+between backlogs (one short page per hour-long window at 100,000 records,
+full pages at 1,000,000), which the per-call column shows.
+
+Correctness (exit 1): the fake answered anything but 200 or 429, the source
+did not catch up within ``--max-minutes``, a gap was recorded, or, in
+``--verify-hours`` hours spread over the backlog and checked record by record
+against the fake, a record is missing from the outbox, stored twice, or
+stored without the fake serving it. It never asserts on timings.
+
+Flags: ``--backlogs 100000,1000000``, ``--period 4``, ``--tick 1``,
+``--page-size 1000``, ``--latency`` (default 0.3 × period / 60),
+``--max-minutes 6`` (per backlog), ``--verify-hours 12``, ``--logs DIR`` (keep the
+worker's and clock's logs).
+
+It needs DATABASE_URL (a PostgreSQL server where it may create and drop
+``forgedrain_bench_*`` databases) and REDIS_URL (the worker and clock use its
+queues; ``control`` and ``poll`` are emptied before and after each run);
+``./scripts/bench catchup`` provides both. About 4 minutes on the 2-core
+development machine, where the fake, the worker and PostgreSQL share the
+cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+from cryptography.fernet import Fernet  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+from broker import db, jobs, migrate, polling, redisconn, tokens  # noqa: E402
+from broker.vault import Vault  # noqa: E402
+from tests.fakes.forge import ForgeFake  # noqa: E402
+from tests.fakes.server import LocalServer  # noqa: E402
+
+BIN = Path(sys.executable).parent
+OUR_LIMIT = 25        # FORGE_RATE_LIMIT, the deployed default
+ATLASSIAN_LIMIT = 30
+TARGET_USE = 0.9
+LAG_SECONDS = 120     # FORGE_POLL_LAG_SECONDS, the deployed default
+BACKLOG = timedelta(days=14) - timedelta(minutes=10)
+EMAIL = "bench@example.com"
+API_TOKEN = "ATATT-bench-catchup"
+ENVIRONMENT = "prod"
+
+# ``python -c`` program: the real worker entry point, plus a report at exit of its own VmHWM and
+# of getrusage for its reaped children (work horses fork without exec: their ru_maxrss is theirs).
+WORKER = """
+import atexit, json, os, resource, sys
+_pid = os.getpid()
+def _report():
+    if os.getpid() != _pid:
+        return
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    # Not me.ru_maxrss: Linux keeps the pre-exec image's peak in it (the bench that forked us).
+    with open("/proc/self/status") as f:
+        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    with open(os.environ["BENCH_RUSAGE_FILE"], "w") as f:
+        json.dump({"self_maxrss_kb": hwm, "children_maxrss_kb": kids.ru_maxrss,
+                   "self_cpu": me.ru_utime + me.ru_stime, "children_cpu": kids.ru_utime + kids.ru_stime}, f)
+atexit.register(_report)
+from worker.__main__ import main
+sys.exit(main([]))
+"""
+
+
+class BoundedFake(ForgeFake):
+    """The Forge fake with smaller caches. It keeps 20,000 generated minutes and 64 selections
+    by default: a 1,000,000-record backlog read once would sit in this process (GBs of dicts)
+    and its garbage collector would slow every answer."""
+
+    BUCKETS = 300
+    SELECTIONS = 4
+
+    def _bucket(self, app, env, bucket):
+        records = super()._bucket(app, env, bucket)
+        while len(self._buckets) > self.BUCKETS:
+            self._buckets.popitem(last=False)
+        return records
+
+    def _select(self, query, asof):
+        selected = super()._select(query, asof)
+        while len(self._selections) > self.SELECTIONS:
+            self._selections.popitem(last=False)
+        return selected
+
+
+# --- database and processes --------------------------------------------------------
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def admin(server_url: str) -> psycopg.Connection:
+    return psycopg.connect(db.conninfo(server_url, "forgedrain-bench"), autocommit=True)
+
+
+def create_database(server_url: str) -> str:
+    name = f"forgedrain_bench_{uuid.uuid4().hex[:12]}"
+    with admin(server_url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with admin(server_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def process_env(database_url: str, redis_url: str, forge_url: str, fernet_key: str,
+                extra: dict[str, str]) -> dict[str, str]:
+    env = {
+        "PATH": f"{BIN}:/usr/bin:/bin",
+        "PYTHONUNBUFFERED": "1",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "FERNET_KEYS": fernet_key,
+        "ADDON_ID": "forgedrain",
+        "ADDON_PASSWORDS": secrets.token_urlsafe(24),
+        "SSO_SALT": secrets.token_urlsafe(24),
+        "PUBLIC_URL": "https://forgedrain.example.com",
+        "FORGE_API_URL": forge_url,
+        "HEROKU_API_URL": "http://127.0.0.1:9",
+        "HEROKU_ID_URL": "http://127.0.0.1:9",
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }
+    if "HOME" in os.environ:
+        env["HOME"] = os.environ["HOME"]
+    return env
+
+
+def start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "wb")
+    try:
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    finally:
+        log.close()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return found
+
+
+def stop(process: subprocess.Popen, grace: float) -> bool:
+    """SIGTERM (RQ's warm shutdown), SIGKILL after ``grace`` s; True if it exited by itself."""
+    horses = children(process.pid)
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        process.wait(timeout=grace)
+        return True
+    except subprocess.TimeoutExpired:
+        for pid in horses + children(process.pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)  # RQ puts each horse in a process group of its own
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+        return False
+
+
+def clear_redis(redis) -> None:
+    """Empty the queues the worker and clock use and forget their jobs (ids are reused)."""
+    for name in ("control", "poll"):
+        jobs.queue(name, redis).empty()
+    for pattern in ("rq:job:tick-*", "rq:job:poll-batch-*", "rq:*:control", "rq:*:poll"):
+        for key in redis.scan_iter(match=pattern, count=1000):
+            redis.delete(key)
+
+
+def status_kb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+# --- one run -----------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    backlog: int
+    records_per_minute: float
+    caught_up: bool = False
+    seconds: float = 0.0                 # first call to the last call
+    statuses: Counter = field(default_factory=Counter)
+    calls_ok: int = 0
+    per_period: list[int] = field(default_factory=list)
+    max_sliding: int = 0
+    stored: int = 0
+    outbox_rows: int = 0
+    gaps: int = 0
+    parent_start_kb: int = 0
+    parent_maxrss_kb: int | None = None
+    child_maxrss_kb: int | None = None
+    horse_hwm_kb: int = 0
+    horses_seen: int = 0
+    long_horses: int = 0
+    growth_kb: int | None = None
+    worker_cpu: float | None = None
+    jobs: int = 0
+    job_spans: list[tuple[float, float, int]] = field(default_factory=list)  # start, end, calls
+    duplicates: int = 0
+    missing: int = 0
+    unexpected: int = 0
+    verify_seconds: float = 0.0
+    verified: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+LOG_TIME = re.compile(r"^at=(\S+)Z ")
+
+
+def poll_jobs(log_text: str) -> list[tuple[float, float, int]]:
+    """(start, end, calls) of each poll job, from the worker's log (RQ's start line, our summary)."""
+    spans, began = [], None
+    for line in log_text.splitlines():
+        stamp = LOG_TIME.match(line)
+        if not stamp:
+            continue
+        moment = datetime.fromisoformat(stamp.group(1)).replace(tzinfo=timezone.utc).timestamp()
+        if "poll: worker.poll.run_batch(" in line:
+            began = moment
+        elif began is not None and "poll batch slot=" in line:
+            calls = re.search(r" calls=(\d+)", line)
+            spans.append((began, moment, int(calls.group(1)) if calls else 0))
+            began = None
+    return spans
+
+
+def spread(times: list[float], period: float, limit: int) -> tuple[list[int], int]:
+    """Calls in each whole period from the first call, and the most in any sliding period."""
+    if not times:
+        return [], 0
+    first = times[0]
+    whole = int((times[-1] - first) // period)
+    bins = [0] * max(whole, 0)
+    for t in times:
+        index = int((t - first) // period)
+        if index < whole:
+            bins[index] += 1
+    most, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - period:
+            j += 1
+        most = max(most, i - j + 1)
+    return bins, most
+
+
+def verify(conn: psycopg.Connection, fake: ForgeFake, run: Run, app_id: str, source_id,
+           start: datetime, end: datetime, hours: int) -> None:
+    """``hours`` hours spread over the backlog, record by record: each record the fake serves for
+    that hour is in the outbox once, and the outbox holds nothing else for that hour."""
+    span = (end - start) // timedelta(hours=1)
+    count = min(hours, span)
+    for k in range(count):
+        hour = start + timedelta(hours=k * span // count)
+        until = hour + timedelta(hours=1)
+        expected = {polling.fingerprint(r) for r in fake.records(app_id, ENVIRONMENT, hour, until)}
+        stored = Counter()
+        rows = conn.execute("SELECT payload FROM outbox WHERE source_id = %s AND max_ts >= %s AND min_ts < %s",
+                            (source_id, hour, until)).fetchall()
+        for row in rows:
+            for record in polling.decode_batch(bytes(row["payload"])):
+                if hour <= polling.record_time(record, hour) < until:
+                    stored[polling.fingerprint(record)] += 1
+        run.verified += len(expected)
+        run.missing += len(expected - stored.keys())
+        run.duplicates += sum(n - 1 for n in stored.values())
+        run.unexpected += len(stored.keys() - expected)
+
+
+def run_one(args: argparse.Namespace, server_url: str, redis_url: str, fake: ForgeFake, forge_url: str,
+            backlog: int, app_id: str, workdir: Path) -> Run:
+    minutes = BACKLOG.total_seconds() / 60 - LAG_SECONDS / 60
+    run = Run(backlog, backlog / minutes)
+    fake.add_app(app_id, [ENVIRONMENT], EMAIL, API_TOKEN, records_per_minute=run.records_per_minute)
+    database = create_database(server_url)
+    database_url = with_database(server_url, database)
+    redis = redisconn.connect(redis_url)
+    clear_redis(redis)
+    fernet_key = Fernet.generate_key().decode()
+    worker = clock = None
+    worker_log = workdir / f"worker-{backlog}.log"
+    rusage_file = workdir / f"rusage-{backlog}.json"
+    try:
+        with db.connect(database_url, "forgedrain-bench") as conn:
+            migrate.migrate(conn)
+            resource_id = uuid.uuid4()
+            with conn.transaction():
+                conn.execute("INSERT INTO resources (id, partner_id, plan, api_token_hash) "
+                             "VALUES (%s, 'forgedrain', 'pro', %s)", (resource_id, tokens.digest(str(resource_id))))
+                row = conn.execute(
+                    "INSERT INTO sources (resource_id, app_id, environment_id, email, api_token_enc, checkpoint) "
+                    "VALUES (%s, %s, %s, %s, %s, now() - %s) RETURNING id, checkpoint, now() AS began",
+                    (resource_id, app_id, ENVIRONMENT, EMAIL, Vault([fernet_key]).encrypt(API_TOKEN), BACKLOG),
+                ).fetchone()
+            source_id, first_checkpoint, began = row["id"], row["checkpoint"], row["began"]
+            goal = began - timedelta(seconds=LAG_SECONDS)
+            env = process_env(database_url, redis_url, forge_url, fernet_key, {
+                "FORGE_RATE_LIMIT": str(OUR_LIMIT),
+                "FORGE_RATE_PERIOD_SECONDS": str(args.period),
+                "CLOCK_TICK_SECONDS": str(args.tick),
+                "FORGE_POLL_LAG_SECONDS": str(LAG_SECONDS),
+                "BENCH_RUSAGE_FILE": str(rusage_file),
+            })
+            calls_before = len(fake.calls)
+            worker = start(["-c", WORKER], env, worker_log)
+            clock = start(["-m", "worker.clock"], env, workdir / f"clock-{backlog}.log")
+            deadline = time.monotonic() + args.max_minutes * 60
+            time.sleep(0.5)
+            run.parent_start_kb = status_kb(worker.pid, "VmRSS")
+            horses: dict[int, list[int]] = {}  # pid -> VmRSS samples
+            checkpoint = first_checkpoint
+            while time.monotonic() < deadline:
+                for kid in children(worker.pid):
+                    rss = status_kb(kid, "VmRSS")
+                    if rss:
+                        horses.setdefault(kid, []).append(rss)
+                    run.horse_hwm_kb = max(run.horse_hwm_kb, status_kb(kid, "VmHWM"))
+                checkpoint = conn.execute("SELECT checkpoint FROM sources WHERE id = %s",
+                                          (source_id,)).fetchone()["checkpoint"]
+                if checkpoint >= goal:
+                    run.caught_up = True
+                    break
+                if worker.poll() is not None or clock.poll() is not None:
+                    run.errors.append(f"{backlog:,}: the worker or the clock exited early (see its log)")
+                    break
+                time.sleep(0.2)
+            run.horses_seen = len(horses)
+            # Growth within one job: the second half of a horse's life against its first half.
+            lives = [v for v in horses.values() if len(v) >= 8]
+            run.growth_kb = max((max(v[len(v) // 2:]) - max(v[:len(v) // 2]) for v in lives), default=None)
+            run.long_horses = len(lives)
+            log_end = worker_log.stat().st_size
+            stop(clock, 5)
+            # Caught up, the source is idle (next poll a minute away): the warm shutdown is quick.
+            if not stop(worker, 30) and run.caught_up:
+                run.errors.append(f"{backlog:,}: the worker did not stop on SIGTERM within 30 s")
+            calls = [c for c in fake.calls[calls_before:] if c.path.endswith("/" + app_id)]
+            run.statuses = Counter(c.status for c in calls)
+            ok_times = sorted(c.time for c in calls if c.status == 200)
+            run.calls_ok = len(ok_times)
+            run.seconds = ok_times[-1] - ok_times[0] if len(ok_times) > 1 else 0.0
+            run.per_period, run.max_sliding = spread(ok_times, args.period, OUR_LIMIT)
+            totals = conn.execute("SELECT count(*) AS rows, coalesce(sum(record_count), 0) AS records "
+                                  "FROM outbox WHERE source_id = %s", (source_id,)).fetchone()
+            run.outbox_rows, run.stored = totals["rows"], int(totals["records"])
+            run.gaps = conn.execute("SELECT count(*) AS n FROM source_gaps").fetchone()["n"]
+            if not run.caught_up:
+                run.errors.append(f"{backlog:,}: not caught up within {args.max_minutes:g} min "
+                                  f"(checkpoint {checkpoint.isoformat()}, goal {goal.isoformat()})")
+            if run.gaps:
+                run.errors.append(f"{backlog:,}: {run.gaps} gaps recorded")
+            checking = time.monotonic()
+            verify(conn, fake, run, app_id, source_id, first_checkpoint, checkpoint - timedelta(minutes=15),
+                   args.verify_hours)
+            run.verify_seconds = time.monotonic() - checking
+            if run.duplicates:
+                run.errors.append(f"{backlog:,}: {run.duplicates} records stored twice")
+            if run.missing:
+                run.errors.append(f"{backlog:,}: {run.missing} of {run.verified} sampled records missing")
+            if run.unexpected:
+                run.errors.append(f"{backlog:,}: {run.unexpected} records stored in the sampled hours that the "
+                                  "fake does not serve")
+    finally:
+        if clock is not None and clock.poll() is None:
+            stop(clock, 5)
+        if worker is not None and worker.poll() is None:
+            stop(worker, 5)
+        clear_redis(redis)
+        redis.close()
+        try:
+            drop_database(server_url, database)
+        except psycopg.Error as exc:
+            print(f"could not drop database {database}: {exc}", file=sys.stderr)
+    if rusage_file.exists():
+        usage = json.loads(rusage_file.read_text())
+        run.parent_maxrss_kb = usage["self_maxrss_kb"]
+        run.child_maxrss_kb = usage["children_maxrss_kb"]
+        run.worker_cpu = usage["self_cpu"] + usage["children_cpu"]
+    with open(worker_log, "rb") as f:
+        log_text = f.read(log_end).decode(errors="replace")
+    run.job_spans = poll_jobs(log_text)
+    run.jobs = len(run.job_spans)
+    bad = [line for line in log_text.splitlines() if re.search(r"level=error|poll crashed", line)]
+    if bad:
+        run.errors.append(f"{backlog:,}: {len(bad)} error lines in the worker's log, the first: "
+                          + " | ".join(line[:300] for line in bad[:3]))
+    unexpected = {s: n for s, n in run.statuses.items() if s not in (200, 429)}
+    if unexpected:
+        run.errors.append(f"{backlog:,}: the fake answered {unexpected}")
+    return run
+
+
+# --- report ------------------------------------------------------------------------
+
+
+def mb(kb: int | None) -> str:
+    return "n/a" if kb is None else f"{kb / 1024:.1f}"
+
+
+def pct(values: list[int], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(rank) - 1]
+
+
+def report(runs: list[Run], args: argparse.Namespace) -> None:
+    print()
+    print("rate-limit use (calls answered 200 by the fake; allowed = 25 per period over the catch-up):")
+    print(f"{'backlog':>9} {'calls':>6} {'secs':>6} {'allowed':>7} {'used/allowed':>12} {'period min':>10} "
+          f"{'p50':>4} {'max':>4} {'sliding max':>11} {'429s':>5} {'jobs':>5}")
+    for r in runs:
+        allowed = OUR_LIMIT * r.seconds / args.period
+        use = r.calls_ok / allowed if allowed else float("nan")
+        print(f"{r.backlog:>9,} {r.calls_ok:>6} {r.seconds:>6.1f} {allowed:>7.0f} {use:>12.2f} "
+              f"{pct(r.per_period, 0.0001):>10.0f} {pct(r.per_period, 50):>4.0f} {pct(r.per_period, 100):>4.0f} "
+              f"{r.max_sliding:>11} {r.statuses.get(429, 0):>5} {r.jobs:>5}")
+    print(f"(period min/p50/max: calls in each whole {args.period:g} s period from the first call; sliding max: "
+          f"most calls in any {args.period:g} s as the fake counts them, at arrival, while our limiter counts at "
+          f"take time: a call or two more than 25 is request jitter; Atlassian refuses the {ATLASSIAN_LIMIT + 1}st; "
+          "jobs: poll jobs run)")
+    print()
+    print("poll jobs (from the worker's log): each claims the source, spends the budget, gives the source back "
+          "when the wait for budget exceeds 1 s; the next tick enqueues the next job")
+    print(f"{'backlog':>9} {'jobs':>5} {'calls/job':>9} {'job s p50':>9} {'/ period':>8} {'idle s p50':>10} "
+          f"{'idle s max':>10} {'idle share':>10}")
+    for r in runs:
+        spans = r.job_spans
+        idle = [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+        lengths = [end - start for start, end, _ in spans]
+        whole = spans[-1][1] - spans[0][0] if spans else 0.0
+        share = sum(idle) / whole if whole else float("nan")
+        print(f"{r.backlog:>9,} {len(spans):>5} {pct([c for *_, c in spans], 50):>9.0f} {pct(lengths, 50):>9.2f} "
+              f"{pct(lengths, 50) / args.period:>8.2f} {pct(idle, 50):>10.2f} {pct(idle, 100):>10.2f} {share:>10.2f}")
+    print(f"(idle: from one poll job's end to the next one's start; job s / period: how much of the {args.period:g} s "
+          "period a job's calls take. Deployed, the period is 60 s and the tick 15 s: where jobs here take a small "
+          "part of the period, their idle share is what carries over)")
+    print()
+    print("throughput:")
+    print(f"{'backlog':>9} {'rec/min':>7} {'stored':>9} {'outbox rows':>11} {'rec/call':>8} {'rec/s':>8} "
+          f"{'ceiling rec/s':>13} {'/ ceiling':>9} {'verified':>8}")
+    for r in runs:
+        per_call = r.stored / r.calls_ok if r.calls_ok else float("nan")
+        rate = r.stored / r.seconds if r.seconds else float("nan")
+        ceiling = OUR_LIMIT * per_call / args.period
+        print(f"{r.backlog:>9,} {r.records_per_minute:>7.1f} {r.stored:>9,} {r.outbox_rows:>11,} {per_call:>8.0f} "
+              f"{rate:>8.0f} {ceiling:>13.0f} {rate / ceiling:>9.2f} {r.verified:>8,}")
+    print("(ceiling: what 25 calls per period carry at this run's records per call)")
+    print()
+    print("worker memory (MB) and CPU:")
+    print(f"{'backlog':>9} {'rec/call':>8} {'parent idle':>11} {'parent peak':>11} {'child peak':>10} "
+          f"{'horse HWM':>9} {'growth in a job':>15} {'CPU s':>6} {'CPU s / 100k rec':>16}")
+    for r in runs:
+        per = 100_000 * r.worker_cpu / r.stored if r.worker_cpu is not None and r.stored else float("nan")
+        cpu = "n/a" if r.worker_cpu is None else f"{r.worker_cpu:.1f}"
+        per_call = r.stored / r.calls_ok if r.calls_ok else float("nan")
+        growth = "n/a" if r.growth_kb is None else f"{r.growth_kb / 1024:+.1f} ({r.long_horses})"
+        print(f"{r.backlog:>9,} {per_call:>8.0f} {mb(r.parent_start_kb):>11} {mb(r.parent_maxrss_kb):>11} "
+              f"{mb(r.child_maxrss_kb):>10} {mb(r.horse_hwm_kb):>9} {growth:>15} {cpu:>6} {per:>16.1f}")
+    print("(parent idle: VmRSS 0.5 s after start; parent peak: its VmHWM at exit; child peak: getrusage ru_maxrss "
+          "of its largest reaped child, a work horse or RQ's scheduler; horse HWM: the largest VmHWM sampled from "
+          "/proc every 0.2 s; growth in a job: the most a horse's RSS rose from the first half of its life to the "
+          "second, over the (N) horses sampled 8 times or more; CPU: the worker and its children, whole run)")
+    if len(runs) >= 2:
+        small, large = runs[0], runs[-1]
+
+        def ratio(a, b):
+            return "n/a" if not a or not b else f"{b / a:.2f}x"
+        print(f"memory at {large.backlog:,} / at {small.backlog:,} records: parent peak "
+              f"{ratio(small.parent_maxrss_kb, large.parent_maxrss_kb)}, child peak "
+              f"{ratio(small.child_maxrss_kb, large.child_maxrss_kb)}, horse HWM "
+              f"{ratio(small.horse_hwm_kb, large.horse_hwm_kb)} (flat ≈ 1.00x)")
+    print()
+    for r in runs:
+        allowed = OUR_LIMIT * r.seconds / args.period
+        use = r.calls_ok / allowed if allowed else 0.0
+        verdict = "target met" if use >= TARGET_USE and r.statuses.get(429, 0) == 0 else "target missed"
+        print(f"SPEC §9 rate-limit use, {r.backlog:,} records: {use:.2f} of the budget with "
+              f"{r.statuses.get(429, 0)} 429s vs ≥ {TARGET_USE:.2f} and 0: {verdict}")
+
+
+# --- main --------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backlogs", default="100000,1000000",
+                        help="records in the 14 days, one run each (100000,1000000)")
+    parser.add_argument("--period", type=float, default=4.0,
+                        help="the rate-limit period in seconds, Atlassian's and ours (4; deployed: 60)")
+    parser.add_argument("--tick", type=int, default=1, help="CLOCK_TICK_SECONDS (1; deployed: 15)")
+    parser.add_argument("--page-size", type=int, default=1000, help="records per page of the fake (1000)")
+    parser.add_argument("--latency", type=float, default=None,
+                        help="the fake's answer latency in seconds (0.3 × period / 60)")
+    parser.add_argument("--max-minutes", type=float, default=6.0, help="give up a backlog after this long (6)")
+    parser.add_argument("--verify-hours", type=int, default=12,
+                        help="hours of the backlog checked record by record against the fake (12)")
+    parser.add_argument("--logs", type=Path, default=None, help="keep the worker's and clock's logs here")
+    args = parser.parse_args(argv)
+    try:
+        args.sizes = [int(n) for n in args.backlogs.split(",") if n.strip()]
+    except ValueError:
+        parser.error("--backlogs takes whole numbers")
+    if not args.sizes or min(args.sizes) < 1 or args.period < 0.1 or args.tick < 1 or args.page_size < 1:
+        parser.error("sizes and periods must be positive (period ≥ 0.1 s)")
+    if args.latency is None:
+        args.latency = 0.3 * args.period / 60
+    return args
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    server_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+    if not server_url or not redis_url:
+        print("DATABASE_URL and REDIS_URL must be set: run it with ./scripts/bench catchup", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log line per fake call
+    fake = BoundedFake(seed=11, rate_limit=ATLASSIAN_LIMIT, rate_period=args.period,
+                       page_size=args.page_size, latency=args.latency)
+    prefix = f"catchup-{uuid.uuid4().hex[:6]}"  # app ids (and so budget keys) of this invocation only
+    workdir = tempfile.TemporaryDirectory(prefix="forgedrain-bench-")
+    logdir = Path(workdir.name)
+    if args.logs is not None:
+        args.logs.mkdir(parents=True, exist_ok=True)
+        logdir = args.logs
+    runs: list[Run] = []
+    try:
+        with LocalServer(fake.wsgi()) as server:
+            print(f"catch-up bench: ./scripts/bench catchup {' '.join(argv)}".rstrip())
+            print(f"backlogs {', '.join(f'{n:,}' for n in args.sizes)} records over 14 days less 10 min, one "
+                  f"source; the fake: {ATLASSIAN_LIMIT} calls per {args.period:g} s per app, pages of "
+                  f"{args.page_size}, latency {args.latency * 1000:.0f} ms; ours: FORGE_RATE_LIMIT={OUR_LIMIT} "
+                  f"FORGE_RATE_PERIOD_SECONDS={args.period:g} CLOCK_TICK_SECONDS={args.tick} "
+                  f"FORGE_POLL_LAG_SECONDS={LAG_SECONDS}; time compressed {60 / args.period:g}x "
+                  f"(deployed: 60 s period, 15 s tick)")
+            print(f"one `python -m worker` and one `python -m worker.clock`; {os.cpu_count()} cores shared with "
+                  f"the fake (this process) and PostgreSQL; Python {platform.python_version()}")
+            for size in args.sizes:
+                began = time.monotonic()
+                run = run_one(args, server_url, redis_url, fake, server.url, size, f"{prefix}-{size}", logdir)
+                print(f"{size:,} records: {'caught up' if run.caught_up else 'NOT caught up'}, "
+                      f"{run.calls_ok} calls in {run.seconds:.1f} s ({time.monotonic() - began:.0f} s with set-up "
+                      f"and {run.verify_seconds:.0f} s of checks)", flush=True)
+                runs.append(run)
+        report(runs, args)
+        errors = [e for r in runs for e in r.errors]
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 1 if errors else 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        workdir.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
