@@ -264,9 +264,10 @@ class Poller:
         source["window_start"] = source["window_end"] = source["window_cursor"] = None
 
     def _release(self, source: dict, delay_seconds: float, *, failure: str | None = None,
-                 pause: str | None = None, clear_window: bool = False) -> None:
-        sets = ["lease_token = NULL", "lease_expires_at = NULL",
-                "next_poll_at = now() + make_interval(secs => %(delay)s)"]
+                 pause: str | None = None, clear_window: bool = False, from_claim: bool = False) -> None:
+        base = "GREATEST(now(), last_poll_at + make_interval(secs => %(delay)s))" if from_claim \
+            else "now() + make_interval(secs => %(delay)s)"
+        sets = ["lease_token = NULL", "lease_expires_at = NULL", f"next_poll_at = {base}"]
         if failure is not None:
             sets += ["consecutive_failures = consecutive_failures + 1", "last_error = %(error)s"]
         if pause is not None:
@@ -303,7 +304,9 @@ class Poller:
                 now = db_now + timedelta(seconds=self.clock() - began)
                 window = self._next_window(source, now, target_end)
                 if window is None:
-                    self._release(source, plan.poll_interval_seconds)
+                    # Due one interval after this poll began, not after it ended:
+                    # otherwise every cycle drifts by the poll's own length.
+                    self._release(source, plan.poll_interval_seconds, from_claim=True)
                     outcome.result = "caught-up"
                     return outcome
                 if self.clock() - began > self.settings.time_box_seconds:

@@ -34,7 +34,7 @@ def test_it_builds_typed_settings_with_defaults():
     assert settings.heroku_api_url == "https://api.heroku.com"
     assert settings.heroku_id_url == "https://id.heroku.com"
     assert settings.allow_private_drains is False
-    assert settings.clock_tick_seconds == 15
+    assert settings.clock_tick_seconds == 5
 
 
 def test_it_reads_lists_and_booleans():

@@ -33,6 +33,10 @@ from worker import context
 log = logging.getLogger(__name__)
 
 CLAIM_BUDGET_SECONDS = 45
+# With nothing due, wait this long at most for a source about to fall due
+# (one that yielded for budget, say) instead of leaving it to the next tick;
+# longer would keep the worker from delivery jobs.
+SOON_DUE_SECONDS = 5.0
 MAX_CONNECTIONS = 6
 JOB_TIMEOUT_SECONDS = 150
 
@@ -82,7 +86,11 @@ def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
                 for source in claimed:
                     in_flight.add(executor.submit(poller.poll, source))
                 if not in_flight:
-                    break
+                    wait_for = _soon_due(pool, deadline)
+                    if wait_for is None:
+                        break
+                    time.sleep(wait_for)
+                    continue
                 done, in_flight = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
                     _count(future, totals)
@@ -96,6 +104,24 @@ def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
     log.info("poll batch slot=%d polls=%d calls=%d stored=%d errors=%d", slot, totals["polls"],
              totals["calls"], totals["stored"], totals["errors"])
     return totals
+
+
+def _soon_due(pool: ConnectionPool, deadline: float) -> float | None:
+    """Seconds until the next source falls due, if that is soon and within the budget."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return None
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT EXTRACT(EPOCH FROM next_poll_at - now()) AS wait FROM sources "
+            "WHERE state = 'active' AND (lease_expires_at IS NULL OR lease_expires_at < now()) "
+            "ORDER BY next_poll_at LIMIT 1"
+        ).fetchone()
+    if row is None or row["wait"] is None:
+        return None
+    wait = row["wait"]
+    wait = max(float(wait), 0.05)
+    return wait if wait <= min(SOON_DUE_SECONDS, remaining) else None
 
 
 def _count(future: Future, totals: dict) -> None:
