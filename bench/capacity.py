@@ -485,7 +485,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="measured minutes per fleet after 10 s of start-up (1.5)")
     parser.add_argument("--latency", type=float, default=0.3, help="the fake's answer latency, seconds (0.3)")
     parser.add_argument("--threads", type=int, default=0, help="FORGE_POLL_THREADS (the app's default, 32)")
-    parser.add_argument("--tick", type=int, default=15, help="CLOCK_TICK_SECONDS (15)")
+    parser.add_argument("--tick", type=int, default=5, help="CLOCK_TICK_SECONDS (5, the default)")
     parser.add_argument("--logs", type=Path, default=None,
                         help="keep the worker's and clock's logs in this folder")
     parser.add_argument("--records-per-minute", type=float, default=2.0,

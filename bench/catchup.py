@@ -18,8 +18,9 @@ against real PostgreSQL (fsync on) and Redis, with time compressed:
 - one real ``python -m worker`` process and one ``python -m worker.clock``,
   configured as deployed except for the compression: ``FORGE_RATE_LIMIT=25``
   calls per ``FORGE_RATE_PERIOD_SECONDS=<period>`` and ``CLOCK_TICK_SECONDS``
-  (``--tick``, 1). A 4 s period with a 1 s tick keeps the deployed ratio of
-  a 60 s period to a 15 s tick. The clock's tick enqueues the poll job
+  (``--tick``, 1). A 4 s period with a 1 s tick is harsher than deployed
+  (a 60 s period with a 5 s tick); ``--period 12 --tick 1`` keeps the
+  deployed ratio. The clock's tick enqueues the poll job
   (``worker.poll.run_batch``); the job claims the source, spends the budget
   page by page, gives the source back when the budget is spent, and the next
   tick enqueues it again, until the source has caught up to "now" as it was
@@ -574,7 +575,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="records in the 14 days, one run each (100000,1000000)")
     parser.add_argument("--period", type=float, default=4.0,
                         help="the rate-limit period in seconds, Atlassian's and ours (4; deployed: 60)")
-    parser.add_argument("--tick", type=int, default=1, help="CLOCK_TICK_SECONDS (1; deployed: 15)")
+    parser.add_argument("--tick", type=int, default=1, help="CLOCK_TICK_SECONDS (1; deployed: 5)")
     parser.add_argument("--page-size", type=int, default=1000, help="records per page of the fake (1000)")
     parser.add_argument("--latency", type=float, default=None,
                         help="the fake's answer latency in seconds (0.3 × period / 60)")
@@ -623,7 +624,7 @@ def main(argv: list[str]) -> int:
                   f"{args.page_size}, latency {args.latency * 1000:.0f} ms; ours: FORGE_RATE_LIMIT={OUR_LIMIT} "
                   f"FORGE_RATE_PERIOD_SECONDS={args.period:g} CLOCK_TICK_SECONDS={args.tick} "
                   f"FORGE_POLL_LAG_SECONDS={LAG_SECONDS}; time compressed {60 / args.period:g}x "
-                  f"(deployed: 60 s period, 15 s tick)")
+                  f"(deployed: 60 s period, 5 s tick)")
             print(f"one `python -m worker` and one `python -m worker.clock`; {os.cpu_count()} cores shared with "
                   f"the fake (this process) and PostgreSQL; Python {platform.python_version()}")
             for size in args.sizes:
