@@ -313,7 +313,7 @@ class Poller:
                     self._release(source, 0)  # still behind: due again at once
                     outcome.result = "time-box"
                     return outcome
-                wait = self._take_budget(source["app_id"])
+                wait, call_id = self._take_budget(source["app_id"])
                 if wait > 0:
                     self._release(source, wait)
                     outcome.result = "no-budget"
@@ -321,7 +321,10 @@ class Poller:
                 query = Query(source["app_id"], source["environment_id"], window[0], window[1],
                               tuple(source["levels"]), tuple(source["installation_contexts"]))
                 outcome.calls += 1
-                records, cursor = client.fetch_page(credentials, query, source["window_cursor"])
+                try:
+                    records, cursor = client.fetch_page(credentials, query, source["window_cursor"])
+                finally:
+                    self.limiter.done(source["app_id"], call_id)
                 self._store_page(source, records, window, cursor, outcome)
         except LostLease:
             outcome.result = "lost-lease"
@@ -347,12 +350,12 @@ class Poller:
             return None
         return start, end
 
-    def _take_budget(self, app_id: str) -> float:
-        wait = self.limiter.try_take(app_id)
+    def _take_budget(self, app_id: str) -> tuple[float, str | None]:
+        wait, call_id = self.limiter.take(app_id)
         if 0 < wait <= MAX_BUDGET_WAIT_SECONDS:
             self.sleep(wait)
-            wait = self.limiter.try_take(app_id)
-        return wait
+            wait, call_id = self.limiter.take(app_id)
+        return wait, call_id
 
     def _failed(self, source: dict, exc: forge.ForgeError, outcome: Outcome) -> Outcome:
         outcome.errors.append(f"{exc.kind}: {exc}")

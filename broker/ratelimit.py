@@ -7,6 +7,12 @@ call times), checked and appended in one Lua script so two workers can never
 both take the last slot. Times come from Redis's own clock (``TIME``), so
 workers' clock skew does not matter.
 
+A call stays in the log until ``period`` after it *completed*, not after it
+was taken (:meth:`RateLimiter.done` moves its entry): Atlassian counts a call
+when it arrives, somewhere between the two, so a log keyed on take time alone
+lets a burst taken just after a slot freed land inside Atlassian's window
+together with the slow tail of the previous burst.
+
 A 429 that gets through anyway (Atlassian's budget is also spent by the
 developer console and CLI) blocks the app for its Retry-After, for everyone.
 
@@ -48,20 +54,38 @@ return wait
 """
 
 
+# KEYS[1] log; ARGV[1] member id. Re-stamps a call at its completion time.
+DONE = """
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], 'XX', tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[1])
+return 0
+"""
+
+
 class RateLimiter:
     def __init__(self, connection: redis.Redis, limit: int, period_seconds: float):
         self.connection = connection
         self.limit = limit
         self.period_us = int(period_seconds * 1_000_000)
         self._take = connection.register_script(TAKE)
+        self._done = connection.register_script(DONE)
 
     def try_take(self, app_id: str) -> float:
         """Spend one call of ``app_id``'s budget if there is one: 0.0, else seconds to wait."""
+        return self.take(app_id)[0]
+
+    def take(self, app_id: str) -> tuple[float, str | None]:
+        """(0.0, call id) when a call may be made now, else (seconds to wait, None)."""
+        member = uuid.uuid4().hex
         waited = self._take(
             keys=[KEY.format(app=app_id), BLOCK_KEY.format(app=app_id)],
-            args=[self.limit, self.period_us, uuid.uuid4().hex],
+            args=[self.limit, self.period_us, member],
         )
-        return int(waited) / 1_000_000
+        return (0.0, member) if int(waited) == 0 else (int(waited) / 1_000_000, None)
+
+    def done(self, app_id: str, call_id: str) -> None:
+        """The call ``call_id`` has completed: it counts for a period from now."""
+        self._done(keys=[KEY.format(app=app_id)], args=[call_id])
 
     def block(self, app_id: str, seconds: float) -> None:
         """Hold every worker off ``app_id`` for ``seconds`` (after a 429 from Atlassian)."""
