@@ -18,6 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import psycopg
 
+from broker.validation import InputError
+
 OWNER_KINDS = ("logplex", "syslog", "otlp")
 FIELDS = ("kind", "url", "name", "enabled", "encoding", "gzip", "headers", "sd_id")
 SD_ID = re.compile(r'^[^= \]"@\x00-\x20\x7f-\uffff]{1,32}@[0-9]+(\.[0-9]+)*$')
@@ -27,13 +29,6 @@ RESERVED_HEADERS = {"content-type", "content-length", "content-encoding", "host"
                     "transfer-encoding", "connection"}
 
 
-class DrainInputError(Exception):
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
 @dataclass
 class DrainInput:
     values: dict
@@ -41,49 +36,49 @@ class DrainInput:
 
 def _url(kind: str, value, allow_private: bool) -> str:
     if not isinstance(value, str) or len(value) > 2048 or any(c.isspace() for c in value):
-        raise DrainInputError("url", "url must be a URL without spaces, at most 2048 characters")
+        raise InputError("url", "url must be a URL without spaces, at most 2048 characters")
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError:
-        raise DrainInputError("url", "url is not a valid URL") from None
+        raise InputError("url", "url is not a valid URL") from None
     if not parts.hostname:
-        raise DrainInputError("url", "url has no host")
+        raise InputError("url", "url has no host")
     if kind == "syslog":
         if parts.scheme != "syslog+tls" or port is None:
-            raise DrainInputError("url", "a syslog drain's url is syslog+tls://host:port")
+            raise InputError("url", "a syslog drain's url is syslog+tls://host:port")
         if parts.path not in ("", "/") or parts.query or parts.username:
-            raise DrainInputError("url", "a syslog drain's url is only syslog+tls://host:port")
+            raise InputError("url", "a syslog drain's url is only syslog+tls://host:port")
         return value
     schemes = ("https", "http") if allow_private else ("https",)
     if parts.scheme not in schemes:
-        raise DrainInputError("url", f"a {kind} drain's url must start with https://")
+        raise InputError("url", f"a {kind} drain's url must start with https://")
     if parts.fragment:
-        raise DrainInputError("url", "url must not have a #fragment")
+        raise InputError("url", "url must not have a #fragment")
     return value
 
 
 def validate(payload: object, *, allow_private: bool, current: dict | None = None) -> DrainInput:
     """Check a submitted drain (a new one, or changes to ``current``)."""
     if not isinstance(payload, dict):
-        raise DrainInputError("body", "request body must be a JSON object")
+        raise InputError("body", "request body must be a JSON object")
     unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
-        raise DrainInputError(unknown[0], f"unknown field {unknown[0]!r}; fields are {', '.join(FIELDS)}")
+        raise InputError(unknown[0], f"unknown field {unknown[0]!r}; fields are {', '.join(FIELDS)}")
     values: dict = {}
     if current is None:
         kind = payload.get("kind")
         if kind not in OWNER_KINDS:
-            raise DrainInputError("kind", f"kind must be one of {', '.join(OWNER_KINDS)}")
+            raise InputError("kind", f"kind must be one of {', '.join(OWNER_KINDS)}")
         if "url" not in payload:
-            raise DrainInputError("url", "url is required")
+            raise InputError("url", "url is required")
         values["kind"] = kind
     else:
         kind = current["kind"]
         if "kind" in payload and payload["kind"] != kind:
-            raise DrainInputError("kind", "a drain's kind cannot change; add a new drain instead")
+            raise InputError("kind", "a drain's kind cannot change; add a new drain instead")
         if kind == "heroku" and set(payload) - {"enabled", "name"}:
-            raise DrainInputError(sorted(set(payload) - {"enabled", "name"})[0],
+            raise InputError(sorted(set(payload) - {"enabled", "name"})[0],
                                   "the heroku drain is the app's own log stream: it can only be "
                                   "renamed, enabled or disabled")
     if "url" in payload:
@@ -92,11 +87,11 @@ def validate(payload: object, *, allow_private: bool, current: dict | None = Non
         name = payload["name"]
         if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= 100
                                  or not name.isprintable()):
-            raise DrainInputError("name", "name must be 1 to 100 printable characters")
+            raise InputError("name", "name must be 1 to 100 printable characters")
         values["name"] = name
     if "enabled" in payload:
         if not isinstance(payload["enabled"], bool):
-            raise DrainInputError("enabled", "enabled must be true or false")
+            raise InputError("enabled", "enabled must be true or false")
         values["enabled"] = payload["enabled"]
     settings = dict(current["settings"]) if current else {}
     if kind == "otlp":
@@ -104,21 +99,21 @@ def validate(payload: object, *, allow_private: bool, current: dict | None = Non
         settings.setdefault("gzip", True)
     for field in ("encoding", "gzip", "headers"):
         if field in payload and kind != "otlp":
-            raise DrainInputError(field, f"{field} applies to otlp drains only")
+            raise InputError(field, f"{field} applies to otlp drains only")
     if "sd_id" in payload and kind != "syslog":
-        raise DrainInputError("sd_id", "sd_id applies to syslog drains only")
+        raise InputError("sd_id", "sd_id applies to syslog drains only")
     if "encoding" in payload:
         if payload["encoding"] not in ("json", "protobuf"):
-            raise DrainInputError("encoding", "encoding must be json or protobuf")
+            raise InputError("encoding", "encoding must be json or protobuf")
         settings["encoding"] = payload["encoding"]
     if "gzip" in payload:
         if not isinstance(payload["gzip"], bool):
-            raise DrainInputError("gzip", "gzip must be true or false")
+            raise InputError("gzip", "gzip must be true or false")
         settings["gzip"] = payload["gzip"]
     if "sd_id" in payload:
         sd_id = payload["sd_id"]
         if sd_id is not None and (not isinstance(sd_id, str) or not SD_ID.match(sd_id)):
-            raise DrainInputError("sd_id", "sd_id must be name@<your Private Enterprise Number>, "
+            raise InputError("sd_id", "sd_id must be name@<your Private Enterprise Number>, "
                                            "such as forge@32473 (RFC 5424 §7.2.2)")
         settings["sd_id"] = sd_id
     if "headers" in payload:
@@ -127,7 +122,7 @@ def validate(payload: object, *, allow_private: bool, current: dict | None = Non
                 or not all(isinstance(k, str) and HEADER_NAME.match(k) and k.lower() not in RESERVED_HEADERS
                            and isinstance(v, str) and len(v) <= 4096 and v.isprintable()
                            for k, v in headers.items())):
-            raise DrainInputError("headers", "headers must be an object of at most 20 header names to "
+            raise InputError("headers", "headers must be an object of at most 20 header names to "
                                              "printable text values (not Content-Type, Host, …)")
         values["headers"] = headers
     values["settings"] = settings

@@ -10,6 +10,7 @@ from datetime import datetime
 import psycopg
 
 from broker import forge
+from broker.validation import InputError
 
 FIELDS = ("app_id", "environment_id", "email", "api_token", "levels", "installation_contexts",
           "service_name", "environment_label", "include_arguments")
@@ -23,11 +24,6 @@ CONTEXT = re.compile(r"^ari:cloud:[a-z0-9-]+::[a-z0-9-]+/[A-Za-z0-9._:/-]{1,150}
 LABEL = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
 
 
-class SourceInputError(Exception):
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-        self.message = message
 
 
 @dataclass
@@ -42,21 +38,21 @@ class SourceInput:
 
 def _text(field: str, value, pattern: re.Pattern, message: str) -> str:
     if not isinstance(value, str) or not pattern.match(value):
-        raise SourceInputError(field, f"{field} {message}")
+        raise InputError(field, f"{field} {message}")
     return value
 
 
 def validate(payload: object, *, partial: bool = False) -> SourceInput:
-    """Check a submitted source; raise :class:`SourceInputError` naming the first bad field."""
+    """Check a submitted source; raise :class:`~broker.validation.InputError` naming the first bad field."""
     if not isinstance(payload, dict):
-        raise SourceInputError("body", "request body must be a JSON object")
+        raise InputError("body", "request body must be a JSON object")
     unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
-        raise SourceInputError(unknown[0], f"unknown field {unknown[0]!r}; fields are {', '.join(FIELDS)}")
+        raise InputError(unknown[0], f"unknown field {unknown[0]!r}; fields are {', '.join(FIELDS)}")
     if not partial:
         for field in VERIFIED_FIELDS:
             if payload.get(field) in (None, ""):
-                raise SourceInputError(field, f"{field} is required")
+                raise InputError(field, f"{field} is required")
     values: dict = {}
     if "app_id" in payload:
         app_id = payload["app_id"]
@@ -72,20 +68,20 @@ def validate(payload: object, *, partial: bool = False) -> SourceInput:
     if "api_token" in payload:
         token = payload["api_token"]
         if not isinstance(token, str) or not 1 <= len(token) <= 1024 or any(c.isspace() for c in token):
-            raise SourceInputError("api_token", "api_token must be an Atlassian API token (no spaces)")
+            raise InputError("api_token", "api_token must be an Atlassian API token (no spaces)")
         values["api_token"] = token
     if "levels" in payload:
         levels = payload["levels"]
         if levels is None:
             levels = []
         if not isinstance(levels, list) or any(level not in forge.LEVELS for level in levels):
-            raise SourceInputError("levels", f"levels must be a list of {', '.join(forge.LEVELS)}")
+            raise InputError("levels", f"levels must be a list of {', '.join(forge.LEVELS)}")
         values["levels"] = sorted(set(levels), key=forge.LEVELS.index)
     if "installation_contexts" in payload:
         contexts = payload["installation_contexts"] or []
         if (not isinstance(contexts, list) or len(contexts) > forge.MAX_CONTEXTS
                 or not all(isinstance(c, str) and CONTEXT.match(c) for c in contexts)):
-            raise SourceInputError("installation_contexts",
+            raise InputError("installation_contexts",
                                    f"installation_contexts must be a list of at most {forge.MAX_CONTEXTS} "
                                    "site ARIs such as ari:cloud:jira::site/<uuid>")
         values["installation_contexts"] = list(dict.fromkeys(contexts))
@@ -96,7 +92,7 @@ def validate(payload: object, *, partial: bool = False) -> SourceInput:
                 field, value, LABEL, "must be 1 to 100 printable characters")
     if "include_arguments" in payload:
         if not isinstance(payload["include_arguments"], bool):
-            raise SourceInputError("include_arguments", "include_arguments must be true or false")
+            raise InputError("include_arguments", "include_arguments must be true or false")
         values["include_arguments"] = payload["include_arguments"]
     return SourceInput(values)
 
@@ -226,6 +222,16 @@ class Refusal:
     message: str
     pause_reason: str | None  # when the failure says the source cannot work as saved
     retry_after: float | None = None
+
+
+def verify(client: forge.ForgeClient, values: dict) -> Refusal | None:
+    """One small App logs API query with these credentials and ids; None when Atlassian accepts them."""
+    try:
+        client.verify(forge.Credentials(values["email"], values["api_token"]),
+                      values["app_id"], values["environment_id"])
+    except forge.ForgeError as exc:
+        return explain(exc, values["app_id"], values["environment_id"])
+    return None
 
 
 def explain(exc: forge.ForgeError, app_id: str, environment_id: str) -> Refusal:

@@ -7,14 +7,14 @@ exactly as a missing one does, so ids cannot be probed.
 
 from __future__ import annotations
 
-import uuid
-
 import logging
+import uuid
 
 import redis
 from flask import Blueprint, g, request
 
 from broker import audit, jobs, plans, resources, tokens
+from broker.validation import InputError
 from web import openapi, services
 from web.errors import error, json_response
 
@@ -60,6 +60,39 @@ def authenticated(resource_id: str):
     if str(row["id"]) != resource_id:
         return None, error(404, "not_found", "no such resource")
     return row, None
+
+
+def json_object_body():
+    """The request's JSON body; :class:`InputError` on field ``body`` when there is none."""
+    if not request.get_data(cache=True):
+        raise InputError("body", "request body must be a JSON object")
+    try:
+        return request.get_json(force=True, silent=False, cache=True)
+    except Exception:
+        raise InputError("body", "request body is not valid JSON") from None
+
+
+def invalid(exc: InputError):
+    """400 for an unreadable body, 422 naming the bad field otherwise."""
+    return json_response({"error": "invalid", "message": exc.message, "field": exc.field},
+                         400 if exc.field == "body" else 422)
+
+
+def owned(resource_id: str, child_id: str, lookup, noun: str):
+    """(resource, row, None) when the bearer token opens ``resource_id`` and ``lookup(conn,
+    resource id, child id)`` finds the row; else (.., None, the error response)."""
+    resource, failure = authenticated(resource_id)
+    if failure is not None:
+        return None, None, failure
+    try:
+        parsed = str(uuid.UUID(child_id))
+    except ValueError:
+        parsed = None
+    with services().db.connection() as conn:
+        row = lookup(conn, resource["id"], parsed) if parsed else None
+    if row is None:
+        return resource, None, error(404, "not_found", f"no such {noun}")
+    return resource, row, None
 
 
 def resource_view(row: dict, drains: list[dict]) -> dict:

@@ -8,15 +8,14 @@ it is what the receiver uses to recognise the drain.
 from __future__ import annotations
 
 import logging
-import uuid
 
 import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
 from broker import audit, drains, plans, resources
-from broker.drains import DrainInputError
+from broker.validation import InputError
 from web import services
-from web.api import authenticated
+from web.api import authenticated, invalid, json_object_body, owned
 from web.errors import error, json_response
 
 log = logging.getLogger(__name__)
@@ -54,33 +53,8 @@ def drain_view(row: dict, vault, backlog: int | None = None) -> dict:
     return view
 
 
-def _body():
-    if not request.get_data(cache=True):
-        raise DrainInputError("body", "request body must be a JSON object")
-    try:
-        return request.get_json(force=True, silent=False, cache=True)
-    except Exception:
-        raise DrainInputError("body", "request body is not valid JSON") from None
-
-
-def _invalid(exc: DrainInputError) -> Response:
-    return json_response({"error": "invalid", "message": exc.message, "field": exc.field},
-                         400 if exc.field == "body" else 422)
-
-
 def _authorized_drain(resource_id: str, drain_id: str):
-    resource, failure = authenticated(resource_id)
-    if failure is not None:
-        return None, None, failure
-    try:
-        did = str(uuid.UUID(drain_id))
-    except ValueError:
-        did = None
-    with services().db.connection() as conn:
-        row = drains.get(conn, resource["id"], did) if did else None
-    if row is None:
-        return resource, None, error(404, "not_found", "no such drain")
-    return resource, row, None
+    return owned(resource_id, drain_id, drains.get, "drain")
 
 
 def _detail(row: dict, changed: list[str] | None = None) -> dict:
@@ -108,9 +82,9 @@ def create_drain(resource_id: str):
         return failure
     svc = services()
     try:
-        values = drains.validate(_body(), allow_private=svc.settings.allow_private_drains).values
-    except DrainInputError as exc:
-        return _invalid(exc)
+        values = drains.validate(json_object_body(), allow_private=svc.settings.allow_private_drains).values
+    except InputError as exc:
+        return invalid(exc)
     headers_enc = svc.vault.encrypt(orjson.dumps(values["headers"]).decode()) if values.get("headers") else None
     with svc.db.connection() as conn, conn.transaction():
         locked = resources.get_for_update(conn, resource["id"])
@@ -144,10 +118,10 @@ def update_drain(resource_id: str, drain_id: str):
         return failure
     svc = services()
     try:
-        body = _body()
+        body = json_object_body()
         values = drains.validate(body, allow_private=svc.settings.allow_private_drains, current=row).values
-    except DrainInputError as exc:
-        return _invalid(exc)
+    except InputError as exc:
+        return invalid(exc)
     url_enc = svc.vault.encrypt(values["url"]) if "url" in values else None
     headers_enc = svc.vault.encrypt(orjson.dumps(values["headers"]).decode()) if "headers" in values else None
     with svc.db.connection() as conn, conn.transaction():

@@ -19,7 +19,8 @@ import psycopg
 import redis
 from flask import Blueprint, Response, g, request
 
-from broker import audit, forge, jobs, partners, plans, provisioning, resources, sources, tokens
+from broker import audit, jobs, partners, plans, provisioning, resources, sources, tokens
+from broker.validation import InputError
 from broker.partners import Partner
 from web import services
 from web.errors import error, json_response
@@ -212,17 +213,8 @@ def _first_source(options: dict) -> dict | None:
                               "Forge source; missing: " + ", ".join(missing))
     try:
         return sources.validate(given).values
-    except sources.SourceInputError as exc:
+    except InputError as exc:
         raise BadRequest(422, f"options: {exc.message}") from None
-
-
-def _verify_first_source(values: dict):
-    try:
-        services().forge().verify(forge.Credentials(values["email"], values["api_token"]),
-                                  values["app_id"], values["environment_id"])
-    except forge.ForgeError as exc:
-        return sources.explain(exc, values["app_id"], values["environment_id"])
-    return None
 
 
 def _owned(conn, resource_id: str, partner: Partner) -> dict | None:
@@ -279,7 +271,7 @@ def provision():
         with svc.db.connection() as conn:
             existing = resources.get(conn, resource_id)
         if existing is None:
-            refusal = _verify_first_source(first_source)
+            refusal = sources.verify(svc.forge(), first_source)
             if refusal is not None:
                 return refuse(refusal.http_status,
                               f"the Forge source in the options could not be registered: {refusal.message}")

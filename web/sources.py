@@ -10,16 +10,15 @@ nothing is written. The API token is stored encrypted and never returned.
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import datetime
 
 import psycopg
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
-from broker import audit, forge, plans, resources, sources
-from broker.sources import SourceInputError
+from broker import audit, plans, resources, sources
+from broker.validation import InputError
 from web import services
-from web.api import authenticated
+from web.api import authenticated, invalid, json_object_body, owned
 from web.errors import error, json_response
 
 log = logging.getLogger(__name__)
@@ -77,21 +76,6 @@ def source_view(row: dict, vault, gaps: list[dict] | None = None) -> dict:
     return view
 
 
-def _json_body():
-    if not request.get_data(cache=True):
-        raise SourceInputError("body", "request body must be a JSON object")
-    try:
-        return request.get_json(force=True, silent=False, cache=True)
-    except Exception:
-        raise SourceInputError("body", "request body is not valid JSON") from None
-
-
-def _invalid(exc: SourceInputError) -> Response:
-    status = 400 if exc.field == "body" else 422
-    response = json_response({"error": "invalid", "message": exc.message, "field": exc.field}, status)
-    return response
-
-
 def _refused(refusal: sources.Refusal) -> Response:
     headers = {"Retry-After": str(max(1, int(refusal.retry_after)))} if refusal.retry_after else None
     return error(refusal.http_status, refusal.code, refusal.message, headers=headers)
@@ -99,15 +83,10 @@ def _refused(refusal: sources.Refusal) -> Response:
 
 def _verify(values: dict) -> sources.Refusal | None:
     """Verify credentials and ids; None when Atlassian accepts them."""
-    client = services().forge()
-    try:
-        client.verify(forge.Credentials(values["email"], values["api_token"]),
-                      values["app_id"], values["environment_id"])
-    except forge.ForgeError as exc:
-        refusal = sources.explain(exc, values["app_id"], values["environment_id"])
-        log.info("source verification refused app=%s kind=%s", values["app_id"], exc.kind)
-        return refusal
-    return None
+    refusal = sources.verify(services().forge(), values)
+    if refusal is not None:
+        log.info("source verification refused app=%s code=%s", values["app_id"], refusal.code)
+    return refusal
 
 
 def _limit_message(plan: plans.Plan) -> str:
@@ -115,24 +94,8 @@ def _limit_message(plan: plans.Plan) -> str:
             "delete one or change plan first")
 
 
-def _source_id(source_id: str) -> str | None:
-    try:
-        return str(uuid.UUID(source_id))
-    except ValueError:
-        return None
-
-
 def _authorized_source(resource_id: str, source_id: str):
-    """(resource, source, None) for the caller's own source, else (.., .., error response)."""
-    resource, failure = authenticated(resource_id)
-    if failure is not None:
-        return None, None, failure
-    sid = _source_id(source_id)
-    with services().db.connection() as conn:
-        row = sources.get(conn, resource["id"], sid) if sid else None
-    if row is None:
-        return resource, None, error(404, "not_found", "no such source")
-    return resource, row, None
+    return owned(resource_id, source_id, sources.get, "source")
 
 
 @bp.get("")
@@ -153,9 +116,9 @@ def create_source(resource_id: str):
         return failure
     svc = services()
     try:
-        submitted = sources.validate(_json_body())
-    except SourceInputError as exc:
-        return _invalid(exc)
+        submitted = sources.validate(json_object_body())
+    except InputError as exc:
+        return invalid(exc)
     values = submitted.values
     plan = plans.get(resource["plan"])
     with svc.db.connection() as conn:
@@ -207,13 +170,13 @@ def backfill_source(resource_id: str, source_id: str):
     if failure is not None:
         return failure
     try:
-        body = _json_body()
+        body = json_object_body()
         start = datetime.fromisoformat(str(body.get("from", "")).replace("Z", "+00:00")) \
             if isinstance(body, dict) and isinstance(body.get("from"), str) else None
         if start is None or start.tzinfo is None:
             raise ValueError
-    except SourceInputError as exc:
-        return _invalid(exc)
+    except InputError as exc:
+        return invalid(exc)
     except ValueError:
         return json_response({"error": "invalid", "field": "from",
                               "message": "from must be an ISO 8601 time with a zone, such as "
@@ -243,9 +206,9 @@ def update_source(resource_id: str, source_id: str):
     if failure is not None:
         return failure
     try:
-        changes = sources.validate(_json_body(), partial=True).values
-    except SourceInputError as exc:
-        return _invalid(exc)
+        changes = sources.validate(json_object_body(), partial=True).values
+    except InputError as exc:
+        return invalid(exc)
     svc = services()
     sid = str(current["id"])
     if not changes:
@@ -276,14 +239,13 @@ def update_source(resource_id: str, source_id: str):
 
 @bp.delete("/<source_id>")
 def delete_source(resource_id: str, source_id: str):
-    resource, failure = authenticated(resource_id)
+    resource, row, failure = _authorized_source(resource_id, source_id)
     if failure is not None:
         return failure
     svc = services()
-    sid = _source_id(source_id)
+    sid = str(row["id"])
     with svc.db.connection() as conn, conn.transaction():
-        row = sources.get(conn, resource["id"], sid, for_update=True) if sid else None
-        if row is None:
+        if sources.get(conn, resource["id"], sid, for_update=True) is None:
             return error(404, "not_found", "no such source")
         sources.delete(conn, sid)
         audit.record(conn, resource["id"], ACTOR, "source.deleted", _audit_detail(row))
