@@ -16,19 +16,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 
 import requests
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 
-from broker import db, polling, redisconn
+from broker import polling, redisconn
 from broker.forge import ForgeClient
 from broker.polling import PollSettings, Poller
 from broker.ratelimit import RateLimiter
 from broker.vault import Vault
-from worker import context
+from worker import batch, context
 
 log = logging.getLogger(__name__)
 
@@ -65,40 +62,26 @@ def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
     threads = settings.poll_threads
     # Threads hold a connection only for a page's short transaction, so a few
     # connections serve many threads; Heroku's small plans allow 20 in all.
-    pool = ConnectionPool(
-        db.conninfo(settings.database_url, "forgedrain-poll"), min_size=1,
-        max_size=min(threads, MAX_CONNECTIONS) + 1, timeout=30,
-        kwargs={"autocommit": True, "row_factory": dict_row}, open=False, name=f"poll-{slot}",
-    )
-    pool.open(wait=True, timeout=30)
+    pool = batch.job_pool(settings.database_url, f"forgedrain-poll-{slot}", min(threads, MAX_CONNECTIONS) + 1)
     poller = poller_for(settings, pool.connection, redisconn.connect(settings.redis_url))
     totals = {"polls": 0, "calls": 0, "stored": 0, "errors": 0}
-    deadline = time.monotonic() + budget_seconds
-    in_flight: set[Future] = set()
+
+    def claim(free: int) -> list[dict]:
+        with pool.connection() as conn:
+            return polling.claim(conn, free, poller.settings.lease_seconds)
+
+    def tally(outcome) -> None:
+        if outcome is None:
+            totals["errors"] += 1
+            return
+        totals["polls"] += 1
+        totals["calls"] += outcome.calls
+        totals["stored"] += outcome.stored
+        totals["errors"] += len(outcome.errors)
+
     try:
-        with ThreadPoolExecutor(threads, thread_name_prefix=f"poll-{slot}") as executor:
-            while True:
-                free = threads - len(in_flight)
-                claimed = []
-                if free > 0 and time.monotonic() < deadline:
-                    with pool.connection() as conn:
-                        claimed = polling.claim(conn, free, poller.settings.lease_seconds)
-                for source in claimed:
-                    in_flight.add(executor.submit(poller.poll, source))
-                if not in_flight:
-                    wait_for = _soon_due(pool, deadline)
-                    if wait_for is None:
-                        break
-                    time.sleep(wait_for)
-                    continue
-                done, in_flight = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in done:
-                    _count(future, totals)
-                if not claimed and time.monotonic() >= deadline:
-                    for future in in_flight:
-                        _count_blocking(future, totals)
-                    in_flight = set()
-                    break
+        batch.run_leased(threads=threads, budget_seconds=budget_seconds, claim=claim, work=poller.poll,
+                         tally=tally, idle_wait=lambda deadline: _soon_due(pool, deadline), name=f"poll-{slot}")
     finally:
         pool.close()
     log.info("poll batch slot=%d polls=%d calls=%d stored=%d errors=%d", slot, totals["polls"],
@@ -106,7 +89,7 @@ def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
     return totals
 
 
-def _soon_due(pool: ConnectionPool, deadline: float) -> float | None:
+def _soon_due(pool, deadline: float) -> float | None:
     """Seconds until the next source falls due, if that is soon and within the budget."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
@@ -119,24 +102,5 @@ def _soon_due(pool: ConnectionPool, deadline: float) -> float | None:
         ).fetchone()
     if row is None or row["wait"] is None:
         return None
-    wait = row["wait"]
-    wait = max(float(wait), 0.05)
+    wait = max(float(row["wait"]), 0.05)
     return wait if wait <= min(SOON_DUE_SECONDS, remaining) else None
-
-
-def _count(future: Future, totals: dict) -> None:
-    try:
-        outcome = future.result()
-    except Exception:  # noqa: BLE001 — one source's bug must not stop the others
-        log.exception("poll crashed")
-        totals["errors"] += 1
-        return
-    totals["polls"] += 1
-    totals["calls"] += outcome.calls
-    totals["stored"] += outcome.stored
-    totals["errors"] += len(outcome.errors)
-
-
-def _count_blocking(future: Future, totals: dict) -> None:
-    future.exception()  # waits
-    _count(future, totals)
