@@ -59,9 +59,7 @@ import os
 import platform
 import re
 import resource
-import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,19 +68,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
-from psycopg import sql  # noqa: E402
 
-from broker import db, jobs, migrate, redisconn, tokens  # noqa: E402
+from broker import db, migrate, redisconn, tokens  # noqa: E402
 from broker.vault import Vault  # noqa: E402
 from tests.fakes.forge import ForgeFake  # noqa: E402
 from tests.fakes.server import LocalServer  # noqa: E402
+from common import children, clear_redis, create_database, drop_database, pct, process_env, start, status_kb, stop, with_database  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -100,26 +98,6 @@ ENVIRONMENT = "prod"
 # --- database and processes --------------------------------------------------------
 
 
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-def admin(server_url: str) -> psycopg.Connection:
-    return psycopg.connect(db.conninfo(server_url, "forgedrain-bench"), autocommit=True)
-
-
-def create_database(server_url: str) -> str:
-    name = f"forgedrain_bench_{uuid.uuid4().hex[:12]}"
-    with admin(server_url) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return name
-
-
-def drop_database(server_url: str, name: str) -> None:
-    with admin(server_url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def postmaster_pid(conn: psycopg.Connection, database_url: str) -> int | None:
     """PostgreSQL's postmaster when it runs on this machine (to count its CPU), else None."""
     if (urlsplit(database_url).hostname or "localhost") not in db.LOCAL_HOSTS:
@@ -134,90 +112,12 @@ def postmaster_pid(conn: psycopg.Connection, database_url: str) -> int | None:
         return None
 
 
-def process_env(database_url: str, redis_url: str, forge_url: str, fernet_key: str,
-                extra: dict[str, str]) -> dict[str, str]:
-    env = {
-        "PATH": f"{BIN}:/usr/bin:/bin",
-        "PYTHONUNBUFFERED": "1",
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "FERNET_KEYS": fernet_key,
-        "ADDON_ID": "forgedrain",
-        "ADDON_PASSWORDS": secrets.token_urlsafe(24),
-        "SSO_SALT": secrets.token_urlsafe(24),
-        "PUBLIC_URL": "https://forgedrain.example.com",
-        "FORGE_API_URL": forge_url,
-        "HEROKU_API_URL": "http://127.0.0.1:9",
-        "HEROKU_ID_URL": "http://127.0.0.1:9",
-        "LOG_LEVEL": "INFO",
-        **extra,
-    }
-    if "HOME" in os.environ:
-        env["HOME"] = os.environ["HOME"]
-    return env
-
-
-def start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "wb")
-    try:
-        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    finally:
-        log.close()
-
-
-def stop(process: subprocess.Popen, grace: float = 3) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` s: the process group and any work horse (RQ puts
-    each horse in a process group of its own). Nothing of a run is measured after this."""
-    horses = children(process.pid)
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        for pid in horses + children(process.pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
-
-
-def clear_redis(redis) -> None:
-    """Empty the queues the worker and clock use and forget their jobs (ids are reused)."""
-    for name in ("control", "poll"):
-        jobs.queue(name, redis).empty()
-    for pattern in ("rq:job:tick-*", "rq:job:poll-batch-*", "rq:*:control", "rq:*:poll"):
-        for key in redis.scan_iter(match=pattern, count=1000):
-            redis.delete(key)
-
-
 # --- /proc accounting --------------------------------------------------------------
 
 
 def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    return found
 
 
 def tree_cpu(pid: int | None) -> float:
@@ -230,17 +130,6 @@ def tree_cpu(pid: int | None) -> float:
         return 0.0
     ticks = sum(int(v) for v in fields[11:15])
     return ticks / CLK_TCK + sum(tree_cpu(child) for child in children(pid))
-
-
-def status_kb(pid: int, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 @dataclass
@@ -318,12 +207,12 @@ def judge(run: Run, first_due: dict, history: dict[object, list[datetime]], wind
         starts = sorted(history.get(source_id, ()))
         on_time = True
         previous_due = due
-        for start in starts:
-            late = (start - previous_due).total_seconds()
+        for began in starts:
+            late = (began - previous_due).total_seconds()
             run.lateness.append(late)
             if late > GRACE:
                 on_time = False
-            previous_due = start + timedelta(seconds=INTERVAL)
+            previous_due = began + timedelta(seconds=INTERVAL)
         for a, b in zip(starts, starts[1:]):
             run.gaps.append((b - a).total_seconds())
         if (ended - previous_due).total_seconds() > GRACE:
@@ -423,14 +312,6 @@ def run_one(args: argparse.Namespace, server_url: str, redis_url: str, fake: For
 
 
 # --- report ------------------------------------------------------------------------
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, -(-len(ordered) * p // 100))
-    return ordered[int(rank) - 1]
 
 
 def report(runs: list[Run], args: argparse.Namespace) -> None:

@@ -67,9 +67,7 @@ import logging
 import os
 import platform
 import re
-import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -78,19 +76,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
-from psycopg import sql  # noqa: E402
 
-from broker import db, jobs, migrate, polling, redisconn, tokens  # noqa: E402
+from broker import db, migrate, polling, redisconn, tokens  # noqa: E402
 from broker.vault import Vault  # noqa: E402
 from tests.fakes.forge import ForgeFake  # noqa: E402
 from tests.fakes.server import LocalServer  # noqa: E402
+from common import children, clear_redis, create_database, drop_database, pct, process_env, start, status_kb, stop, with_database  # noqa: E402
 
 BIN = Path(sys.executable).parent
 OUR_LIMIT = 25        # FORGE_RATE_LIMIT, the deployed default
@@ -145,116 +142,6 @@ class BoundedFake(ForgeFake):
 
 
 # --- database and processes --------------------------------------------------------
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-def admin(server_url: str) -> psycopg.Connection:
-    return psycopg.connect(db.conninfo(server_url, "forgedrain-bench"), autocommit=True)
-
-
-def create_database(server_url: str) -> str:
-    name = f"forgedrain_bench_{uuid.uuid4().hex[:12]}"
-    with admin(server_url) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return name
-
-
-def drop_database(server_url: str, name: str) -> None:
-    with admin(server_url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def process_env(database_url: str, redis_url: str, forge_url: str, fernet_key: str,
-                extra: dict[str, str]) -> dict[str, str]:
-    env = {
-        "PATH": f"{BIN}:/usr/bin:/bin",
-        "PYTHONUNBUFFERED": "1",
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "FERNET_KEYS": fernet_key,
-        "ADDON_ID": "forgedrain",
-        "ADDON_PASSWORDS": secrets.token_urlsafe(24),
-        "SSO_SALT": secrets.token_urlsafe(24),
-        "PUBLIC_URL": "https://forgedrain.example.com",
-        "FORGE_API_URL": forge_url,
-        "HEROKU_API_URL": "http://127.0.0.1:9",
-        "HEROKU_ID_URL": "http://127.0.0.1:9",
-        "LOG_LEVEL": "INFO",
-        **extra,
-    }
-    if "HOME" in os.environ:
-        env["HOME"] = os.environ["HOME"]
-    return env
-
-
-def start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "wb")
-    try:
-        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    finally:
-        log.close()
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    return found
-
-
-def stop(process: subprocess.Popen, grace: float) -> bool:
-    """SIGTERM (RQ's warm shutdown), SIGKILL after ``grace`` s; True if it exited by itself."""
-    horses = children(process.pid)
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    try:
-        process.wait(timeout=grace)
-        return True
-    except subprocess.TimeoutExpired:
-        for pid in horses + children(process.pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)  # RQ puts each horse in a process group of its own
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
-        return False
-
-
-def clear_redis(redis) -> None:
-    """Empty the queues the worker and clock use and forget their jobs (ids are reused)."""
-    for name in ("control", "poll"):
-        jobs.queue(name, redis).empty()
-    for pattern in ("rq:job:tick-*", "rq:job:poll-batch-*", "rq:*:control", "rq:*:poll"):
-        for key in redis.scan_iter(match=pattern, count=1000):
-            redis.delete(key)
-
-
-def status_kb(pid: int, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 # --- one run -----------------------------------------------------------------------
@@ -481,14 +368,6 @@ def run_one(args: argparse.Namespace, server_url: str, redis_url: str, fake: For
 
 def mb(kb: int | None) -> str:
     return "n/a" if kb is None else f"{kb / 1024:.1f}"
-
-
-def pct(values: list[int], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, -(-len(ordered) * p // 100))
-    return ordered[int(rank) - 1]
 
 
 def report(runs: list[Run], args: argparse.Namespace) -> None:

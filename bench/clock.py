@@ -60,9 +60,7 @@ import platform
 import secrets
 import sys
 import time
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -73,6 +71,7 @@ from psycopg import sql  # noqa: E402
 
 from broker import config, db, jobs, migrate, polling, redisconn, resources  # noqa: E402
 from broker.vault import Vault  # noqa: E402
+from common import create_database, drop_database, with_database  # noqa: E402
 from worker import context, tick  # noqa: E402
 
 TARGET_MS = 1000.0
@@ -80,26 +79,6 @@ SOURCES_PER_RESOURCE = 4
 
 
 # --- database ----------------------------------------------------------------------
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-def admin(server_url: str) -> psycopg.Connection:
-    return psycopg.connect(db.conninfo(server_url, "forgedrain-bench"), autocommit=True)
-
-
-def create_database(server_url: str) -> str:
-    name = f"forgedrain_bench_{uuid.uuid4().hex[:12]}"
-    with admin(server_url) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return name
-
-
-def drop_database(server_url: str, name: str) -> None:
-    with admin(server_url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def bench_env(database_url: str, redis_url: str) -> dict[str, str]:

@@ -58,7 +58,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -69,6 +69,7 @@ from cryptography.fernet import Fernet  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from broker import db, migrate  # noqa: E402
+from common import children, create_database, drop_database, with_database  # noqa: E402
 
 BIN = Path(sys.executable).parent
 VENDOR_TYPE = "application/vnd.heroku-addons+json; version=3"
@@ -83,26 +84,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-def admin(server_url: str) -> psycopg.Connection:
-    return psycopg.connect(db.conninfo(server_url, "forgedrain-bench"), autocommit=True)
-
-
-def create_database(server_url: str) -> str:
-    name = f"forgedrain_bench_{uuid.uuid4().hex[:12]}"
-    with admin(server_url) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return name
-
-
-def drop_database(server_url: str, name: str) -> None:
-    with admin(server_url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def server_facts(database_url: str) -> dict:
@@ -223,22 +204,11 @@ def _proc_ticks(pid: int) -> int:
         return 0
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    return found
-
-
 def tree_ticks(parent: int | None) -> int:
     """CPU jiffies of a process and its live children (gunicorn's workers, PostgreSQL's backends)."""
     if parent is None:
         return 0
-    return _proc_ticks(parent) + sum(_proc_ticks(child) for child in _children(parent))
+    return _proc_ticks(parent) + sum(_proc_ticks(child) for child in children(parent))
 
 
 def machine_ticks() -> tuple[int, int, int]:
@@ -271,7 +241,7 @@ def connections_per_worker(master: int, port: int) -> list[int]:
         except OSError:
             pass
     counts = []
-    for worker in _children(master):
+    for worker in children(master):
         held = 0
         try:
             for fd in os.listdir(f"/proc/{worker}/fd"):
