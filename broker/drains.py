@@ -4,8 +4,9 @@ Kinds an owner adds: ``logplex`` (HTTPS POST in Heroku's dialect), ``syslog``
 (``syslog+tls://host:port``, strict RFC 5424) and ``otlp`` (OTLP/HTTP, a base
 URL or the full ``/v1/logs`` URL, JSON or protobuf, custom headers). The
 ``heroku`` drain — the app's own log stream — is made at provision from
-``log_input_url``; it can be disabled, not deleted. Plain ``http://`` is
-accepted only where private drains are allowed (tests, private deployments).
+``log_input_url``; it can be disabled, not deleted. Plain ``http://`` and
+``syslog+tcp://`` are accepted only where private drains are allowed (tests,
+private deployments).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _url(kind: str, value, allow_private: bool) -> str:
     if not parts.hostname:
         raise InputError("url", "url has no host")
     if kind == "syslog":
-        if parts.scheme != "syslog+tls" or port is None:
+        schemes = ("syslog+tls", "syslog+tcp") if allow_private else ("syslog+tls",)
+        if parts.scheme not in schemes or port is None:
             raise InputError("url", "a syslog drain's url is syslog+tls://host:port")
         if parts.path not in ("", "/") or parts.query or parts.username:
             raise InputError("url", "a syslog drain's url is only syslog+tls://host:port")

@@ -65,6 +65,11 @@ ensure_packages() {
     local missing=()
     [ "${NEED_POSTGRES:-0}" = 1 ] && ! pg_bindir >/dev/null && missing+=(postgresql)
     [ "${NEED_REDIS:-0}" = 1 ] && ! command -v redis-server >/dev/null 2>&1 && missing+=(redis-server)
+    # The tests deliver to a real rsyslog over TCP and TLS (GnuTLS stream driver).
+    if [ "${NEED_RSYSLOG:-0}" = 1 ]; then
+        command -v rsyslogd >/dev/null 2>&1 || missing+=(rsyslog)
+        ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || missing+=(rsyslog-gnutls)
+    fi
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         die "missing ${missing[*]}: install the package(s) (Debian: apt-get install ${missing[*]}), or set DATABASE_URL / REDIS_URL to running servers"

@@ -127,6 +127,16 @@ def test_a_long_line_is_split_below_10000_bytes_without_breaking_characters():
     assert text == line
 
 
+def test_huge_structured_data_is_shortened_so_frames_stay_within_8_kib():
+    rec = record("b" * 20_000, extra={"arguments": '"]\\' * 5000, "appVersion": "v" * 3000})
+    who = syslog5424.Identity("d.token", "a", "forge@32473", include_arguments=True)
+    messages = read_octet_counted(syslog5424.stream([rec], who))
+    parsed = [read_5424(m) for m in messages]
+    assert all(len(m) <= syslog5424.MAX_MESSAGE_BYTES for m in messages)
+    assert b"".join(p["message"] for p in parsed) == b"b" * 20_000
+    assert len(parsed[0]["sd"]) <= syslog5424.MAX_SD_BYTES and b"arguments=" in parsed[0]["sd"]
+
+
 @settings(max_examples=300, deadline=None)
 @given(body=st.text(), function=st.one_of(st.none(), st.text(max_size=200)),
        app=st.text(max_size=80), text=st.sampled_from(["INFO", "ERROR", "nonsense", None]))
@@ -175,6 +185,16 @@ def test_arguments_leave_only_when_the_source_opts_in():
     assert b"user@customer.test" in opened
 
 
+def test_huge_structured_data_is_shortened_so_frames_stay_within_8_kib():
+    rec = record("b" * 20_000, extra={"arguments": '"]\\' * 5000, "appVersion": "v" * 3000})
+    who = syslog5424.Identity("d.token", "a", "forge@32473", include_arguments=True)
+    messages = read_octet_counted(syslog5424.stream([rec], who))
+    parsed = [read_5424(m) for m in messages]
+    assert all(len(m) <= syslog5424.MAX_MESSAGE_BYTES for m in messages)
+    assert b"".join(p["message"] for p in parsed) == b"b" * 20_000
+    assert len(parsed[0]["sd"]) <= syslog5424.MAX_SD_BYTES and b"arguments=" in parsed[0]["sd"]
+
+
 @settings(max_examples=300, deadline=None)
 @given(body=st.text(), function=st.one_of(st.none(), st.text(max_size=200)), app=st.text(max_size=80),
        values=st.dictionaries(st.sampled_from(["appVersion", "invocationId", "installationContext",
@@ -185,7 +205,7 @@ def test_any_record_gives_frames_a_strict_5424_reader_accepts(body, function, ap
     rec = record(body, function=function, nanos=nanos, extra=values)
     messages = read_octet_counted(syslog5424.stream([rec], who))
     parsed = [read_5424(m) for m in messages]
-    assert all(len(m) <= 10_000 for m in messages)
+    assert all(len(m) <= syslog5424.MAX_MESSAGE_BYTES for m in messages)
     assert b"".join(p["message"] for p in parsed) == body.encode("utf-8", "replace")
     for key, value in values.items():
         if value:

@@ -5,7 +5,11 @@ field is always there (``-`` or one SD element), header fields are
 PRINTUSASCII cut by bytes to the RFC's limits, the timestamp has at most six
 fractional digits, and a multi-line body stays whole (octet counting carries
 it). No BOM: receivers show it as junk, and MSG-ANY allows UTF-8 without it.
-A message over 10,000 bytes is split into several frames.
+A message over 8,192 bytes is split into several frames: RFC 5425 §4.3.1 asks
+receivers to take 8,192 octets, and rsyslog's default ``maxMessageSize`` is
+8 KiB, so a longer message would be cut by a receiver left at its defaults.
+Structured data is held to 4,096 bytes (the longest values are shortened) so
+the body always has room.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 from broker.formats import fields, severity
 
 FACILITY = 23
-MAX_MESSAGE_BYTES = 10_000
+MAX_MESSAGE_BYTES = 8192
+MAX_SD_BYTES = 4096
 # Forge attributes worth carrying as SD-PARAMs, under these names.
 SD_PARAMS = (
     ("appVersion", "appVersion"), ("invocationId", "invocationId"),
@@ -46,7 +51,13 @@ def structured_data(attrs: dict[str, str], who: Identity) -> str:
         params.append(("arguments", attrs["arguments"]))
     if not params:
         return "-"
-    return "[" + who.sd_id + "".join(f' {name}="{_escape(value)}"' for name, value in params) + "]"
+    while True:
+        text = "[" + who.sd_id + "".join(f' {name}="{_escape(value)}"' for name, value in params) + "]"
+        if len(text.encode("utf-8")) <= MAX_SD_BYTES:
+            return text
+        longest = max(range(len(params)), key=lambda i: len(params[i][1]))
+        name, value = params[longest]
+        params[longest] = (name, value[: len(value) // 2])
 
 
 def frames(record: dict, who: Identity) -> list[bytes]:

@@ -1,1 +1,16 @@
 """The wire to drains: HTTP sessions, TLS sockets, retry classes, and the SSRF guard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one send tells the delivery loop to do. Never carries a secret."""
+
+    outcome: str  # delivered | retry | drop | split
+    status: int | None = None
+    detail: str = ""
+    retry_after: float | None = None
+    rejected: int = 0

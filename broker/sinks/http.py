@@ -18,28 +18,19 @@ Secrets (URL passwords, OTLP headers) never appear in a Result.
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import requests
 
 from broker.forge import parse_retry_after
+from broker.sinks import Result
 from broker.sinks.guard import BlockedDestination, resolve
 
 # Logplex gives a drain 5 s; OTLP exporters 10–30 s. Connect fast either way.
 LOGPLEX_TIMEOUT = (3.05, 10)
 OTLP_TIMEOUT = (3.05, 30)
 USER_AGENT = "forgedrain/1 (+log-drain broker)"
-
-
-@dataclass(frozen=True)
-class Result:
-    outcome: str  # delivered | retry | drop | split
-    status: int | None = None
-    detail: str = ""
-    retry_after: float | None = None
-    rejected: int = 0
 
 
 def _target(url: str) -> tuple[str, tuple[str, str] | None]:

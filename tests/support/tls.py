@@ -12,8 +12,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def self_signed(directory: Path, common_name: str = "localhost") -> tuple[Path, Path]:
-    """Write a self-signed certificate for 127.0.0.1/localhost; return (cert, key) paths.
+def _name(value: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(value))
+    except ValueError:
+        return x509.DNSName(value)
+
+
+def self_signed(directory: Path, common_name: str = "localhost",
+                names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[Path, Path]:
+    """Write a self-signed certificate for ``names`` (host names or IP addresses); return (cert, key) paths.
 
     It says CA:TRUE so a client can use the certificate itself as its trust
     anchor (``verify=<cert path>``); OpenSSL refuses a plain leaf for that.
@@ -31,9 +39,7 @@ def self_signed(directory: Path, common_name: str = "localhost") -> tuple[Path, 
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([_name(n) for n in names]),
             critical=False,
         )
         .sign(key, hashes.SHA256())
