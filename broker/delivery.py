@@ -10,10 +10,16 @@ bounded to that batch and recognisable. A drain that fails waits in
 PostgreSQL (``next_attempt_at``), so it costs nothing meanwhile and never
 holds back another drain.
 
-Kinds delivered here: ``heroku`` (the app's log_input_url) and ``logplex``
-in Heroku's dialect, ``otlp`` as JSON or protobuf. Records that came from the
-Heroku app itself (origin ``heroku``) never go back to its own ``heroku``
-drain. ``syslog`` drains wait for their TLS sink.
+Kinds: ``heroku`` (the app's log_input_url) and ``logplex`` in Heroku's
+dialect, ``otlp`` as JSON or protobuf, ``syslog`` as strict RFC 5424 over TLS.
+A syslog send carries up to ~1 MiB of frames (several outbox batches) and
+counts as accepted when the receiver has closed the connection after reading
+it (see :mod:`broker.sinks.syslog`). Records that came from the Heroku app
+itself (origin ``heroku``) never go back to its own ``heroku`` drain.
+
+The outbox is pruned by :func:`prune`: a batch goes when every drain of its
+resource has it, or when it is older than the plan's backlog; drains that
+had not received it then count its records as dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import ssl
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager
 
@@ -29,18 +37,20 @@ import orjson
 import psycopg
 import requests
 
-from broker import polling
-from broker.formats import logplex, otlp
-from broker.sinks import http
+from broker import plans, polling
+from broker.formats import logplex, otlp, syslog5424
+from broker.sinks import Result, http, syslog
 from broker.vault import Vault
 
 log = logging.getLogger(__name__)
 
-KINDS = ("heroku", "logplex", "otlp")
+KINDS = ("heroku", "logplex", "otlp", "syslog")
 # Heroku's drains aim at ~100 KB per request; OTLP at ≤ 1,000 records or ~1 MiB.
 LOGPLEX_TARGET_BYTES = 100 * 1024
 OTLP_MAX_RECORDS = 1000
 OTLP_TARGET_BYTES = 1024 * 1024
+# A syslog send (one connection, one confirmed close) carries up to ~1 MiB.
+SYSLOG_TARGET_BYTES = 1024 * 1024
 BATCHES_PER_READ = 20
 BACKOFF_MAX_SECONDS = 300
 
@@ -114,8 +124,9 @@ class LostLease(Exception):
 class Deliverer:
     def __init__(self, connect: Connect, session_for: Callable[[], requests.Session], vault: Vault, *,
                  allow_private: bool, time_box_seconds: float = 20.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, tls_context: ssl.SSLContext | None = None):
         self.connect = connect
+        self.tls_context = tls_context
         self.session_for = session_for
         self.vault = vault
         self.allow_private = allow_private
@@ -151,6 +162,10 @@ class Deliverer:
                     self._release(drain, 0, success=True)
                     outcome.result = "caught-up"
                     return outcome
+                if drain["kind"] == "syslog":
+                    if not self._deliver_stream(drain, rows, url, origins, outcome):
+                        return outcome
+                    continue
                 for row in rows:
                     if not self._deliver_batch(drain, row, url, headers, origins, outcome):
                         return outcome
@@ -209,6 +224,74 @@ class Deliverer:
         outcome.rejected += rejected
         return True
 
+    # --- syslog: several outbox batches per confirmed send ---------------------------
+
+    def _deliver_stream(self, drain: dict, rows: list[dict], url: str, origins: dict,
+                        outcome: Outcome) -> bool:
+        """Deliver outbox batches to a syslog drain, ~1 MiB per send; False when it must stop."""
+        pending: list[tuple[int, int, bytes]] = []  # (batch id, records, frames)
+        size = 0
+        for row in rows:
+            records = polling.decode_batch(bytes(row["payload"]))
+            frames = syslog5424.stream(records, self._syslog_identity(drain, origins.get(row["source_id"]) or {}))
+            if pending and size + len(frames) > SYSLOG_TARGET_BYTES:
+                if not self._flush_stream(drain, url, pending, outcome):
+                    return False
+                pending, size = [], 0
+            pending.append((row["id"], len(records), frames))
+            size += len(frames)
+        return not pending or self._flush_stream(drain, url, pending, outcome)
+
+    def _flush_stream(self, drain: dict, url: str, pending: list[tuple[int, int, bytes]],
+                      outcome: Outcome) -> bool:
+        outcome.requests += 1
+        result = syslog.send(url, [frames for _, _, frames in pending], context=self.tls_context,
+                             allow_private=self.allow_private)
+        count = sum(n for _, n, _ in pending)
+        if result.outcome == "retry":
+            self._release(drain, backoff(drain["consecutive_failures"], None), error=result.detail, retried=True)
+            outcome.result = "retry"
+            outcome.errors.append(result.detail)
+            return False
+        delivered = result.outcome == "delivered"
+        self._advance(drain, pending[-1][0], delivered=count if delivered else 0,
+                      dropped=0 if delivered else count, rejected=0, error=None if delivered else result.detail)
+        outcome.batches += len(pending)
+        if delivered:
+            outcome.delivered += count
+        else:
+            outcome.dropped += count
+            outcome.errors.append(result.detail)
+        return True
+
+    @staticmethod
+    def _syslog_identity(drain: dict, source: dict) -> syslog5424.Identity:
+        return syslog5424.Identity(
+            host=drain["token"], app_name=source.get("service_name") or "forge",
+            sd_id=drain["settings"].get("sd_id"), include_arguments=bool(source.get("include_arguments")),
+        )
+
+    # --- a test record, sent now, outside the cursor --------------------------------
+
+    def probe(self, drain: dict, records: list[dict], source: dict | None = None) -> Result:
+        """Send ``records`` to the drain now, as a delivery would; the cursor does not move."""
+        url = self.vault.decrypt(drain["url_enc"]) if drain["url_enc"] else None
+        if not url:
+            return Result("drop", detail="the drain has no destination")
+        source = source or {}
+        if drain["kind"] == "syslog":
+            return syslog.send(url, [syslog5424.stream(records, self._syslog_identity(drain, source))],
+                               context=self.tls_context, allow_private=self.allow_private)
+        headers = orjson.loads(self.vault.decrypt(drain["headers_enc"])) if drain["headers_enc"] else {}
+        session = self.session_for()
+        result = Result("delivered")
+        for index, (_, body, count) in enumerate(self._parts(drain, records, source)):
+            # A Frame-Id of its own: receivers that drop repeated Frame-Ids must not drop a second test.
+            result = self._send(drain, session, url, headers, body, count, f"test-{uuid.uuid4()}", index)
+            if result.outcome != "delivered":
+                return result
+        return result
+
     def _parts(self, drain: dict, records: list[dict], source: dict):
         if not records:
             return
@@ -261,7 +344,7 @@ class Deliverer:
         with self.connect() as conn, conn.transaction():
             updated = conn.execute(
                 """
-                UPDATE drains SET cursor = %(batch)s, delivered = delivered + %(delivered)s,
+                UPDATE drains SET cursor = GREATEST(cursor, %(batch)s), delivered = delivered + %(delivered)s,
                     dropped = dropped + %(dropped)s, rejected = rejected + %(rejected)s,
                     last_delivery_at = CASE WHEN %(delivered)s > 0 THEN now() ELSE last_delivery_at END,
                     consecutive_failures = 0,
@@ -273,7 +356,7 @@ class Deliverer:
             ).rowcount
         if not updated:
             raise LostLease(str(drain["id"]))
-        drain["cursor"] = batch_id
+        drain["cursor"] = max(drain["cursor"], batch_id)
 
     def _release(self, drain: dict, delay: float, *, error: str | None = None, retried: bool = False,
                  success: bool = False) -> None:
@@ -287,3 +370,76 @@ class Deliverer:
         with self.connect() as conn, conn.transaction():
             conn.execute(f"UPDATE drains SET {', '.join(sets)} WHERE id = %(id)s AND lease_token = %(lease)s",
                          {"delay": delay, "error": error, "id": drain["id"], "lease": drain["lease_token"]})
+
+
+# --- outbox pruning ----------------------------------------------------------------
+
+EXPIRE = """
+WITH horizon AS (
+    SELECT * FROM unnest(%(plans)s::text[], %(hours)s::int[]) AS h(plan, hours)
+), expired AS (
+    SELECT o.resource_id, max(o.id) AS upto, max(h.hours) AS hours
+    FROM outbox o JOIN resources r ON r.id = o.resource_id JOIN horizon h ON h.plan = r.plan
+    WHERE o.created_at < now() - make_interval(hours => h.hours)
+    GROUP BY o.resource_id
+), lost AS (
+    SELECT d.id, e.upto, e.hours,
+           (SELECT COALESCE(sum(o.record_count), 0) FROM outbox o
+            WHERE o.resource_id = d.resource_id AND o.id > d.cursor AND o.id <= e.upto
+              AND NOT (d.kind = 'heroku' AND o.origin = 'heroku')) AS records
+    FROM drains d JOIN expired e ON e.resource_id = d.resource_id
+    WHERE d.cursor < e.upto
+)
+UPDATE drains d
+SET cursor = lost.upto, dropped = d.dropped + lost.records,
+    last_error = CASE WHEN lost.records > 0
+        THEN format('%%s records were dropped: older than the plan''s %%s-hour backlog before this drain '
+                    'accepted them', lost.records, lost.hours)
+        ELSE d.last_error END
+FROM lost
+WHERE d.id = lost.id
+RETURNING d.id, lost.records
+"""
+
+# Batches every drain of the resource has; all of a deprovisioned resource's.
+DELIVERED = """
+WITH kept AS (
+    SELECT r.id AS resource_id,
+           CASE WHEN r.state = 'deprovisioned' THEN NULL
+                ELSE (SELECT min(d.cursor) FROM drains d WHERE d.resource_id = r.id) END AS upto,
+           r.state = 'deprovisioned' AS gone
+    FROM resources r JOIN (SELECT DISTINCT resource_id FROM outbox) o ON o.resource_id = r.id
+), doomed AS (
+    SELECT o.id FROM outbox o JOIN kept k ON k.resource_id = o.resource_id
+    WHERE k.gone OR k.upto IS NULL OR o.id <= k.upto
+    LIMIT %(limit)s
+)
+DELETE FROM outbox o USING doomed WHERE o.id = doomed.id
+"""
+
+
+@dataclass
+class Pruned:
+    batches: int = 0
+    dropped_records: int = 0
+    drains_behind: int = 0
+
+
+def prune(conn: psycopg.Connection, limit: int = 20_000) -> Pruned:
+    """Remove what no drain still needs (SPEC §6).
+
+    First, batches older than their plan's backlog: drains that had not
+    received them move past them, and count their records as dropped (with
+    the reason in ``last_error``). Then every batch that every drain of its
+    resource has — or all of them when the resource has no drain or is gone —
+    is deleted, at most ``limit`` per call.
+    """
+    every = list(plans.PLANS.values())
+    pruned = Pruned()
+    with conn.transaction():
+        for row in conn.execute(EXPIRE, {"plans": [p.name for p in every],
+                                         "hours": [p.backlog_hours for p in every]}).fetchall():
+            pruned.drains_behind += 1
+            pruned.dropped_records += row["records"]
+        pruned.batches = conn.execute(DELIVERED, {"limit": limit}).rowcount
+    return pruned

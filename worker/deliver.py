@@ -13,6 +13,7 @@ import threading
 import requests
 
 from broker import delivery
+from broker.sinks import syslog
 from broker.vault import Vault
 from worker import batch, context
 
@@ -35,7 +36,8 @@ def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
         return current
 
     deliverer = delivery.Deliverer(pool.connection, session, Vault(settings.fernet_keys),
-                                   allow_private=settings.allow_private_drains)
+                                   allow_private=settings.allow_private_drains,
+                                   tls_context=syslog.default_context())
     totals = {"drains": 0, "delivered": 0, "dropped": 0, "errors": 0}
 
     def claim(free: int) -> list[dict]:

@@ -18,11 +18,13 @@ ON CONFLICT (name) DO UPDATE SET beat_at = excluded.beat_at
 PURGE_AFTER_DAYS = 30
 # Enough for any realistic burst of provisions; the rest wait one tick.
 PROVISIONS_PER_TICK = 500
+# The outbox is pruned about once a minute, not every tick.
+PRUNE_EVERY_SECONDS = 60
 
 
 def run(slot: int) -> dict:
     """Record the tick, keep poll jobs queued while sources are due, re-enqueue due
-    asynchronous provisions, purge old resources.
+    asynchronous provisions, prune the outbox (about once a minute), purge old resources.
 
     Cheap at any fleet size: one indexed, capped count of due sources decides how
     many poll jobs to keep queued (slot-unique ids: a job still queued or running
@@ -37,6 +39,9 @@ def run(slot: int) -> dict:
         due = resources.due_provisions(conn, PROVISIONS_PER_TICK)
         with conn.transaction():
             purged = resources.purge_deprovisioned(conn, PURGE_AFTER_DAYS)
+        pruned = None
+        if slot % max(1, PRUNE_EVERY_SECONDS // settings.clock_tick_seconds) == 0:
+            pruned = delivery.prune(conn)
     connection = redisconn.connect(settings.redis_url)
     batches = 0
     if due_sources:
@@ -50,5 +55,8 @@ def run(slot: int) -> dict:
         jobs.enqueue_provision(connection, str(resource_id))
     log.info("tick slot=%d due_sources=%d poll_jobs=%d provisions=%d purged=%d", slot, due_sources,
              batches, len(due), purged)
+    if pruned and (pruned.batches or pruned.dropped_records):
+        log.info("outbox pruned batches=%d drains_behind=%d dropped_records=%d", pruned.batches,
+                 pruned.drains_behind, pruned.dropped_records)
     return {"due_sources": due_sources, "poll_jobs": batches}
 

@@ -1,0 +1,85 @@
+"""Outbox pruning: a batch leaves when every drain has it, or when it outlives the plan's backlog (counted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker import config, delivery
+from tests.test_delivery import add_drain, forge_record, store, vault, world  # noqa: F401
+from tests.support.polling import add_resource, add_source
+from worker import context, tick
+
+
+def batch_ids(conn, resource_id) -> list[int]:
+    return [r["id"] for r in conn.execute("SELECT id FROM outbox WHERE resource_id = %s ORDER BY id",
+                                          (resource_id,))]
+
+
+def age(conn, batch_id: int, hours: float) -> None:
+    conn.execute("UPDATE outbox SET created_at = now() - make_interval(secs => %s) WHERE id = %s",
+                 (hours * 3600, batch_id))
+
+
+def test_batches_every_drain_has_go_and_the_rest_stay(conn, vault, world):
+    resource_id, source_id = world
+    ahead = add_drain(conn, vault, resource_id, "logplex", "https://ahead.example.com/")
+    behind = add_drain(conn, vault, resource_id, "logplex", "https://behind.example.com/")
+    batches = [store(conn, resource_id, source_id, [forge_record(b * 10 + i) for i in range(10)]) for b in range(4)]
+    conn.execute("UPDATE drains SET cursor = %s WHERE id = %s", (batches[3], ahead))
+    conn.execute("UPDATE drains SET cursor = %s WHERE id = %s", (batches[1], behind))
+    pruned = delivery.prune(conn)
+    assert pruned.batches == 2 and pruned.dropped_records == 0
+    assert batch_ids(conn, resource_id) == batches[2:]
+    assert conn.execute("SELECT sum(dropped) AS n FROM drains").fetchone()["n"] == 0
+
+
+def test_without_drains_or_once_deprovisioned_nothing_is_kept(conn, vault, world):
+    resource_id, source_id = world
+    store(conn, resource_id, source_id, [forge_record(1)])
+    gone = add_resource(conn)
+    gone_source = add_source(conn, vault, gone, app_id="ari:cloud:ecosystem::app/0b5e4b9c-3ad0-4a4a-9f0b-000000000002")
+    add_drain(conn, vault, gone, "logplex", "https://gone.example.com/")
+    store(conn, gone, gone_source, [forge_record(2)])
+    conn.execute("UPDATE resources SET state = 'deprovisioned' WHERE id = %s", (gone,))
+    assert delivery.prune(conn).batches == 2
+    assert conn.execute("SELECT count(*) AS n FROM outbox").fetchone()["n"] == 0
+
+
+@pytest.mark.parametrize("plan, hours", [("test", 24), ("basic", 72), ("pro", 168)])
+def test_batches_older_than_the_plans_backlog_are_dropped_and_counted(conn, vault, world, plan, hours):
+    resource_id, source_id = world
+    conn.execute("UPDATE resources SET plan = %s WHERE id = %s", (plan, resource_id))
+    heroku = add_drain(conn, vault, resource_id, "heroku", "https://logs.example.com/input")
+    lagging = add_drain(conn, vault, resource_id, "otlp", "https://otlp.example.com/")
+    old_forge = store(conn, resource_id, source_id, [forge_record(i) for i in range(7)])
+    old_heroku = store(conn, resource_id, None, [forge_record(i) for i in range(5)], origin="heroku")
+    young = store(conn, resource_id, source_id, [forge_record(i) for i in range(3)])
+    age(conn, old_forge, hours + 1)
+    age(conn, old_heroku, hours + 0.5)
+    age(conn, young, hours - 0.5)  # inside the backlog: kept for the drains that lack it
+    conn.execute("UPDATE drains SET cursor = %s WHERE id = %s", (old_forge, heroku))  # heroku had the first
+    pruned = delivery.prune(conn)
+    assert (pruned.batches, pruned.drains_behind, pruned.dropped_records) == (2, 2, 12)
+    assert batch_ids(conn, resource_id) == [young]
+    rows = {r["id"]: r for r in conn.execute("SELECT * FROM drains WHERE resource_id = %s", (resource_id,))}
+    # the app's own logs never go to its heroku drain, so passing them over is not a drop for it
+    assert rows[heroku]["dropped"] == 0 and rows[heroku]["cursor"] == old_heroku
+    assert rows[lagging]["dropped"] == 12 and rows[lagging]["cursor"] == old_heroku
+    assert rows[lagging]["last_error"] == (
+        f"12 records were dropped: older than the plan's {hours}-hour backlog before this drain accepted them")
+    assert delivery.prune(conn).dropped_records == 0  # counted once
+
+
+def test_the_tick_prunes_about_once_a_minute(env, conn, vault, world):
+    resource_id, source_id = world
+    store(conn, resource_id, source_id, [forge_record(1)])  # no drain: nothing needs it
+    settings = config.load(env, testing=True)
+    context.install(settings)
+    try:
+        every = tick.PRUNE_EVERY_SECONDS // settings.clock_tick_seconds
+        tick.run(every + 1)
+        assert len(batch_ids(conn, resource_id)) == 1
+        tick.run(every * 2)
+        assert batch_ids(conn, resource_id) == []
+    finally:
+        context.install(None)
