@@ -140,3 +140,64 @@ def test_another_resources_drains_are_404(api, resource):
     theirs = {"Authorization": f"Bearer {token}"}
     assert api.get(f"/v1/resources/{other['uuid']}/drains/{drain['id']}", headers=theirs).status_code == 404
     assert api.delete(f"/v1/resources/{rid}/drains/{drain['id']}", headers=theirs).status_code == 404
+
+
+# --- send a test record ----------------------------------------------------------------
+
+
+def test_a_test_record_reaches_a_logplex_receiver_in_the_drains_format(api_factory, resource, conn):
+    from tests.fakes.receivers import logplex_receiver
+    from tests.fakes.server import LocalServer
+
+    api = api_factory(allow_private=True)
+    rid, auth = resource
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as server:
+        drain = create(api, resource, kind="logplex", url=f"http://127.0.0.1:{server.port}/logs").json
+        path = f"/v1/resources/{rid}/drains/{drain['id']}/test"
+        first = api.post(path, headers=auth)
+        second = api.post(path, data=json.dumps({"message": "hello from the owner ✓"}), headers=auth)
+        inbox.fail(400)
+        refused = api.post(path, headers=auth)
+    assert first.status_code == 200 and first.json["delivered"] is True and first.json["status"] == 200
+    assert second.status_code == 200
+    assert [e["message"] for r in inbox.requests for e in r["events"]] == [
+        first.json["record"]["message"], "hello from the owner ✓"]
+    assert {r["token"] for r in inbox.requests} == {drain["token"]}
+    frame_ids = [r["frame_id"] for r in inbox.requests]
+    assert len(set(frame_ids)) == 2  # receivers that drop repeated Frame-Ids keep every test
+    assert refused.status_code == 502 and refused.json["delivered"] is False
+    assert refused.json["retryable"] is False and "HTTP 400" in refused.json["message"]
+    row = conn.execute("SELECT cursor, delivered, dropped FROM drains WHERE id = %s", (drain["id"],)).fetchone()
+    assert (row["delivered"], row["dropped"]) == (0, 0)  # outside the drain's delivery
+    outcomes = [r["detail"]["outcome"] for r in conn.execute(
+        "SELECT detail FROM audit_log WHERE action = 'drain.tested' ORDER BY id")]
+    assert outcomes == ["delivered", "delivered", "drop"]
+
+
+def test_a_test_record_reaches_rsyslog_over_tls(api_factory, resource, tmp_path, monkeypatch):
+    from tests.fakes.rsyslog import Rsyslog
+
+    api = api_factory(allow_private=True)
+    rid, auth = resource
+    with Rsyslog(tmp_path) as receiver:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(receiver.cert))  # the trust store every sink reads
+        drain = create(api, resource, kind="syslog", url=receiver.tls_url).json
+        sent = api.post(f"/v1/resources/{rid}/drains/{drain['id']}/test",
+                        data=json.dumps({"message": "syslog test"}), headers=auth)
+        (message,) = receiver.wait_for(1)
+    assert sent.status_code == 200, sent.json
+    assert (message["msg"], message["hostname"], message["procid"]) == ("syslog test", drain["token"],
+                                                                       "forgedrain-test")
+
+
+def test_a_test_to_a_private_address_is_refused_with_the_reason(api, resource):
+    rid, auth = resource
+    drain = create(api, resource, kind="otlp", url="https://localhost:9/").json
+    refused = api.post(f"/v1/resources/{rid}/drains/{drain['id']}/test", headers=auth)
+    assert refused.status_code == 502 and "private, loopback" in refused.json["message"]
+    bad = api.post(f"/v1/resources/{rid}/drains/{drain['id']}/test", data=json.dumps({"message": ""}),
+                   headers=auth)
+    assert bad.status_code == 422 and bad.json["field"] == "message"
+    unknown = api.post(f"/v1/resources/{rid}/drains/{drain['id']}/test", data=json.dumps({"x": 1}), headers=auth)
+    assert unknown.status_code == 422

@@ -19,7 +19,9 @@ from flask import Flask, g, jsonify, request
 
 from broker import config, db, logs, redisconn
 from broker.config import Settings
+from broker.delivery import Deliverer
 from broker.forge import ForgeClient
+from broker.sinks import syslog
 from broker.vault import Vault
 
 # Bodies larger than this are refused with 413 before any view runs. Partner
@@ -113,6 +115,17 @@ class Services:
         if client is None:
             client = self._local.forge = ForgeClient(self.settings.forge_api_url, requests.Session())
         return client
+
+
+    def deliverer(self) -> Deliverer:
+        """Sends test records with the workers' own formats and sinks (this thread's HTTP session)."""
+        deliverer = getattr(self._local, "deliverer", None)
+        if deliverer is None:
+            session = requests.Session()
+            deliverer = self._local.deliverer = Deliverer(
+                self.db.connection, lambda: session, self.vault,
+                allow_private=self.settings.allow_private_drains, tls_context=syslog.default_context())
+        return deliverer
 
 
 def services(app: Flask | None = None) -> Services:

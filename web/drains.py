@@ -1,4 +1,4 @@
-"""Drains in the resource API: list, create, read, update, delete, rotate token (SPEC §2, §4).
+"""Drains in the resource API: list, create, read, update, delete, test, rotate token (SPEC §2, §4).
 
 Secrets (a URL's password, OTLP headers) are stored encrypted and shown
 masked; the drain's broker-issued ``d.<uuid>`` token is shown in full, since
@@ -8,11 +8,14 @@ it is what the receiver uses to recognise the drain.
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from datetime import datetime, timezone
 
 import orjson
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
-from broker import audit, drains, plans, resources
+from broker import audit, drains, plans, resources, sources
 from broker.validation import InputError
 from web import services
 from web.api import authenticated, invalid, json_object_body, owned
@@ -156,3 +159,56 @@ def rotate_drain_token(resource_id: str, drain_id: str):
         updated = drains.rotate_token(conn, row["id"])
         audit.record(conn, resource["id"], ACTOR, "drain.token_rotated", _detail(row))
     return json_response(drain_view(updated, svc.vault))
+
+
+TEST_MESSAGE_CHARS = 1000
+
+
+@bp.post("/<drain_id>/test")
+def test_drain(resource_id: str, drain_id: str):
+    """Send one test record through the drain now, as a delivery would; the answer says what happened.
+
+    The record goes out in the drain's own format (a Forge record from the
+    resource's first source, or ``forgedrain`` when it has none) and does not
+    touch the drain's cursor or counters. 200 when the receiver accepted it;
+    502 with the reason when it did not (a 4xx/5xx, a refused certificate, an
+    unreachable or private address).
+    """
+    resource, row, failure = _authorized_drain(resource_id, drain_id)
+    if failure is not None:
+        return failure
+    message = "Forge Drain test record: if you can read this, the drain works."
+    if request.get_data():
+        try:
+            body = json_object_body()
+            if set(body) - {"message"}:
+                raise InputError(sorted(set(body) - {"message"})[0], "the only field is message")
+            if "message" in body:
+                message = body["message"]
+                if not isinstance(message, str) or not 1 <= len(message) <= TEST_MESSAGE_CHARS:
+                    raise InputError("message", f"message must be 1 to {TEST_MESSAGE_CHARS} characters")
+        except InputError as exc:
+            return invalid(exc)
+    svc = services()
+    with svc.db.connection() as conn:
+        first = sources.list_for(conn, resource["id"])
+    source = first[0] if first else {"service_name": "forgedrain"}
+    invocation = f"forgedrain-test-{uuid.uuid4()}"
+    now = time.time_ns()
+    record = {"timeUnixNano": str(now), "observedTimeUnixNano": str(now), "severityText": "INFO",
+              "severityNumber": 9, "body": {"stringValue": message},
+              "attributes": [{"key": "invocationId", "value": {"stringValue": invocation}},
+                             {"key": "functionKey", "value": {"stringValue": "forgedrain-test"}}]}
+    result = svc.deliverer().probe(row, [record], source)
+    with svc.db.connection() as conn, conn.transaction():
+        audit.record(conn, resource["id"], ACTOR, "drain.tested",
+                     {**_detail(row), "outcome": result.outcome, "status": result.status})
+    log.info("drain test resource=%s drain=%s kind=%s outcome=%s status=%s", resource["id"], row["id"],
+             row["kind"], result.outcome, result.status)
+    sent = {"invocation_id": invocation, "message": message,
+            "time": datetime.fromtimestamp(now / 1e9, timezone.utc).isoformat()}
+    if result.outcome == "delivered":
+        return json_response({"delivered": True, "status": result.status, "record": sent})
+    return json_response({"error": "test_failed", "delivered": False, "status": result.status,
+                          "message": result.detail or "the receiver did not accept the record",
+                          "retryable": result.outcome == "retry", "record": sent}, 502)

@@ -241,6 +241,22 @@ DRAIN_FULL = {
 }
 
 
+TEST_RESULT = {
+    "type": "object",
+    "required": ["delivered", "record"],
+    "properties": {
+        "delivered": {"type": "boolean"},
+        "status": {"type": ["integer", "null"], "description": "The receiver's HTTP status, if any."},
+        "error": {"type": "string"},
+        "message": {"type": "string", "description": "Why it was not accepted."},
+        "retryable": {"type": "boolean", "description": "Whether a delivery would retry (true) or drop (false)."},
+        "record": {"type": "object", "properties": {
+            "invocation_id": {"type": "string"}, "message": {"type": "string"},
+            "time": {"type": "string", "format": "date-time"}}},
+    },
+}
+
+
 def _drain_paths() -> dict:
     resource_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     drain_param = {"name": "drain_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -273,6 +289,21 @@ def _drain_paths() -> dict:
             "delete": {"operationId": "deleteDrain", "summary": "Remove a drain (not the heroku drain).",
                        "responses": {"204": {"description": "Deleted."}, **common,
                                      "422": _error_response("The heroku drain cannot be deleted.")}},
+        },
+        "/v1/resources/{id}/drains/{drain_id}/test": {
+            "parameters": [resource_param, drain_param],
+            "post": {"operationId": "testDrain",
+                     "summary": "Send one test record through the drain now, in its own format; the "
+                                "drain's cursor and counters do not change.",
+                     "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                         "type": "object", "additionalProperties": False,
+                         "properties": {"message": {"type": "string", "minLength": 1, "maxLength": 1000}}}}}},
+                     "responses": {
+                         "200": {"description": "The receiver accepted the record.",
+                                 "content": {"application/json": {"schema": TEST_RESULT}}},
+                         "502": {"description": "The receiver did not accept it; message says why.",
+                                 "content": {"application/json": {"schema": TEST_RESULT}}},
+                         **common, **invalid}},
         },
         "/v1/resources/{id}/drains/{drain_id}/token": {
             "parameters": [resource_param, drain_param],
