@@ -257,3 +257,54 @@ def test_the_tick_queues_delivery_and_a_real_job_delivers(env, conn, vault, worl
         finally:
             context.install(None)
     assert sum(len(r["events"]) for r in inbox.requests) == 20
+
+
+def test_a_worker_killed_mid_send_redelivers_the_batch_with_the_same_frame_id(env, conn, vault, world, redis_url):
+    import os
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from flask import Flask, request
+
+    from broker import jobs, redisconn
+    from tests.test_poll_jobs import start_worker
+
+    resource_id, source_id = world
+    arrived, release = threading.Event(), threading.Event()
+    seen: list[tuple[str, int]] = []
+    app = Flask("holding-receiver")
+
+    @app.post("/")
+    def receive():
+        seen.append((request.headers["Logplex-Frame-Id"], int(request.headers["Logplex-Msg-Count"])))
+        if len(seen) == 1:  # the first request is read, then held until its sender is dead
+            arrived.set()
+            release.wait(30)
+        return "", 200
+
+    with LocalServer(app) as server:
+        drain_id = add_drain(conn, vault, resource_id, "logplex", f"http://127.0.0.1:{server.port}/")
+        batches = [store(conn, resource_id, source_id, [forge_record(b * 10 + i) for i in range(10)])
+                   for b in range(2)]
+        jobs.queue("deliver", redisconn.connect(redis_url)).enqueue("worker.deliver.run_batch", 0, 30.0,
+                                                                    job_timeout=120)
+        worker = start_worker(env, ALLOW_PRIVATE_DRAINS="true")
+        assert arrived.wait(60), worker.communicate(timeout=5)[0] if worker.poll() is not None else "no request"
+        horses = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()
+        for pid in horses:
+            os.killpg(int(pid), signal.SIGKILL)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.communicate(timeout=30)
+        release.set()  # the receiver has the batch; the broker never heard it say so
+        row = drain_row(conn, drain_id)
+        assert row["cursor"] == 0 and row["lease_token"] is not None  # the dead delivery still holds it
+        conn.execute("UPDATE drains SET lease_expires_at = now() - interval '1 second'")  # the lease runs out
+        time.sleep(0.2)
+        (outcome,) = deliver_all(make_deliverer(env["DATABASE_URL"], vault), conn)
+    assert outcome.result == "caught-up"
+    assert seen[0] == seen[1] == (delivery.frame_id(drain_id, batches[0], 0), 10)  # the same batch, same id
+    assert len(seen) == 3 and seen[2][0] == delivery.frame_id(drain_id, batches[1], 0)
+    row = drain_row(conn, drain_id)
+    assert row["cursor"] == batches[1] and row["delivered"] == 20
