@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from broker import db, delivery, polling
+from broker.sinks import http
 from broker.vault import Vault
 from tests.fakes.receivers import logplex_receiver, otlp_receiver
 from tests.fakes.server import LocalServer
@@ -30,7 +31,7 @@ def make_deliverer(database_url: str, vault: Vault) -> delivery.Deliverer:
         with db.connect(database_url, "forgedrain-tests") as conn:
             yield conn
 
-    session = requests.Session()
+    session = http.new_session(allow_private=True)
     return delivery.Deliverer(connect, lambda: session, vault, allow_private=True, time_box_seconds=20)
 
 

@@ -6,11 +6,10 @@ import contextlib
 import ssl
 
 import pytest
-import requests
 
 from broker import db, delivery, drains
 from broker.formats import syslog5424
-from broker.sinks import syslog
+from broker.sinks import http, syslog
 from broker.validation import InputError
 from tests.fakes.receivers import logplex_receiver
 from tests.fakes.rsyslog import Rsyslog
@@ -30,7 +29,7 @@ def deliverer_for(database_url, vault, context: ssl.SSLContext | None) -> delive
         with db.connect(database_url, "forgedrain-tests") as conn:
             yield conn
 
-    session = requests.Session()
+    session = http.new_session(allow_private=True)
     return delivery.Deliverer(connect, lambda: session, vault, allow_private=True, tls_context=context)
 
 

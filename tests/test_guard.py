@@ -26,3 +26,46 @@ def test_loopback_names_and_literals_are_refused_unless_allowed(host):
 def test_an_unresolvable_name_is_refused():
     with pytest.raises(BlockedDestination, match="cannot resolve"):
         resolve("no-such-host.invalid", 443, allow_private=True)
+
+
+def test_a_drain_session_checks_every_new_connection_and_connects_to_the_checked_address(tmp_path):
+    """DNS rebinding: a name that passed the send-time check but points at a private address by
+    the time the connection is made reaches nothing; allowed, HTTPS still checks the name."""
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import requests
+
+    from broker.sinks import http
+    from tests.support.tls import self_signed
+
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            hits.append(self.headers["Host"])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    cert, key = self_signed(tmp_path)
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://localhost:{server.server_port}/logs"
+    try:
+        with pytest.raises(requests.ConnectionError, match="destination refused"):
+            http.new_session(allow_private=False).post(url, data=b"x", verify=str(cert), timeout=5)
+        assert hits == []
+        allowed = http.new_session(allow_private=True)
+        assert allowed.post(url, data=b"x", verify=str(cert), timeout=5).status_code == 204
+        assert hits == [f"localhost:{server.server_port}"]  # the name kept for Host and certificate checks
+        with pytest.raises(requests.exceptions.SSLError):
+            allowed.post(url, data=b"x", timeout=5)  # not trusted without the throwaway CA
+    finally:
+        server.shutdown()

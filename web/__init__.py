@@ -21,7 +21,7 @@ from broker import config, db, logs, redisconn
 from broker.config import Settings
 from broker.delivery import Deliverer
 from broker.forge import ForgeClient
-from broker.sinks import syslog
+from broker.sinks import http, syslog
 from broker.vault import Vault
 
 # Bodies larger than this are refused with 413 before any view runs. Partner
@@ -121,7 +121,7 @@ class Services:
         """Sends test records with the workers' own formats and sinks (this thread's HTTP session)."""
         deliverer = getattr(self._local, "deliverer", None)
         if deliverer is None:
-            session = requests.Session()
+            session = http.new_session(self.settings.allow_private_drains)
             deliverer = self._local.deliverer = Deliverer(
                 self.db.connection, lambda: session, self.vault,
                 allow_private=self.settings.allow_private_drains, tls_context=syslog.default_context())

@@ -13,7 +13,7 @@ import threading
 import requests
 
 from broker import delivery
-from broker.sinks import syslog
+from broker.sinks import http, syslog
 from broker.vault import Vault
 from worker import batch, context
 
@@ -32,7 +32,7 @@ def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
     def session() -> requests.Session:
         current = getattr(local, "session", None)
         if current is None:
-            current = local.session = requests.Session()
+            current = local.session = http.new_session(settings.allow_private_drains)
         return current
 
     deliverer = delivery.Deliverer(pool.connection, session, Vault(settings.fernet_keys),

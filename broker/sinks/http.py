@@ -11,8 +11,12 @@ Each send returns a :class:`Result` that says what the delivery loop must do
   (``Retry-After`` honoured); 413 asks for the batch to be split; other
   statuses drop it, counted.
 
-The destination is checked against the SSRF guard right before each send.
-Secrets (URL passwords, OTLP headers) never appear in a Result.
+The destination is checked against the SSRF guard right before each send,
+and again by every new connection of a :func:`new_session` session, which
+connects to the address it checked — never to the name a second time, so a
+name re-pointed at a private address between check and connect (DNS
+rebinding) reaches nothing. Secrets (URL passwords, OTLP headers) never
+appear in a Result.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
 
 from broker.forge import parse_retry_after
 from broker.sinks import Result
@@ -31,6 +39,58 @@ from broker.sinks.guard import BlockedDestination, resolve
 LOGPLEX_TIMEOUT = (3.05, 10)
 OTLP_TIMEOUT = (3.05, 30)
 USER_AGENT = "forgedrain/1 (+log-drain broker)"
+
+
+def _guarded(base: type, allow_private: bool) -> type:
+    class Guarded(base):
+        def _new_conn(self):
+            try:
+                addresses = resolve(self._dns_host, self.port, allow_private=allow_private)
+            except BlockedDestination as exc:
+                raise NewConnectionError(self, f"destination refused: {exc}") from None
+            name, failure = self._dns_host, None
+            try:
+                for address in addresses:
+                    self._dns_host = address  # the socket goes to the checked address; TLS still checks the name
+                    try:
+                        return super()._new_conn()
+                    except NewConnectionError as exc:
+                        failure = exc
+            finally:
+                self._dns_host = name
+            raise failure
+
+    Guarded.__name__ = f"Guarded{base.__name__}"
+    return Guarded
+
+
+class GuardedAdapter(HTTPAdapter):
+    """Connections that pass the SSRF guard at connect time and go to the address it checked."""
+
+    def __init__(self, allow_private: bool, **kwargs):
+        self.allow_private = allow_private
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        allow = self.allow_private
+
+        class Plain(HTTPConnectionPool):
+            ConnectionCls = _guarded(HTTPConnection, allow)
+
+        class Secure(HTTPSConnectionPool):
+            ConnectionCls = _guarded(HTTPSConnection, allow)
+
+        self.poolmanager.pool_classes_by_scheme = {"http": Plain, "https": Secure}
+
+
+def new_session(allow_private: bool) -> requests.Session:
+    """A keep-alive session for drains: every new connection is checked by the SSRF guard."""
+    session = requests.Session()
+    adapter = GuardedAdapter(allow_private, pool_connections=4, pool_maxsize=4)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 def _target(url: str) -> tuple[str, tuple[str, str] | None]:
