@@ -201,3 +201,18 @@ def test_a_test_to_a_private_address_is_refused_with_the_reason(api, resource):
     assert bad.status_code == 422 and bad.json["field"] == "message"
     unknown = api.post(f"/v1/resources/{rid}/drains/{drain['id']}/test", data=json.dumps({"x": 1}), headers=auth)
     assert unknown.status_code == 422
+
+
+def test_list_and_read_show_each_drains_backlog(api, resource, conn, settings):
+    from tests.support.polling import add_source
+    from tests.test_delivery import forge_record, store
+
+    rid, auth = resource
+    source_id = add_source(conn, Vault(settings.fernet_keys), rid)
+    store(conn, rid, source_id, [forge_record(i) for i in range(4)])  # before the drain: not its backlog
+    drain = create(api, resource, kind="logplex", url="https://d.example.com").json
+    store(conn, rid, source_id, [forge_record(i) for i in range(6)])
+    listed = {d["id"]: d["delivery"]["backlog"] for d in api.get(f"/v1/resources/{rid}/drains", headers=auth).json["drains"]}
+    heroku = conn.execute("SELECT id FROM drains WHERE resource_id = %s AND kind = 'heroku'", (rid,)).fetchone()
+    assert listed[drain["id"]] == 6 and listed[str(heroku["id"])] == 10
+    assert api.get(f"/v1/resources/{rid}/drains/{drain['id']}", headers=auth).json["delivery"]["backlog"] == 6

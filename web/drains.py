@@ -75,7 +75,8 @@ def list_drains(resource_id: str):
     svc = services()
     with svc.db.connection() as conn:
         rows = drains.list_for(conn, resource["id"])
-    return json_response({"drains": [drain_view(r, svc.vault) for r in rows]})
+        backlogs = drains.backlogs(conn, resource["id"])
+    return json_response({"drains": [drain_view(r, svc.vault, backlogs.get(r["id"], 0)) for r in rows]})
 
 
 @bp.post("")
