@@ -93,6 +93,13 @@ def count_due(conn: psycopg.Connection, cap: int) -> int:
     return conn.execute(DUE, (list(KINDS), cap)).fetchone()["n"]
 
 
+def otlp_weight(record: dict) -> int:
+    """About what a record adds to an OTLP request: its body, plus a fixed share for ids and attributes."""
+    body = record.get("body")
+    text = body.get("stringValue") if isinstance(body, dict) else None
+    return 400 + (len(text) if isinstance(text, str) else 256)
+
+
 def frame_id(drain_id, batch_id: int, part: int) -> str:
     """Stable for a given drain, outbox batch and part: the same on every retry."""
     return hashlib.md5(f"{drain_id}:{batch_id}:{part}".encode(), usedforsecurity=False).hexdigest().upper()
@@ -296,8 +303,14 @@ class Deliverer:
         if not records:
             return
         if drain["kind"] == "otlp":
-            for start in range(0, len(records), OTLP_MAX_RECORDS):
-                yield self._otlp_part(drain, records[start:start + OTLP_MAX_RECORDS], source)
+            start, size = 0, 0
+            for index, record in enumerate(records):
+                weight = otlp_weight(record)
+                if index > start and (index - start >= OTLP_MAX_RECORDS or size + weight > OTLP_TARGET_BYTES):
+                    yield self._otlp_part(drain, records[start:index], source)
+                    start, size = index, 0
+                size += weight
+            yield self._otlp_part(drain, records[start:], source)
             return
         who = logplex.Identity(
             host=drain["token"] if drain["kind"] == "logplex" else "forgedrain",

@@ -309,3 +309,19 @@ def test_a_worker_killed_mid_send_redelivers_the_batch_with_the_same_frame_id(en
     assert len(seen) == 3 and seen[2][0] == delivery.frame_id(drain_id, batches[1], 0)
     row = drain_row(conn, drain_id)
     assert row["cursor"] == batches[1] and row["delivered"] == 20
+
+
+def test_otlp_requests_hold_at_most_1000_records_or_about_1_mib(conn, vault, database_url, world):
+    resource_id, source_id = world
+    app, inbox = otlp_receiver()
+    with LocalServer(app) as server:
+        add_drain(conn, vault, resource_id, "otlp", f"http://127.0.0.1:{server.port}",
+                  {"encoding": "protobuf", "gzip": True})
+        store(conn, resource_id, source_id, [forge_record(i) for i in range(2500)])
+        store(conn, resource_id, source_id, [forge_record(i, body="x" * 100_000) for i in range(25)])
+        (outcome,) = deliver_all(make_deliverer(database_url, vault), conn)
+    assert outcome.delivered == 2525
+    sizes = [sum(len(s.log_records) for r in req["message"].resource_logs for s in r.scope_logs)
+             for req in inbox.requests]
+    assert sizes == [1000, 1000, 500, 10, 10, 5]
+    assert all(req["message"].ByteSize() <= 1.1 * delivery.OTLP_TARGET_BYTES for req in inbox.requests)
