@@ -37,7 +37,7 @@ import orjson
 import psycopg
 import requests
 
-from broker import plans, polling
+from broker import ingest, plans, polling
 from broker.formats import logplex, otlp, syslog5424
 from broker.sinks import Result, http, syslog
 from broker.vault import Vault
@@ -312,10 +312,13 @@ class Deliverer:
                 size += weight
             yield self._otlp_part(drain, records[start:], source)
             return
-        who = logplex.Identity(
-            host=drain["token"] if drain["kind"] == "logplex" else "forgedrain",
-            app_name=source.get("service_name") or "forge",
-        )
+        if drain["kind"] == "heroku":
+            # Into the app's own stream under a reserved APP-NAME: drain ingest recognises these
+            # frames when Heroku sends them back through log_drain_url, so nothing loops.
+            who = logplex.Identity(host="forgedrain", app_name=ingest.OWN_APP_NAME,
+                                   procid_prefix=source.get("service_name") or "forge")
+        else:
+            who = logplex.Identity(host=drain["token"], app_name=source.get("service_name") or "forge")
         chunk, chunk_records, size = [], [], 0
         for record in records:
             frames = logplex.frames(record, who)

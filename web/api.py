@@ -13,7 +13,7 @@ import uuid
 import redis
 from flask import Blueprint, g, request
 
-from broker import audit, jobs, plans, resources, tokens
+from broker import audit, ingest, jobs, plans, resources, tokens
 from broker.validation import InputError
 from web import openapi, services
 from web.errors import error, json_response
@@ -126,8 +126,9 @@ def get_resource(resource_id: str):
         return failure
     with services().db.connection() as conn:
         drains = resources.drains(conn, row["id"])
+        received = ingest.stats(conn, row["id"])
     g.resource_id = row["id"]
-    return json_response(resource_view(row, drains))
+    return json_response({**resource_view(row, drains), "ingest": received})
 
 
 @bp.post("/resources/<resource_id>/token")

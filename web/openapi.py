@@ -53,6 +53,21 @@ RESOURCE = {
         "drains": {"type": "array", "items": DRAIN},
         "created_at": {"type": "string", "format": "date-time"},
         "provisioned_at": {"type": ["string", "null"], "format": "date-time"},
+        "ingest": {
+            "type": "object",
+            "description": "What the Heroku app's log drain sent to log_drain_url over the last 24 hours "
+                           "(GET /v1/resources/{id} only).",
+            "properties": {
+                "hours": {"type": "integer"}, "batches": {"type": "integer"}, "frames": {"type": "integer"},
+                "stored": {"type": "integer", "description": "Records stored for delivery to the drains."},
+                "own_dropped": {"type": "integer",
+                                "description": "Frames the broker itself wrote into the app's log stream, "
+                                               "dropped so nothing loops."},
+                "replays": {"type": "integer", "description": "Batches sent again with the same "
+                                                              "Logplex-Frame-Id, stored once."},
+                "last_received_at": {"type": ["string", "null"], "format": "date-time"},
+            },
+        },
     },
 }
 

@@ -28,16 +28,32 @@ class Identity:
 
     host: str       # HOSTNAME (≤ 255 bytes): the drain's token, or "host" as Heroku writes
     app_name: str   # APP-NAME (≤ 48 bytes): the source's service name
+    # PROCID is ``<prefix>.<functionKey>`` when set (the heroku drain: the source's service name).
+    procid_prefix: str | None = None
+
+
+def header_parts(record: dict, who, attrs: dict[str, str]) -> tuple[int, str, str | None]:
+    """(PRI, APP-NAME, PROCID) of a record: a Heroku record keeps its own, a Forge record gets the drain's."""
+    heroku = record.get("heroku")
+    if isinstance(heroku, dict):
+        pri = heroku.get("pri")
+        pri = pri if isinstance(pri, int) and 0 <= pri <= 191 else FACILITY * 8 + severity.of(record)[1]
+        return pri, str(heroku.get("app") or "-"), str(heroku.get("dyno") or "-")
+    procid = attrs.get("functionKey")
+    prefix = getattr(who, "procid_prefix", None)
+    if prefix:
+        procid = f"{prefix}.{procid}" if procid else prefix
+    return FACILITY * 8 + severity.of(record)[1], who.app_name, procid
 
 
 def frames(record: dict, who: Identity) -> list[bytes]:
     """The frames of one record (one per line of its body, long lines split)."""
-    otlp_number, syslog_severity = severity.of(record)
     attrs = fields.attributes(record)
+    pri, app_name, procid = header_parts(record, who, attrs)
     header = (
-        f"<{FACILITY * 8 + syslog_severity}>1 {fields.timestamp(record)} "
-        f"{fields.header_field(who.host, 255)} {fields.header_field(who.app_name, 48)} "
-        f"{fields.header_field(attrs.get('functionKey'), 128)} - "
+        f"<{pri}>1 {fields.timestamp(record)} "
+        f"{fields.header_field(who.host, 255)} {fields.header_field(app_name, 48)} "
+        f"{fields.header_field(procid, 128)} - "
     ).encode()
     room = MAX_MESSAGE_BYTES - len(header) - 1
     out = []

@@ -6,6 +6,10 @@ lowerCamelCase and 64-bit integers are decimal strings. It is therefore built
 by hand here, never with ``json_format.MessageToJson`` (PITFALLS). The
 protobuf body is built from the same dict with the generated classes.
 
+Records from the Heroku app itself (drain ingest) form their own resources:
+``service.name`` is their APP-NAME (``app``, ``heroku``), the dyno is the
+record attribute ``heroku.dyno``.
+
 Records are grouped into one ``ResourceLogs`` per resource: the source's
 service name and environment label, the Forge app, environment and app
 version. Attribute mapping (decision 7): resource ``service.name``,
@@ -124,9 +128,17 @@ def log_record(record: dict, origin: Origin, observed_nanos: int) -> tuple[tuple
         out["spanId"] = span
     elif record.get("spanId"):
         attributes.append(_kv("forge.span_id", str(record["spanId"])))
+    heroku = record.get("heroku")
+    if isinstance(heroku, dict):
+        # The Heroku app's own log line (drain ingest): APP-NAME is the service, PROCID the dyno.
+        attributes.append(_kv("heroku.dyno", str(heroku.get("dyno") or "-")))
+        if isinstance(heroku.get("pri"), int):
+            attributes.append({"key": "syslog.facility", "value": {"intValue": str(heroku["pri"] // 8)}})
+        out["attributes"] = _unique(attributes)
+        return ("heroku", str(heroku.get("app") or "-"), None, None), out
     if attributes:
         out["attributes"] = _unique(attributes)
-    key = (attrs.get("appId") or origin.app_id, attrs.get("environmentId") or origin.environment_id,
+    key = ("forge", attrs.get("appId") or origin.app_id, attrs.get("environmentId") or origin.environment_id,
            attrs.get("appVersion"))
     return key, out
 
@@ -141,7 +153,10 @@ def _unique(attributes: list[dict]) -> list[dict]:
 
 
 def _resource(key: tuple, origin: Origin) -> dict:
-    app_id, environment_id, app_version = key
+    kind, app_id, environment_id, app_version = key
+    if kind == "heroku":
+        return {"attributes": [_kv("service.name", app_id), _kv("service.namespace", "heroku"),
+                               _kv("cloud.provider", "heroku"), _kv("forgedrain.drain.token", origin.drain_token)]}
     attributes = [
         _kv("service.name", origin.service_name or f"forge-app-{app_id}"),
         _kv("service.namespace", "atlassian-forge"),

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.formats import fields, severity
+from broker.formats import fields, logplex
 
-FACILITY = 23
 MAX_MESSAGE_BYTES = 8192
 MAX_SD_BYTES = 4096
 # Forge attributes worth carrying as SD-PARAMs, under these names.
@@ -61,12 +60,12 @@ def structured_data(attrs: dict[str, str], who: Identity) -> str:
 
 
 def frames(record: dict, who: Identity) -> list[bytes]:
-    _, syslog_severity = severity.of(record)
     attrs = fields.attributes(record)
+    pri, app_name, procid = logplex.header_parts(record, who, attrs)
     header = (
-        f"<{FACILITY * 8 + syslog_severity}>1 {fields.timestamp(record)} "
-        f"{fields.header_field(who.host, 255)} {fields.header_field(who.app_name, 48)} "
-        f"{fields.header_field(attrs.get('functionKey'), 128)} - {structured_data(attrs, who)}"
+        f"<{pri}>1 {fields.timestamp(record)} "
+        f"{fields.header_field(who.host, 255)} {fields.header_field(app_name, 48)} "
+        f"{fields.header_field(procid, 128)} - {structured_data(attrs, who)}"
     ).encode("utf-8")
     body = fields.body_text(record).encode("utf-8", "replace")
     if not body:

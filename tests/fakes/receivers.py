@@ -95,7 +95,7 @@ def logplex_receiver() -> tuple[Flask, Inbox]:
             inbox.requests.append({"frame_id": request.headers["Logplex-Frame-Id"],
                                    "token": request.headers["Logplex-Drain-Token"],
                                    "auth": (auth.username, auth.password) if auth else None,
-                                   "events": events, "path": request.path})
+                                   "events": events, "frames": frames, "path": request.path})
         return Response(status=200)
 
     return app, inbox

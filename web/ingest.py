@@ -1,0 +1,83 @@
+"""Drain ingest at ``log_drain_url``: Heroku's logplex POSTs the app's own logs here (SPEC §5).
+
+The resource is found by ``Logplex-Drain-Token`` only — never by anything in
+the URL — so Heroku may change the drain's URL freely. The answer comes as
+soon as the batch is durably in the outbox (one transaction); formatting and
+sending happen in the delivery workers. See :mod:`broker.ingest`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+
+from flask import Blueprint, Response, request
+
+from broker import ingest
+from web import services
+from web.errors import error
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("ingest", __name__)
+
+# Logplex aims at ~100 KB per request; the app-wide 1 MiB limit applies to the
+# body as sent, and a gzip body may inflate to at most this much.
+MAX_INFLATED_BYTES = 4 * 1024 * 1024
+CONTENT_TYPES = ("application/logplex-1", "application/x-logplex-1")
+
+
+def _inflate(data: bytes) -> bytes | None:
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(data, MAX_INFLATED_BYTES)
+    except zlib.error:
+        raise ingest.Malformed("the body is not valid gzip") from None
+    if inflater.unconsumed_tail:
+        return None
+    if not inflater.eof:
+        raise ingest.Malformed("the gzip body is truncated")
+    return out
+
+
+@bp.post("/ingest/logplex")
+def logplex():
+    token = request.headers.get("Logplex-Drain-Token", "")
+    count = request.headers.get("Logplex-Msg-Count", "")
+    frame_id = request.headers.get("Logplex-Frame-Id", "")
+    missing = [name for name, value in (("Logplex-Drain-Token", token), ("Logplex-Msg-Count", count),
+                                        ("Logplex-Frame-Id", frame_id)) if not value]
+    if missing:
+        return error(400, "missing_header", f"missing header{'s' if len(missing) > 1 else ''}: "
+                                            f"{', '.join(missing)}")
+    if not count.isdigit() or not 1 <= int(count) <= ingest.MAX_FRAMES:
+        return error(400, "invalid_header", f"Logplex-Msg-Count must be a whole number from 1 to "
+                                            f"{ingest.MAX_FRAMES}")
+    if len(frame_id) > 128 or not frame_id.isascii() or not frame_id.isprintable():
+        return error(400, "invalid_header", "Logplex-Frame-Id must be at most 128 printable ASCII characters")
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if content_type and content_type not in CONTENT_TYPES:
+        return error(415, "unsupported_media_type", "Content-Type must be application/logplex-1")
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity", "gzip"):
+        return error(415, "unsupported_encoding", "Content-Encoding may only be gzip")
+    svc = services()
+    with svc.db.connection() as conn:
+        resource = ingest.resource_for_token(conn, token) if len(token) <= 200 else None
+        if resource is None:
+            return error(403, "unknown_token", "unknown or deprovisioned Logplex-Drain-Token")
+        body = request.get_data(cache=False)
+        try:
+            if encoding == "gzip":
+                body = _inflate(body)
+                if body is None:
+                    return error(413, "too_large", f"the body inflates to more than {MAX_INFLATED_BYTES} bytes")
+            parsed = ingest.parse(body, int(count), time.time_ns())
+        except ingest.Malformed as exc:
+            log.info("ingest refused resource=%s reason=malformed", resource["id"])
+            return error(400, "malformed", str(exc))
+        fresh = ingest.store(conn, resource["id"], frame_id, parsed)
+    log.debug("ingest resource=%s frames=%d stored=%d own=%d replay=%s", resource["id"], parsed.frames,
+              len(parsed.records), parsed.own, not fresh)
+    return Response(status=204)
