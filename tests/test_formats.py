@@ -318,3 +318,38 @@ def test_any_record_gives_otlp_json_and_protobuf_that_the_official_schema_accept
         assert len(log.trace_id) == 16
     decoded = ExportLogsServiceRequest.FromString(otlp.to_protobuf(export))
     assert decoded == parsed
+
+
+# --- the Heroku app's own records (drain ingest) ---------------------------------------
+
+def test_heroku_records_keep_their_pri_app_and_dyno_in_every_format():
+    from broker import ingest
+
+    line = b"<187>1 2020-01-08T22:33:58.123+00:00 host app worker.2 - boom \"quoted\"\n"
+    rec = ingest.record(line, 1)
+    (logplex_frame,) = logplex.frames(rec, logplex.Identity(host="d.token", app_name="ignored"))
+    (event,) = read_logplex(logplex_frame, 1)
+    assert (event["pri"], event["app"], event["procid"], event["message"]) == (
+        187, b"app", b"worker.2", b'boom "quoted"')
+    (message,) = read_octet_counted(syslog5424.stream([rec], STRICT))
+    assert message.startswith(b"<187>1 2020-01-08T22:33:58.123000Z d.token app worker.2 - - boom")
+    export = otlp.request([rec, forge_like := record("forge line")], ORIGIN, 1)
+    heroku_resource, forge_resource = export["resourceLogs"]
+    names = {a["key"]: a["value"]["stringValue"] for a in heroku_resource["resource"]["attributes"]}
+    assert names["service.name"] == "app" and names["cloud.provider"] == "heroku"
+    (log,) = heroku_resource["scopeLogs"][0]["logRecords"]
+    assert (log["severityNumber"], log["severityText"]) == (17, "ERR")
+    assert {"key": "heroku.dyno", "value": {"stringValue": "worker.2"}} in log["attributes"]
+    assert forge_resource["scopeLogs"][0]["logRecords"][0]["body"] == forge_like["body"]
+    check_otlp_json(export)
+
+
+def test_the_heroku_drain_writes_under_the_reserved_app_name_ingest_drops():
+    from broker import ingest
+
+    who = logplex.Identity(host="forgedrain", app_name=ingest.OWN_APP_NAME, procid_prefix="acme")
+    data, count = logplex.batch([record("x")], who)
+    echoed = data.split(b" ", 1)[1].replace(b" forgedrain forgedrain ", b" host forgedrain ")
+    parsed = ingest.parse(str(len(echoed)).encode() + b" " + echoed, count, 1)
+    assert (parsed.frames, parsed.own, parsed.records) == (1, 1, [])
+    assert b" forgedrain acme.run - x\n" in data

@@ -186,3 +186,24 @@ def test_ingest_records_are_forgotten_after_two_days(web, conn, resource):
     conn.execute("UPDATE ingest_batches SET received_at = now() - interval '49 hours' WHERE frame_id = 'OLD'")
     assert ingest.forget(conn) == 1
     assert [r["frame_id"] for r in conn.execute("SELECT frame_id FROM ingest_batches")] == ["NEW"]
+
+
+def test_over_real_https_through_gunicorn(env, conn, tmp_path):
+    from tests.support.live import live_web
+
+    with live_web(env, tmp_path) as live:
+        client = live.session()
+        body = provision_body()
+        created = client.post(live.url("/heroku/resources"), data=json.dumps(body), headers=heroku_headers())
+        assert created.status_code in (200, 202)
+        assert created.json()["log_drain_url"].endswith("/ingest/logplex")
+        headers = {"Content-Type": "application/logplex-1", "Logplex-Msg-Count": "3",
+                   "Logplex-Frame-Id": "0F" * 16, "Logplex-Drain-Token": body["log_drain_token"],
+                   "User-Agent": "Logplex/v123", "Content-Encoding": "gzip"}
+        answer = client.post(live.url("/ingest/logplex"), data=gzip.compress(body_of(ROUTER, APP_LINE, L10)),
+                             headers=headers)
+        assert answer.status_code == 204, answer.text
+        wrong = client.post(live.url("/ingest/logplex"), data=body_of(ROUTER), headers={
+            **headers, "Content-Encoding": "identity", "Logplex-Frame-Id": "1" * 32})
+        assert wrong.status_code == 400 and "Logplex-Msg-Count is 3" in wrong.json()["message"]
+    assert [r["heroku"]["app"] for r in stored(conn, body["uuid"])] == ["heroku", "app", "heroku"]
