@@ -265,6 +265,7 @@ class Request:
     method: str
     path: str
     body: bytes | None = None
+    headers: dict[str, str] | None = None  # replace the partner API's JSON headers when given
 
 
 @dataclass
@@ -343,7 +344,9 @@ class Clients:
                 item = work[index]
                 # As Heroku's router does; it also tags the access log line with the scenario.
                 headers = {"X-Request-Id": f"bench-{name}-{index}"}
-                if item.body is not None:
+                if item.headers is not None:
+                    headers.update(item.headers)
+                elif item.body is not None:
                     headers.update(post_headers)
                 began = time.perf_counter()
                 try:

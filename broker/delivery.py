@@ -93,6 +93,13 @@ def count_due(conn: psycopg.Connection, cap: int) -> int:
     return conn.execute(DUE, (list(KINDS), cap)).fetchone()["n"]
 
 
+def batch_records(row: dict) -> list[dict]:
+    """The records of an outbox batch: Forge pages as stored, Heroku ingest batches read now."""
+    if row["origin"] == "heroku":
+        return ingest.records(bytes(row["payload"]), int(row["min_ts"].timestamp() * 1e9))
+    return polling.decode_batch(bytes(row["payload"]))
+
+
 def otlp_weight(record: dict) -> int:
     """About what a record adds to an OTLP request: its body, plus a fixed share for ids and attributes."""
     body = record.get("body")
@@ -155,7 +162,7 @@ class Deliverer:
             while self.clock() - began < self.time_box_seconds:
                 with self.connect() as conn:
                     rows = conn.execute(
-                        "SELECT id, source_id, origin, record_count, payload FROM outbox "
+                        "SELECT id, source_id, origin, record_count, min_ts, payload FROM outbox "
                         "WHERE resource_id = %s AND id > %s ORDER BY id LIMIT %s",
                         (drain["resource_id"], drain["cursor"], BATCHES_PER_READ),
                     ).fetchall()
@@ -189,9 +196,8 @@ class Deliverer:
     def _deliver_batch(self, drain: dict, row: dict, url: str, headers: dict, origins: dict,
                        outcome: Outcome) -> bool:
         """Deliver one outbox batch; False when the drain must stop for now."""
-        records = polling.decode_batch(bytes(row["payload"]))
-        if drain["kind"] == "heroku" and row["origin"] == "heroku":
-            records = []  # the app's own logs never go back into its own stream
+        # the app's own logs never go back into its own stream
+        records = [] if drain["kind"] == "heroku" and row["origin"] == "heroku" else batch_records(row)
         source = origins.get(row["source_id"]) or {}
         parts = list(self._parts(drain, records, source))
         session = self.session_for()
@@ -239,7 +245,7 @@ class Deliverer:
         pending: list[tuple[int, int, bytes]] = []  # (batch id, records, frames)
         size = 0
         for row in rows:
-            records = polling.decode_batch(bytes(row["payload"]))
+            records = batch_records(row)
             frames = syslog5424.stream(records, self._syslog_identity(drain, origins.get(row["source_id"]) or {}))
             if pending and size + len(frames) > SYSLOG_TARGET_BYTES:
                 if not self._flush_stream(drain, url, pending, outcome):

@@ -9,8 +9,12 @@ whole batch is refused and nothing is stored. The syslog header is read
 leniently: a frame whose header is not RFC 5424 keeps its whole text as the
 message, as Vector's ``heroku_logs`` keeps such lines raw.
 
-Each message becomes a record of the same model as a Forge record, plus a
-``heroku`` part the formats use to keep Heroku's own PRI, APP-NAME and PROCID
+The request is acknowledged once the batch is durably in the outbox, and the
+work there is kept small: the framing check, a look at each frame's APP-NAME,
+and the accepted frames stored as they came (zlib level 1). Turning them into
+records happens in the delivery workers (:func:`records`): each message
+becomes a record of the same model as a Forge record, plus a ``heroku`` part
+the formats use to keep Heroku's own PRI, APP-NAME and PROCID
 (``app``/``web.1``, ``heroku``/``router``)::
 
     {"timeUnixNano": "…", "severityText": "INFO", "severityNumber": 9,
@@ -25,12 +29,11 @@ the same id, and a replay is acknowledged and counted without storing again.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import psycopg
-
-from broker import polling
 
 # What the broker writes as APP-NAME into the app's own log stream (the heroku drain).
 OWN_APP_NAME = "forgedrain"
@@ -103,23 +106,31 @@ def record(message: bytes, received_nanos: int) -> dict:
 
 @dataclass
 class Parsed:
-    records: list[dict]
+    kept: list[bytes]  # the frames to store, octet counts included
     frames: int
     own: int  # frames the broker wrote itself (dropped)
 
 
-def parse(body: bytes, declared_count: int, received_nanos: int) -> Parsed:
+OWN = OWN_APP_NAME.encode()
+
+
+def _app_name(message: bytes) -> bytes:
+    parts = message.split(b" ", 4)
+    return parts[3] if len(parts) > 4 else b""
+
+
+def parse(body: bytes, declared_count: int) -> Parsed:
+    """Check the framing against the headers and set the broker's own frames aside."""
     found = frames(body)
     if len(found) != declared_count:
         raise Malformed(f"Logplex-Msg-Count is {declared_count} but the body holds {len(found)} frames")
-    records, own = [], 0
-    for message in found:
-        converted = record(message, received_nanos)
-        if converted["heroku"]["app"] == OWN_APP_NAME:
-            own += 1
-            continue
-        records.append(converted)
-    return Parsed(records, len(found), own)
+    kept = [str(len(m)).encode() + b" " + m for m in found if _app_name(m) != OWN]
+    return Parsed(kept, len(found), len(found) - len(kept))
+
+
+def records(payload: bytes, received_nanos: int) -> list[dict]:
+    """The records of a stored ingest batch (what :func:`store` wrote), for delivery."""
+    return [record(m, received_nanos) for m in frames(zlib.decompress(payload), limit=10**9)]
 
 
 # --- store ---------------------------------------------------------------------------
@@ -141,15 +152,14 @@ def store(conn: psycopg.Connection, resource_id, frame_id: str, parsed: Parsed) 
             ON CONFLICT (resource_id, frame_id) DO UPDATE SET replays = ingest_batches.replays + 1
             RETURNING xmax = 0 AS inserted
             """,
-            (resource_id, frame_id, parsed.frames, len(parsed.records), parsed.own),
+            (resource_id, frame_id, parsed.frames, len(parsed.kept), parsed.own),
         ).fetchone()["inserted"]
-        if fresh and parsed.records:
-            now = datetime.now(timezone.utc)
-            times = [polling.record_time(r, now) for r in parsed.records]
+        if fresh and parsed.kept:
+            # min_ts/max_ts hold the time of receipt: the frames are read in the workers.
             conn.execute(
                 "INSERT INTO outbox (resource_id, source_id, origin, record_count, min_ts, max_ts, payload) "
-                "VALUES (%s, NULL, 'heroku', %s, %s, %s, %s)",
-                (resource_id, len(parsed.records), min(times), max(times), polling.encode_batch(parsed.records)),
+                "VALUES (%s, NULL, 'heroku', %s, now(), now(), %s)",
+                (resource_id, len(parsed.kept), zlib.compress(b"".join(parsed.kept), 1)),
             )
     return fresh
 

@@ -350,6 +350,6 @@ def test_the_heroku_drain_writes_under_the_reserved_app_name_ingest_drops():
     who = logplex.Identity(host="forgedrain", app_name=ingest.OWN_APP_NAME, procid_prefix="acme")
     data, count = logplex.batch([record("x")], who)
     echoed = data.split(b" ", 1)[1].replace(b" forgedrain forgedrain ", b" host forgedrain ")
-    parsed = ingest.parse(str(len(echoed)).encode() + b" " + echoed, count, 1)
-    assert (parsed.frames, parsed.own, parsed.records) == (1, 1, [])
+    parsed = ingest.parse(str(len(echoed)).encode() + b" " + echoed, count)
+    assert (parsed.frames, parsed.own, parsed.kept) == (1, 1, [])
     assert b" forgedrain acme.run - x\n" in data

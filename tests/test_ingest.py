@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from broker import config, delivery, ingest, polling
+from broker import config, delivery, ingest
 from broker.vault import Vault
 from tests.fakes.receivers import logplex_receiver
 from tests.fakes.server import LocalServer
@@ -68,10 +68,11 @@ def post(web, token: str, data: bytes, count: int | None, frame_id: str | None =
 
 
 def stored(conn, resource_id) -> list[dict]:
-    rows = conn.execute("SELECT origin, source_id, record_count, payload FROM outbox WHERE resource_id = %s "
-                        "AND origin = 'heroku' ORDER BY id", (resource_id,)).fetchall()
-    assert all(r["source_id"] is None and r["record_count"] > 0 for r in rows)
-    return [rec for r in rows for rec in polling.decode_batch(bytes(r["payload"]))]
+    rows = conn.execute("SELECT origin, source_id, record_count, min_ts, payload FROM outbox "
+                        "WHERE resource_id = %s AND origin = 'heroku' ORDER BY id", (resource_id,)).fetchall()
+    out = [delivery.batch_records(r) for r in rows]
+    assert all(r["source_id"] is None and r["record_count"] == len(records) for r, records in zip(rows, out))
+    return [rec for records in out for rec in records]
 
 
 def test_herokus_own_format_becomes_records_of_the_brokers_model(web, conn, resource):

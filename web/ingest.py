@@ -9,7 +9,6 @@ sending happen in the delivery workers. See :mod:`broker.ingest`.
 from __future__ import annotations
 
 import logging
-import time
 import zlib
 
 from flask import Blueprint, Response, request
@@ -73,11 +72,11 @@ def logplex():
                 body = _inflate(body)
                 if body is None:
                     return error(413, "too_large", f"the body inflates to more than {MAX_INFLATED_BYTES} bytes")
-            parsed = ingest.parse(body, int(count), time.time_ns())
+            parsed = ingest.parse(body, int(count))
         except ingest.Malformed as exc:
             log.info("ingest refused resource=%s reason=malformed", resource["id"])
             return error(400, "malformed", str(exc))
         fresh = ingest.store(conn, resource["id"], frame_id, parsed)
     log.debug("ingest resource=%s frames=%d stored=%d own=%d replay=%s", resource["id"], parsed.frames,
-              len(parsed.records), parsed.own, not fresh)
+              len(parsed.kept), parsed.own, not fresh)
     return Response(status=204)
