@@ -364,6 +364,10 @@ class Deliverer:
     def _advance(self, drain: dict, batch_id: int, *, delivered: int, dropped: int, rejected: int,
                  error: str | None) -> None:
         with self.connect() as conn, conn.transaction():
+            # Not waiting for the WAL flush: an advance lost in a PostgreSQL crash only resends
+            # batches the receiver has (same Frame-Ids), and any later durable commit (pruning
+            # included) flushes it first.
+            conn.execute("SET LOCAL synchronous_commit = off")
             updated = conn.execute(
                 """
                 UPDATE drains SET cursor = GREATEST(cursor, %(batch)s), delivered = delivered + %(delivered)s,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import lru_cache
 
 import orjson
 
@@ -11,6 +12,11 @@ def attributes(record: dict) -> dict[str, str]:
     """Forge's attribute list as a dict of text values (non-string values as compact JSON)."""
     found: dict[str, str] = {}
     for item in record.get("attributes") or ():
+        if type(item) is dict:  # the fast path: {"key": "…", "value": {"stringValue": "…"}}
+            key, value = item.get("key"), item.get("value")
+            if type(key) is str and type(value) is dict and len(value) == 1 and type(value.get("stringValue")) is str:
+                found[key] = value["stringValue"]
+                continue
         if not isinstance(item, dict) or not isinstance(item.get("key"), str):
             continue
         value = item.get("value")
@@ -19,6 +25,20 @@ def attributes(record: dict) -> dict[str, str]:
             found[item["key"]] = inner if kind == "stringValue" and isinstance(inner, str) else _json(inner)
         elif value is not None:
             found[item["key"]] = _json(value)
+    return found
+
+
+def attribute(record: dict, key: str) -> str | None:
+    """One attribute as :func:`attributes` would give it (the last one wins), without building the dict."""
+    found = None
+    for item in record.get("attributes") or ():
+        if isinstance(item, dict) and item.get("key") == key:
+            value = item.get("value")
+            if isinstance(value, dict) and len(value) == 1:
+                (kind, inner), = value.items()
+                found = inner if kind == "stringValue" and isinstance(inner, str) else _json(inner)
+            elif value is not None:
+                found = _json(value)
     return found
 
 
@@ -52,15 +72,23 @@ def timestamp(record: dict) -> str:
     if nanos <= 0:
         return "-"
     seconds, rest = divmod(nanos, 1_000_000_000)
+    second = _second(seconds)
+    return "-" if second is None else f"{second}.{rest // 1000:06d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _second(seconds: int) -> str | None:
+    """``YYYY-MM-DDTHH:MM:SS`` of a Unix second (records of a batch share a few: cached)."""
     try:
         moment = datetime.fromtimestamp(seconds, timezone.utc)
     except (OverflowError, OSError, ValueError):
-        return "-"
+        return None
     if moment.year > 9999:
-        return "-"
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{rest // 1000:06d}Z"
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")
 
 
+@lru_cache(maxsize=8192)
 def header_field(value: str | None, limit: int) -> str:
     """A header field: PRINTUSASCII only (others become ``_``), cut to ``limit`` bytes, ``-`` if empty."""
     if not value:

@@ -32,14 +32,14 @@ class Identity:
     procid_prefix: str | None = None
 
 
-def header_parts(record: dict, who, attrs: dict[str, str]) -> tuple[int, str, str | None]:
+def header_parts(record: dict, who, function_key: str | None) -> tuple[int, str, str | None]:
     """(PRI, APP-NAME, PROCID) of a record: a Heroku record keeps its own, a Forge record gets the drain's."""
     heroku = record.get("heroku")
     if isinstance(heroku, dict):
         pri = heroku.get("pri")
         pri = pri if isinstance(pri, int) and 0 <= pri <= 191 else FACILITY * 8 + severity.of(record)[1]
         return pri, str(heroku.get("app") or "-"), str(heroku.get("dyno") or "-")
-    procid = attrs.get("functionKey")
+    procid = function_key
     prefix = getattr(who, "procid_prefix", None)
     if prefix:
         procid = f"{prefix}.{procid}" if procid else prefix
@@ -48,19 +48,20 @@ def header_parts(record: dict, who, attrs: dict[str, str]) -> tuple[int, str, st
 
 def frames(record: dict, who: Identity) -> list[bytes]:
     """The frames of one record (one per line of its body, long lines split)."""
-    attrs = fields.attributes(record)
-    pri, app_name, procid = header_parts(record, who, attrs)
+    pri, app_name, procid = header_parts(record, who, fields.attribute(record, "functionKey"))
     header = (
         f"<{pri}>1 {fields.timestamp(record)} "
         f"{fields.header_field(who.host, 255)} {fields.header_field(app_name, 48)} "
         f"{fields.header_field(procid, 128)} - "
     ).encode()
     room = MAX_MESSAGE_BYTES - len(header) - 1
+    text = fields.body_text(record)
     out = []
-    for line in LINE_BREAK.split(fields.body_text(record)):
-        for piece in fields.cut_utf8(line.encode("utf-8", "replace"), room):
+    for line in (LINE_BREAK.split(text) if "\n" in text or "\r" in text else (text,)):
+        data = line.encode("utf-8", "replace")
+        for piece in (data,) if len(data) <= room else fields.cut_utf8(data, room):
             message = header + piece + b"\n"
-            out.append(str(len(message)).encode() + b" " + message)
+            out.append(b"%d %b" % (len(message), message))
     return out
 
 

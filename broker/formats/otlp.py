@@ -188,11 +188,57 @@ def to_json(export: dict) -> bytes:
 
 
 def to_protobuf(export: dict) -> bytes:
-    """The same request as binary protobuf (``application/x-protobuf``)."""
-    from google.protobuf import json_format
+    """The same request as binary protobuf (``application/x-protobuf``).
+
+    Filled field by field from the OTLP/JSON shape :func:`request` builds —
+    several times faster than ``json_format.ParseDict`` on the hot path, and
+    checked against it by the format tests.
+    """
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-    return json_format.ParseDict(hex_ids_to_base64(export), ExportLogsServiceRequest()).SerializeToString()
+    message = ExportLogsServiceRequest()
+    for resource_logs in export["resourceLogs"]:
+        out = message.resource_logs.add()
+        _fill_attributes(out.resource.attributes, resource_logs["resource"]["attributes"])
+        for scope_logs in resource_logs["scopeLogs"]:
+            scope_out = out.scope_logs.add()
+            scope = scope_logs.get("scope") or {}
+            scope_out.scope.name = scope.get("name", "")
+            scope_out.scope.version = scope.get("version", "")
+            add = scope_out.log_records.add
+            for log in scope_logs["logRecords"]:
+                record = add()
+                record.time_unix_nano = int(log["timeUnixNano"])
+                record.observed_time_unix_nano = int(log["observedTimeUnixNano"])
+                record.severity_number = log["severityNumber"]
+                if "severityText" in log:
+                    record.severity_text = log["severityText"]
+                _fill_value(record.body, log["body"])
+                if "traceId" in log:
+                    record.trace_id = bytes.fromhex(log["traceId"])
+                if "spanId" in log:
+                    record.span_id = bytes.fromhex(log["spanId"])
+                if "attributes" in log:
+                    _fill_attributes(record.attributes, log["attributes"])
+    return message.SerializeToString()
+
+
+def _fill_attributes(target, attributes: list[dict]) -> None:
+    for item in attributes:
+        pair = target.add()
+        pair.key = item["key"]
+        _fill_value(pair.value, item["value"])
+
+
+def _fill_value(target, value: dict) -> None:
+    if "stringValue" in value:
+        target.string_value = value["stringValue"]
+    elif "intValue" in value:
+        target.int_value = int(value["intValue"])
+    else:  # not built by this module today; keep the general path for any other AnyValue
+        from google.protobuf import json_format
+
+        json_format.ParseDict(value, target)
 
 
 def hex_ids_to_base64(export: dict) -> dict:

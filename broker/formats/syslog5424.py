@@ -60,22 +60,25 @@ def structured_data(attrs: dict[str, str], who: Identity) -> str:
 
 
 def frames(record: dict, who: Identity) -> list[bytes]:
-    attrs = fields.attributes(record)
-    pri, app_name, procid = logplex.header_parts(record, who, attrs)
+    if who.sd_id:
+        attrs = fields.attributes(record)
+        function_key, sd = attrs.get("functionKey"), structured_data(attrs, who)
+    else:  # no SD-ID: only PROCID needs an attribute
+        function_key, sd = fields.attribute(record, "functionKey"), "-"
+    pri, app_name, procid = logplex.header_parts(record, who, function_key)
     header = (
         f"<{pri}>1 {fields.timestamp(record)} "
         f"{fields.header_field(who.host, 255)} {fields.header_field(app_name, 48)} "
-        f"{fields.header_field(procid, 128)} - {structured_data(attrs, who)}"
+        f"{fields.header_field(procid, 128)} - {sd}"
     ).encode("utf-8")
     body = fields.body_text(record).encode("utf-8", "replace")
+    room = max(1, MAX_MESSAGE_BYTES - len(header) - 1)
     if not body:
-        pieces = [b""]
-    else:
-        pieces = fields.cut_utf8(body, max(1, MAX_MESSAGE_BYTES - len(header) - 1))
+        return [b"%d %b" % (len(header), header)]
     out = []
-    for piece in pieces:
-        message = header + (b" " + piece if piece else b"")
-        out.append(str(len(message)).encode() + b" " + message)
+    for piece in (body,) if len(body) <= room else fields.cut_utf8(body, room):
+        message = header + b" " + piece
+        out.append(b"%d %b" % (len(message), message))
     return out
 
 

