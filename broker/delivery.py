@@ -345,9 +345,10 @@ class Deliverer:
             environment_label=source.get("environment_label"),
             include_arguments=bool(source.get("include_arguments")),
         )
-        export = otlp.request(records, origin, time.time_ns())
-        encoding = drain["settings"].get("encoding", "protobuf")
-        body = otlp.to_json(export) if encoding == "json" else otlp.to_protobuf(export)
+        if drain["settings"].get("encoding", "protobuf") == "json":
+            body = otlp.to_json(otlp.request(records, origin, time.time_ns()))
+        else:
+            body = otlp.protobuf_request(records, origin, time.time_ns())
         return records, body, len(records)
 
     def _send(self, drain, session, url, headers, body, count, batch_id, part) -> http.Result:

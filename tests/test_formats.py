@@ -318,6 +318,8 @@ def test_any_record_gives_otlp_json_and_protobuf_that_the_official_schema_accept
         assert len(log.trace_id) == 16
     decoded = ExportLogsServiceRequest.FromString(otlp.to_protobuf(export))
     assert decoded == parsed
+    # the delivery hot path builds the same message straight from the records
+    assert ExportLogsServiceRequest.FromString(otlp.protobuf_request([rec], ORIGIN, 1707821500000000000)) == parsed
 
 
 # --- the Heroku app's own records (drain ingest) ---------------------------------------
@@ -342,6 +344,10 @@ def test_heroku_records_keep_their_pri_app_and_dyno_in_every_format():
     assert {"key": "heroku.dyno", "value": {"stringValue": "worker.2"}} in log["attributes"]
     assert forge_resource["scopeLogs"][0]["logRecords"][0]["body"] == forge_like["body"]
     check_otlp_json(export)
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    assert (ExportLogsServiceRequest.FromString(otlp.protobuf_request([rec, forge_like], ORIGIN, 1))
+            == ExportLogsServiceRequest.FromString(otlp.to_protobuf(export)))
 
 
 def test_the_heroku_drain_writes_under_the_reserved_app_name_ingest_drops():

@@ -75,81 +75,78 @@ def _span_id(value) -> str | None:
     return value.lower() if isinstance(value, str) and HEX16.match(value) and value.strip("0") else None
 
 
-def _body(record: dict) -> dict:
+def _body_text(record: dict) -> str:
     body = record.get("body")
-    if isinstance(body, dict) and len(body) == 1:
-        (kind, inner), = body.items()
-        if kind == "stringValue" and isinstance(inner, str):
-            return body
-    return {"stringValue": fields.body_text(record)}
+    if type(body) is dict and len(body) == 1 and type(body.get("stringValue")) is str:
+        return body["stringValue"]
+    return fields.body_text(record)
 
 
-def _nanos(value) -> str:
+def _nanos(value) -> int:
     try:
         number = int(value)
     except (TypeError, ValueError):
-        return "0"
-    return str(number) if 0 <= number < 2**64 else "0"
+        return 0
+    return number if 0 <= number < 2**64 else 0
 
 
-def log_record(record: dict, origin: Origin, observed_nanos: int) -> tuple[tuple, dict]:
-    """(resource key, OTLP LogRecord JSON) for one Forge record."""
+def _parts(record: dict, origin: Origin) -> tuple:
+    """What a LogRecord says about one record, whichever encoding carries it:
+    (resource key, time, severity number, severity text, body, trace id, span id, attributes),
+    attributes as (name, value) pairs, an ``int`` value being an intValue."""
     attrs = fields.attributes(record)
     number, _ = severity.of(record)
     text = record.get("severityText")
-    out: dict = {
-        "timeUnixNano": _nanos(record.get("timeUnixNano")),
-        "observedTimeUnixNano": str(observed_nanos),
-        "severityNumber": number,
-        "body": _body(record),
-    }
-    if isinstance(text, str) and text:
-        out["severityText"] = text
-    attributes = []
+    pairs: list[tuple[str, str | int]] = []
     for key, value in attrs.items():
         if key in RESOURCE_KEYS:
             continue
         if key == "arguments":
             if origin.include_arguments:
-                attributes.append(_kv("forge.arguments", value))
+                pairs.append(("forge.arguments", value))
             continue
-        attributes.append(_kv(RECORD_KEYS.get(key, f"forge.{key}"), value))
+        pairs.append((RECORD_KEYS.get(key) or f"forge.{key}", value))
     original = record.get("severityNumber")
     if original is not None and original != number:
-        attributes.append({"key": "forge.severity_number", "value": {"intValue": str(original)}
-                           if isinstance(original, int) and not isinstance(original, bool)
-                           else {"stringValue": str(original)}})
+        pairs.append(("forge.severity_number", original if isinstance(original, int)
+                      and not isinstance(original, bool) else str(original)))
     trace, span = _trace_id(record.get("traceId")), _span_id(record.get("spanId"))
-    if trace:
-        out["traceId"] = trace
-    elif record.get("traceId"):
-        attributes.append(_kv("forge.trace_id", str(record["traceId"])))
-    if span:
-        out["spanId"] = span
-    elif record.get("spanId"):
-        attributes.append(_kv("forge.span_id", str(record["spanId"])))
+    if not trace and record.get("traceId"):
+        pairs.append(("forge.trace_id", str(record["traceId"])))
+    if not span and record.get("spanId"):
+        pairs.append(("forge.span_id", str(record["spanId"])))
     heroku = record.get("heroku")
     if isinstance(heroku, dict):
         # The Heroku app's own log line (drain ingest): APP-NAME is the service, PROCID the dyno.
-        attributes.append(_kv("heroku.dyno", str(heroku.get("dyno") or "-")))
+        pairs.append(("heroku.dyno", str(heroku.get("dyno") or "-")))
         if isinstance(heroku.get("pri"), int):
-            attributes.append({"key": "syslog.facility", "value": {"intValue": str(heroku["pri"] // 8)}})
-        out["attributes"] = _unique(attributes)
-        return ("heroku", str(heroku.get("app") or "-"), None, None), out
-    if attributes:
-        out["attributes"] = _unique(attributes)
-    key = ("forge", attrs.get("appId") or origin.app_id, attrs.get("environmentId") or origin.environment_id,
-           attrs.get("appVersion"))
+            pairs.append(("syslog.facility", heroku["pri"] // 8))
+        key = ("heroku", str(heroku.get("app") or "-"), None, None)
+    else:
+        key = ("forge", attrs.get("appId") or origin.app_id, attrs.get("environmentId") or origin.environment_id,
+               attrs.get("appVersion"))
+    if len({name for name, _ in pairs}) != len(pairs):
+        seen: set[str] = set()
+        pairs = [p for p in pairs if not (p[0] in seen or seen.add(p[0]))]
+    return (key, _nanos(record.get("timeUnixNano")), number, text if isinstance(text, str) and text else None,
+            _body_text(record), trace, span, pairs)
+
+
+def log_record(record: dict, origin: Origin, observed_nanos: int) -> tuple[tuple, dict]:
+    """(resource key, OTLP LogRecord JSON) for one Forge or Heroku record."""
+    key, nanos, number, text, body, trace, span, pairs = _parts(record, origin)
+    out: dict = {"timeUnixNano": str(nanos), "observedTimeUnixNano": str(observed_nanos),
+                 "severityNumber": number, "body": {"stringValue": body}}
+    if text:
+        out["severityText"] = text
+    if trace:
+        out["traceId"] = trace
+    if span:
+        out["spanId"] = span
+    if pairs:
+        out["attributes"] = [{"key": name, "value": {"intValue": str(value)} if type(value) is int
+                              else {"stringValue": value}} for name, value in pairs]
     return key, out
-
-
-def _unique(attributes: list[dict]) -> list[dict]:
-    seen, out = set(), []
-    for item in attributes:
-        if item["key"] not in seen:
-            seen.add(item["key"])
-            out.append(item)
-    return out
 
 
 def _resource(key: tuple, origin: Origin) -> dict:
@@ -181,6 +178,32 @@ def request(records: list[dict], origin: Origin, observed_nanos: int) -> dict:
         {"resource": _resource(key, origin), "scopeLogs": [{"scope": SCOPE, "logRecords": logs}]}
         for key, logs in groups.items()
     ]}
+
+
+def protobuf_request(records: list[dict], origin: Origin, observed_nanos: int) -> bytes:
+    """:func:`request` encoded as protobuf directly from the records (the delivery hot path):
+    the same message as ``to_protobuf(request(...))``, without building the JSON shape first."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    groups: dict[tuple, list] = {}
+    for record in records:
+        key, nanos, number, text, body, trace, span, pairs = _parts(record, origin)
+        groups.setdefault(key, []).append(LogRecord(
+            time_unix_nano=nanos, observed_time_unix_nano=observed_nanos, severity_number=number,
+            severity_text=text or "", body=AnyValue(string_value=body),
+            trace_id=bytes.fromhex(trace) if trace else b"", span_id=bytes.fromhex(span) if span else b"",
+            attributes=[KeyValue(key=name, value=AnyValue(int_value=value) if type(value) is int
+                                 else AnyValue(string_value=value)) for name, value in pairs]))
+    message = ExportLogsServiceRequest()
+    for key, logs in groups.items():
+        out = message.resource_logs.add()
+        _fill_attributes(out.resource.attributes, _resource(key, origin)["attributes"])
+        scope = out.scope_logs.add()
+        scope.scope.name, scope.scope.version = SCOPE["name"], SCOPE["version"]
+        scope.log_records.extend(logs)
+    return message.SerializeToString()
 
 
 def to_json(export: dict) -> bytes:
