@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import re
+import struct
 from dataclasses import dataclass
 
 import orjson
@@ -181,29 +182,87 @@ def request(records: list[dict], origin: Origin, observed_nanos: int) -> dict:
 
 
 def protobuf_request(records: list[dict], origin: Origin, observed_nanos: int) -> bytes:
-    """:func:`request` encoded as protobuf directly from the records (the delivery hot path):
-    the same message as ``to_protobuf(request(...))``, without building the JSON shape first."""
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+    """:func:`request` encoded as protobuf straight from the records (the delivery hot path).
 
-    groups: dict[tuple, list] = {}
+    The wire format of these few messages is written here by hand — fixed64
+    times, varint enums, length-delimited strings and sub-messages — because
+    filling generated messages field by field costs more than all the rest of
+    delivery. Attributes repeat from record to record (function key, module,
+    installation, invocation), so each encoded KeyValue is reused. The result
+    decodes to exactly ``to_protobuf(request(...))`` (the format tests check it
+    with the generated classes).
+    """
+    groups: dict[tuple, list[bytes]] = {}
+    observed = b"\x59" + _FIXED64(observed_nanos)
+    pairs_cache: dict = {}
+    texts: dict = {}
+    varint = _varint
     for record in records:
         key, nanos, number, text, body, trace, span, pairs = _parts(record, origin)
-        groups.setdefault(key, []).append(LogRecord(
-            time_unix_nano=nanos, observed_time_unix_nano=observed_nanos, severity_number=number,
-            severity_text=text or "", body=AnyValue(string_value=body),
-            trace_id=bytes.fromhex(trace) if trace else b"", span_id=bytes.fromhex(span) if span else b"",
-            attributes=[KeyValue(key=name, value=AnyValue(int_value=value) if type(value) is int
-                                 else AnyValue(string_value=value)) for name, value in pairs]))
-    message = ExportLogsServiceRequest()
+        encoded = body.encode("utf-8", "replace")
+        size = len(encoded)
+        inner = varint(size)
+        out = [b"\x09", _FIXED64(nanos), _SEVERITY[number] if 0 <= number < 128 else b"\x10" + varint(number)]
+        if text:
+            field = texts.get(text)
+            if field is None:
+                raw = text.encode("utf-8", "replace")
+                field = texts[text] = b"\x1a" + varint(len(raw)) + raw
+            out.append(field)
+        out += (b"\x2a", varint(size + 1 + len(inner)), b"\x0a", inner, encoded)
+        for pair in pairs:
+            field = pairs_cache.get(pair)
+            if field is None:
+                kv = _key_value(*pair)
+                field = pairs_cache[pair] = b"\x32" + varint(len(kv)) + kv
+            out.append(field)
+        if trace:
+            out += (b"\x4a\x10", bytes.fromhex(trace))
+        if span:
+            out += (b"\x52\x08", bytes.fromhex(span))
+        out.append(observed)
+        log = b"".join(out)
+        groups.setdefault(key, []).append(b"\x12" + varint(len(log)) + log)
+    scope = b"\x0a" + b"".join(_bytes_field(
+        b"\x0a" + b"".join(_bytes_field(SCOPE["name"].encode())) + b"\x12" + b"".join(_bytes_field(SCOPE["version"].encode()))))
+    message = []
     for key, logs in groups.items():
-        out = message.resource_logs.add()
-        _fill_attributes(out.resource.attributes, _resource(key, origin)["attributes"])
-        scope = out.scope_logs.add()
-        scope.scope.name, scope.scope.version = SCOPE["name"], SCOPE["version"]
-        scope.log_records.extend(logs)
-    return message.SerializeToString()
+        resource = b"".join(b"\x0a" + b"".join(_bytes_field(_key_value(a["key"], a["value"]["stringValue"])))
+                            for a in _resource(key, origin)["attributes"])
+        scope_logs = scope + b"".join(logs)
+        resource_logs = (b"\x0a" + b"".join(_bytes_field(resource))
+                         + b"\x12" + b"".join(_bytes_field(scope_logs)))
+        message.append(b"\x0a" + b"".join(_bytes_field(resource_logs)))
+    return b"".join(message)
+
+
+_FIXED64 = struct.Struct("<Q").pack
+_SEVERITY = [b"\x10" + bytes((n,)) for n in range(128)]  # severity_number (2) as a one-byte varint
+_SMALL = [bytes((n,)) for n in range(128)]
+
+
+def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _SMALL[value]
+    out = bytearray()
+    value &= (1 << 64) - 1  # negative int64 values are ten-byte varints
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _bytes_field(data: bytes) -> tuple[bytes, bytes]:
+    return _varint(len(data)), data
+
+
+def _key_value(name: str, value: str | int) -> bytes:
+    """A KeyValue: key (1), value (2) an AnyValue of string_value (1) or int_value (3)."""
+    any_value = (b"\x18" + _varint(value)) if type(value) is int else (
+        b"\x0a" + b"".join(_bytes_field(value.encode("utf-8", "replace"))))
+    return b"\x0a" + b"".join(_bytes_field(name.encode("utf-8", "replace"))) + b"\x12" + b"".join(
+        _bytes_field(any_value))
 
 
 def to_json(export: dict) -> bytes:
