@@ -37,7 +37,7 @@ import orjson
 import psycopg
 import requests
 
-from broker import ingest, plans, polling
+from broker import activity, ingest, plans, polling
 from broker.formats import logplex, otlp, syslog5424
 from broker.sinks import Result, http, syslog
 from broker.vault import Vault
@@ -381,6 +381,9 @@ class Deliverer:
                 {"batch": batch_id, "delivered": max(delivered, 0), "dropped": dropped,
                  "rejected": rejected, "error": error, "id": drain["id"], "lease": drain["lease_token"]},
             ).rowcount
+            if updated:
+                activity.add_now(conn, drain["resource_id"], drain["id"], "delivered", max(delivered, 0))
+                activity.add_now(conn, drain["resource_id"], drain["id"], "dropped", dropped)
         if not updated:
             raise LostLease(str(drain["id"]))
         drain["cursor"] = max(drain["cursor"], batch_id)
@@ -425,7 +428,7 @@ SET cursor = lost.upto, dropped = d.dropped + lost.records,
         ELSE d.last_error END
 FROM lost
 WHERE d.id = lost.id
-RETURNING d.id, lost.records
+RETURNING d.id, d.resource_id, lost.records
 """
 
 # Batches every drain of the resource has; all of a deprovisioned resource's.
@@ -468,5 +471,6 @@ def prune(conn: psycopg.Connection, limit: int = 20_000) -> Pruned:
                                          "hours": [p.backlog_hours for p in every]}).fetchall():
             pruned.drains_behind += 1
             pruned.dropped_records += row["records"]
+            activity.add_now(conn, row["resource_id"], row["id"], "dropped", row["records"])
         pruned.batches = conn.execute(DELIVERED, {"limit": limit}).rowcount
     return pruned

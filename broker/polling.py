@@ -39,7 +39,7 @@ from typing import Callable, ContextManager
 import orjson
 import psycopg
 
-from broker import forge, plans
+from broker import activity, forge, plans
 from broker.forge import Credentials, ForgeClient, Query
 from broker.ratelimit import RateLimiter
 from broker.vault import Vault
@@ -219,6 +219,8 @@ class Poller:
                     (source["resource_id"], source["id"], len(keep), min(t for _, t in keep),
                      max(t for _, t in keep), encode_batch([r for r, _ in keep])),
                 )
+                activity.add(conn, source["resource_id"], source["id"], "stored",
+                             activity.minutes([t for _, t in keep]))
             if cursor is not None:
                 conn.execute(
                     "UPDATE sources SET window_start = %s, window_end = %s, window_cursor = %s WHERE id = %s",

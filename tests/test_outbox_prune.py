@@ -83,3 +83,53 @@ def test_the_tick_prunes_about_once_a_minute(env, conn, vault, world):
         assert batch_ids(conn, resource_id) == []
     finally:
         context.install(None)
+
+
+def test_records_per_minute_are_counted_for_sources_and_drains(conn, vault, database_url, world):
+    """What the dashboard's chart and the metrics read: stored per source, delivered and dropped per drain."""
+    from broker import activity
+    from tests.fakes.receivers import logplex_receiver
+    from tests.fakes.server import LocalServer
+    from tests.test_delivery import deliver_all, make_deliverer
+
+    resource_id, source_id = world
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as server:
+        good = add_drain(conn, vault, resource_id, "logplex", f"http://127.0.0.1:{server.port}/")
+        refused = add_drain(conn, vault, resource_id, "logplex", f"http://127.0.0.1:{server.port}/x")
+        store(conn, resource_id, source_id, [forge_record(i) for i in range(12)])
+        inbox.fail(400)  # the first request (either drain) is refused: dropped, counted
+        deliver_all(make_deliverer(database_url, vault), conn)
+    rows = activity.series(conn, resource_id)
+    totals = {(str(r["subject"]), r["kind"]): 0 for r in rows}
+    for row in rows:
+        totals[(str(row["subject"]), row["kind"])] += row["records"]
+    drained = {k: v for k, v in totals.items() if k[1] != "stored"}
+    assert sorted(drained.values()) == [12, 12] and {k[1] for k in drained} == {"delivered", "dropped"}
+    assert {str(good), str(refused)} == {k[0] for k in drained}
+    conn.execute("UPDATE activity SET minute = minute - interval '3 days'")
+    assert activity.forget(conn) == len(rows) and activity.series(conn, resource_id) == []
+
+
+def test_the_poller_counts_stored_records_by_their_own_minute(conn, vault, database_url, redis_url):
+    from datetime import timedelta
+
+    from broker import activity
+    from tests.fakes.forge import ForgeFake
+    from tests.fakes.server import LocalServer
+    from tests.support.polling import APP, EMAIL, ENV, TOKEN, make_poller, outbox_records
+
+    fake = ForgeFake(seed=5, rate_limit=10_000)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=30, late_fraction=0)
+    resource_id = add_resource(conn)
+    source_id = add_source(conn, vault, resource_id, checkpoint_ago=timedelta(minutes=20))
+    with LocalServer(fake.wsgi()) as server:
+        from broker import polling
+
+        poller = make_poller(database_url, redis_url, server.url, vault)
+        for source in polling.claim(conn, 10, 180):
+            poller.poll(source)
+    stored = outbox_records(conn, source_id)
+    rows = [r for r in activity.series(conn, resource_id) if r["kind"] == "stored"]
+    assert stored and sum(r["records"] for r in rows) == len(stored)
+    assert len(rows) >= 10  # spread over the minutes the records belong to, not one lump

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from broker import delivery, ingest, jobs, polling, redisconn, resources
+from broker import activity, delivery, ingest, jobs, polling, redisconn, resources
 from worker import context
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def run(slot: int) -> dict:
         if slot % max(1, PRUNE_EVERY_SECONDS // settings.clock_tick_seconds) == 0:
             pruned = delivery.prune(conn)
             ingest.forget(conn)
+            activity.forget(conn)
     connection = redisconn.connect(settings.redis_url)
     batches = 0
     if due_sources:
