@@ -106,9 +106,13 @@ def record(message: bytes, received_nanos: int) -> dict:
 
 @dataclass
 class Parsed:
-    kept: list[bytes]  # the frames to store, octet counts included
+    kept: list[bytes]  # what to store: octet-counted frames (the whole body when none was dropped)
     frames: int
     own: int  # frames the broker wrote itself (dropped)
+
+    @property
+    def stored(self) -> int:
+        return self.frames - self.own
 
 
 OWN = OWN_APP_NAME.encode()
@@ -124,8 +128,12 @@ def parse(body: bytes, declared_count: int) -> Parsed:
     found = frames(body)
     if len(found) != declared_count:
         raise Malformed(f"Logplex-Msg-Count is {declared_count} but the body holds {len(found)} frames")
-    kept = [str(len(m)).encode() + b" " + m for m in found if _app_name(m) != OWN]
-    return Parsed(kept, len(found), len(found) - len(kept))
+    own = [i for i, m in enumerate(found) if _app_name(m) == OWN]
+    if not own:  # the usual case: the body is stored as it came
+        return Parsed([body], len(found), 0)
+    skip = set(own)
+    kept = [b"%d %b" % (len(m), m) for i, m in enumerate(found) if i not in skip]
+    return Parsed(kept, len(found), len(own))
 
 
 def records(payload: bytes, received_nanos: int) -> list[dict]:
@@ -152,14 +160,14 @@ def store(conn: psycopg.Connection, resource_id, frame_id: str, parsed: Parsed) 
             ON CONFLICT (resource_id, frame_id) DO UPDATE SET replays = ingest_batches.replays + 1
             RETURNING xmax = 0 AS inserted
             """,
-            (resource_id, frame_id, parsed.frames, len(parsed.kept), parsed.own),
+            (resource_id, frame_id, parsed.frames, parsed.stored, parsed.own),
         ).fetchone()["inserted"]
-        if fresh and parsed.kept:
+        if fresh and parsed.stored:
             # min_ts/max_ts hold the time of receipt: the frames are read in the workers.
             conn.execute(
                 "INSERT INTO outbox (resource_id, source_id, origin, record_count, min_ts, max_ts, payload) "
                 "VALUES (%s, NULL, 'heroku', %s, now(), now(), %s)",
-                (resource_id, len(parsed.kept), zlib.compress(b"".join(parsed.kept), 1)),
+                (resource_id, parsed.stored, zlib.compress(b"".join(parsed.kept), 1)),
             )
     return fresh
 

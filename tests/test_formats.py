@@ -357,5 +357,5 @@ def test_the_heroku_drain_writes_under_the_reserved_app_name_ingest_drops():
     data, count = logplex.batch([record("x")], who)
     echoed = data.split(b" ", 1)[1].replace(b" forgedrain forgedrain ", b" host forgedrain ")
     parsed = ingest.parse(str(len(echoed)).encode() + b" " + echoed, count)
-    assert (parsed.frames, parsed.own, parsed.kept) == (1, 1, [])
+    assert (parsed.frames, parsed.own, parsed.stored, parsed.kept) == (1, 1, 0, [])
     assert b" forgedrain acme.run - x\n" in data

@@ -78,5 +78,5 @@ def logplex():
             return error(400, "malformed", str(exc))
         fresh = ingest.store(conn, resource["id"], frame_id, parsed)
     log.debug("ingest resource=%s frames=%d stored=%d own=%d replay=%s", resource["id"], parsed.frames,
-              len(parsed.kept), parsed.own, not fresh)
+              parsed.stored, parsed.own, not fresh)
     return Response(status=204)
