@@ -59,7 +59,6 @@ import os
 import platform
 import re
 import resource
-import signal
 import sys
 import tempfile
 import time
@@ -80,7 +79,7 @@ from broker import db, migrate, redisconn, tokens  # noqa: E402
 from broker.vault import Vault  # noqa: E402
 from tests.fakes.forge import ForgeFake  # noqa: E402
 from tests.fakes.server import LocalServer  # noqa: E402
-from common import children, clear_redis, create_database, drop_database, pct, process_env, start, status_kb, stop, with_database  # noqa: E402
+from common import children, clear_redis, create_database, drop_database, pct, process_env, servers, start, status_kb, stop, with_database  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -381,17 +380,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    server_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    if not server_url or not redis_url:
-        print("DATABASE_URL and REDIS_URL must be set: run it with ./scripts/bench capacity", file=sys.stderr)
+    found = servers("capacity")
+    if found is None:
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
+    server_url, redis_url = found
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log line per fake call
     fake = ForgeFake(seed=7, latency=args.latency)
     runs: list[Run] = []

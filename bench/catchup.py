@@ -67,7 +67,6 @@ import logging
 import os
 import platform
 import re
-import signal
 import sys
 import tempfile
 import time
@@ -87,7 +86,7 @@ from broker import db, migrate, polling, redisconn, tokens  # noqa: E402
 from broker.vault import Vault  # noqa: E402
 from tests.fakes.forge import ForgeFake  # noqa: E402
 from tests.fakes.server import LocalServer  # noqa: E402
-from common import children, clear_redis, create_database, drop_database, pct, process_env, start, status_kb, stop, with_database  # noqa: E402
+from common import children, clear_redis, create_database, drop_database, pct, process_env, servers, start, status_kb, stop, with_database  # noqa: E402
 
 BIN = Path(sys.executable).parent
 OUR_LIMIT = 25        # FORGE_RATE_LIMIT, the deployed default
@@ -474,17 +473,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    server_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    if not server_url or not redis_url:
-        print("DATABASE_URL and REDIS_URL must be set: run it with ./scripts/bench catchup", file=sys.stderr)
+    found = servers("catchup")
+    if found is None:
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
+    server_url, redis_url = found
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log line per fake call
     fake = BoundedFake(seed=11, rate_limit=ATLASSIAN_LIMIT, rate_period=args.period,
                        page_size=args.page_size, latency=args.latency)

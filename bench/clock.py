@@ -71,7 +71,7 @@ from psycopg import sql  # noqa: E402
 
 from broker import config, db, jobs, migrate, polling, redisconn, resources  # noqa: E402
 from broker.vault import Vault  # noqa: E402
-from common import create_database, drop_database, with_database  # noqa: E402
+from common import create_database, drop_database, servers, with_database  # noqa: E402
 from worker import context, tick  # noqa: E402
 
 TARGET_MS = 1000.0
@@ -308,10 +308,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    server_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    if not server_url or not redis_url:
-        print("DATABASE_URL and REDIS_URL must be set: run it with ./scripts/bench clock", file=sys.stderr)
+    found = servers("clock")
+    if found is None:
         return 2
+    server_url, redis_url = found
     database = None
     errors: list[str] = []
     worst: list[tuple[int, str, float]] = []

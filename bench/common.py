@@ -27,6 +27,23 @@ from broker import db, jobs  # noqa: E402
 BIN = Path(sys.executable).parent
 
 
+# --- the servers ./scripts/bench provides ---------------------------------------------
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def servers(name: str) -> tuple[str, str] | None:
+    """(DATABASE_URL, REDIS_URL) with SIGTERM made a KeyboardInterrupt (so cleanup runs);
+    None, after saying how to run the bench, when either is unset."""
+    server_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+    if not server_url or not redis_url:
+        print(f"DATABASE_URL and REDIS_URL must be set: run it with ./scripts/bench {name}", file=sys.stderr)
+        return None
+    signal.signal(signal.SIGTERM, _interrupt)
+    return server_url, redis_url
+
+
 # --- a database of the bench's own on DATABASE_URL's server ----------------------------
 
 def with_database(url: str, name: str) -> str:

@@ -105,7 +105,6 @@ import os
 import platform
 import random
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -123,7 +122,7 @@ import orjson  # noqa: E402
 import psycopg  # noqa: E402
 
 from broker import db, delivery, polling  # noqa: E402
-from common import create_database, drop_database, process_env, start, stop, with_database  # noqa: E402
+from common import create_database, drop_database, process_env, servers, start, stop, with_database  # noqa: E402
 
 TARGET_CEILING = 0.5
 TARGET_SDK = 3.0
@@ -1013,17 +1012,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    server_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    if not server_url or not redis_url:
-        print("DATABASE_URL and REDIS_URL must be set: run it with ./scripts/bench forwarding", file=sys.stderr)
+    found = servers("forwarding")
+    if found is None:
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
+    server_url, redis_url = found
     from cryptography.fernet import Fernet
 
     from broker import migrate

@@ -34,7 +34,6 @@ import gzip
 import os
 import platform
 import secrets
-import signal
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 from broker import db, migrate, tokens  # noqa: E402
-from common import create_database, drop_database, with_database  # noqa: E402
+from common import create_database, drop_database, servers, with_database  # noqa: E402
 from partner_api import (Clients, Request, Result, app_env, figures, free_port, percentile,  # noqa: E402
                          server_durations, server_facts, split, start_gunicorn, stop_gunicorn, wait_ready)
 
@@ -162,17 +161,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    server_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    if not server_url or not redis_url:
-        print("DATABASE_URL and REDIS_URL must be set: run it with ./scripts/bench ingest", file=sys.stderr)
+    found = servers("ingest")
+    if found is None:
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
+    server_url, redis_url = found
     database = process = clients = None
     workdir = tempfile.TemporaryDirectory(prefix="forgedrain-bench-")
     log_path = Path(workdir.name) / "gunicorn.log"

@@ -69,7 +69,7 @@ from cryptography.fernet import Fernet  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from broker import db, migrate  # noqa: E402
-from common import children, create_database, drop_database, with_database  # noqa: E402
+from common import children, create_database, drop_database, servers, with_database  # noqa: E402
 
 BIN = Path(sys.executable).parent
 VENDOR_TYPE = "application/vnd.heroku-addons+json; version=3"
@@ -512,18 +512,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    server_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    if not server_url or not redis_url:
-        print("DATABASE_URL and REDIS_URL must be set: run it with ./scripts/bench partner_api",
-              file=sys.stderr)
+    found = servers("partner_api")
+    if found is None:
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
+    server_url, redis_url = found
 
     database = None
     process = None
