@@ -54,6 +54,7 @@ class Settings:
     poll_threads: int
     poll_batches: int
     log_level: str
+    metrics_token: str | None = field(default=None, repr=False)
     testing: bool = False
 
 
@@ -121,6 +122,10 @@ EXPECTED = {
     "FORGE_POLL_OVERLAP_SECONDS": "expected seconds each window re-reads before the checkpoint, 0 to 3600",
     "FORGE_POLL_THREADS": "expected sources one poll job works on at once, 1 to 256",
     "FORGE_POLL_BATCHES": "expected poll jobs kept queued while sources are due, 1 to 64",
+    "METRICS_TOKEN": (
+        "expected a random token of at least 32 characters (letters, digits and -._~+/), "
+        "sent by Prometheus as `Authorization: Bearer <token>`; unset turns /metrics off"
+    ),
 }
 
 
@@ -200,6 +205,20 @@ def _optional_secret(value: str) -> str | None:
     return value
 
 
+# RFC 6750's b64token: what a Bearer credential may contain.
+_TOKEN_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~+/")
+
+
+def _bearer_token(value: str) -> str | None:
+    if value == "":
+        return None
+    if len(value) < 32:
+        raise ValueError(f"only {len(value)} characters")
+    if not set(value.rstrip("=")) <= _TOKEN_CHARACTERS:
+        raise ValueError("characters other than letters, digits and -._~+/")
+    return value
+
+
 def _tick(value: str) -> int:
     number = int(value)
     if not 1 <= number <= 3600:
@@ -263,6 +282,8 @@ def load(env: Mapping[str, str] | None = None, *, testing: bool = False) -> Sett
         poll_overlap_seconds=r.parse("FORGE_POLL_OVERLAP_SECONDS", "300", _int_range(0, 3600)),
         poll_threads=r.parse("FORGE_POLL_THREADS", "32", _int_range(1, 256)),
         poll_batches=r.parse("FORGE_POLL_BATCHES", "2", _int_range(1, 64)),
+        # Unset, /metrics answers 404: nothing about the fleet is served to anyone.
+        metrics_token=r.parse("METRICS_TOKEN", "", _bearer_token),
     )
     if r.problems:
         raise ConfigError(r.problems)

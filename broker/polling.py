@@ -269,7 +269,7 @@ class Poller:
                  pause: str | None = None, clear_window: bool = False, from_claim: bool = False) -> None:
         base = "GREATEST(now(), last_poll_at + make_interval(secs => %(delay)s))" if from_claim \
             else "now() + make_interval(secs => %(delay)s)"
-        sets = ["lease_token = NULL", "lease_expires_at = NULL", f"next_poll_at = {base}"]
+        sets = ["lease_token = NULL", "lease_expires_at = NULL", f"next_poll_at = {base}", "polls = polls + 1"]
         if failure is not None:
             sets += ["consecutive_failures = consecutive_failures + 1", "last_error = %(error)s"]
         if pause is not None:

@@ -29,14 +29,18 @@ import redis
 
 KEY = "forgedrain:forge-budget:{app}"
 BLOCK_KEY = "forgedrain:forge-block:{app}"
+# Takes refused, by why (a hash: "budget" spent, "blocked" after a 429), for /metrics.
+# Fleet-wide and monotonic; a Redis flush resets it, which Prometheus reads as a restart.
+WAITS_KEY = "forgedrain:metrics:forge-budget-waits"
 
-# KEYS[1] log, KEYS[2] block; ARGV[1] limit, ARGV[2] period (µs), ARGV[3] member id.
+# KEYS[1] log, KEYS[2] block, KEYS[3] waits counter; ARGV[1] limit, ARGV[2] period (µs), ARGV[3] member id.
 # Returns 0 when a call may be made now (and records it), else µs to wait.
 TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local blocked = redis.call('PTTL', KEYS[2])
 if blocked and blocked > 0 then
+  redis.call('HINCRBY', KEYS[3], 'blocked', 1)
   return blocked * 1000
 end
 local period = tonumber(ARGV[2])
@@ -50,6 +54,7 @@ end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local wait = tonumber(oldest[2]) + period - now
 if wait < 1 then wait = 1 end
+redis.call('HINCRBY', KEYS[3], 'budget', 1)
 return wait
 """
 
@@ -78,7 +83,7 @@ class RateLimiter:
         """(0.0, call id) when a call may be made now, else (seconds to wait, None)."""
         member = uuid.uuid4().hex
         waited = self._take(
-            keys=[KEY.format(app=app_id), BLOCK_KEY.format(app=app_id)],
+            keys=[KEY.format(app=app_id), BLOCK_KEY.format(app=app_id), WAITS_KEY],
             args=[self.limit, self.period_us, member],
         )
         return (0.0, member) if int(waited) == 0 else (int(waited) / 1_000_000, None)

@@ -74,12 +74,23 @@ def test_a_missing_required_variable_is_named_with_what_is_expected(name):
     ("CLOCK_TICK_SECONDS", "0", "out of range"),
     ("CLOCK_TICK_SECONDS", "soon", "invalid literal"),
     ("LOG_LEVEL", "LOUD", "not a log level"),
+    ("METRICS_TOKEN", "short-token", "only 11 characters"),
+    ("METRICS_TOKEN", "a token with spaces in it, 32 characters", "characters other than"),
 ])
 def test_a_malformed_variable_is_named_with_the_problem(name, value, detail):
     message = problems(valid_env(**{name: value}))
     assert f"{name} is invalid" in message
     assert detail in message
     assert "expected" in message
+
+
+def test_the_metrics_token_is_optional_and_hidden():
+    assert config.load(valid_env()).metrics_token is None
+    token = "0123456789abcdef" * 4
+    settings = config.load(valid_env(METRICS_TOKEN=token))
+    assert settings.metrics_token == token
+    assert token not in repr(settings)
+    assert token not in problems(valid_env(METRICS_TOKEN=token, SECRET_KEY="x"))
 
 
 def test_it_reports_every_problem_at_once():

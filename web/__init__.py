@@ -85,9 +85,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _utc(moment):
         return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
-    from web import api, dashboard, drains, health, heroku, ingest, sources, sso
+    from web import api, dashboard, drains, health, heroku, ingest, metrics, sources, sso
 
-    for blueprint in (health.bp, heroku.bp, sso.bp, dashboard.bp, api.bp, sources.bp, drains.bp, ingest.bp):
+    for blueprint in (health.bp, metrics.bp, heroku.bp, sso.bp, dashboard.bp, api.bp, sources.bp, drains.bp, ingest.bp):
         app.register_blueprint(blueprint)
     return app
 
