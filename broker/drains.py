@@ -132,12 +132,19 @@ def validate(payload: object, *, allow_private: bool, current: dict | None = Non
 
 
 def masked_url(url: str | None) -> str | None:
-    """The URL with any password replaced, safe to show."""
+    """The URL with its password and query values replaced, safe to show.
+
+    Query values go too: services put API keys there (``?api-key=…``).
+    """
     if not url:
         return None
     parts = urlsplit(url)
+    if parts.query:
+        masked = "&".join(f"{pair.split('=', 1)[0]}=****" if "=" in pair else pair
+                          for pair in parts.query.split("&"))
+        parts = parts._replace(query=masked)
     if parts.password is None and parts.username is None:
-        return url
+        return urlunsplit(parts)
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"

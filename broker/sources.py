@@ -9,7 +9,7 @@ from datetime import datetime
 
 import psycopg
 
-from broker import forge
+from broker import audit, forge
 from broker.validation import InputError
 
 FIELDS = ("app_id", "environment_id", "email", "api_token", "levels", "installation_contexts",
@@ -186,17 +186,76 @@ def record_verification(conn: psycopg.Connection, source_id: uuid.UUID | str,
 
 
 def start_backfill(conn: psycopg.Connection, source_id: uuid.UUID | str, start: datetime) -> dict:
-    """Re-poll from ``start``: the checkpoint moves back, progress runs up to where it was."""
+    """Re-poll from ``start``: the checkpoint moves back, progress runs up to where it was.
+
+    A ``start`` after the checkpoint (not polled that far yet) leaves the
+    checkpoint where it is: moving it forward would skip what lies between.
+    The lease is dropped too: a poll in flight then finds itself fenced out
+    (``LostLease``) instead of writing its window's end over the new checkpoint.
+    """
     return conn.execute(
         f"""
-        UPDATE sources SET backfill_from = %(start)s,
+        UPDATE sources SET backfill_from = LEAST(%(start)s, checkpoint),
             backfill_until = GREATEST(COALESCE(backfill_until, checkpoint), checkpoint),
-            checkpoint = %(start)s, window_start = NULL, window_end = NULL, window_cursor = NULL,
+            checkpoint = LEAST(%(start)s, checkpoint), window_start = NULL, window_end = NULL, window_cursor = NULL,
+            lease_token = NULL, lease_expires_at = NULL,
             next_poll_at = now(), updated_at = now()
         WHERE id = %(id)s RETURNING {COLUMNS}
         """,
         {"start": start, "id": source_id},
     ).fetchone()
+
+
+# Atlassian's App logs API keeps 14 days of logs.
+BACKFILL_MAX_DAYS = 14
+ZONED_EXAMPLE = "2026-11-20T08:00:00Z"
+
+
+def parse_time(value: object, field: str = "from") -> datetime:
+    """An ISO 8601 time with a zone (``Z`` or an offset); :class:`InputError` naming ``field`` otherwise."""
+    start = None
+    if isinstance(value, str):
+        try:
+            start = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            start = None
+    if start is None or start.tzinfo is None or start.utcoffset() is None:
+        raise InputError(field, f"{field} must be an ISO 8601 time with a zone, such as {ZONED_EXAMPLE}")
+    return start
+
+
+def backfill(conn: psycopg.Connection, source_id: uuid.UUID | str, start: datetime, *, actor: str,
+             resource_id: uuid.UUID | str | None = None, field: str = "from") -> dict | None:
+    """Start a backfill of one source from ``start``, audited, in one transaction.
+
+    ``start`` must lie within the last 14 days (by the database's clock) and in
+    the past, else :class:`InputError` naming ``field`` and nothing changes.
+    With ``resource_id`` the source must belong to that resource. Returns the
+    updated source, or None when there is no such source (of a live resource).
+    """
+    with conn.transaction():
+        bounds = conn.execute(
+            "SELECT now() - make_interval(days => %s) AS oldest, now() AS now", (BACKFILL_MAX_DAYS,)
+        ).fetchone()
+        if start < bounds["oldest"]:
+            raise InputError(field, f"{field} is more than {BACKFILL_MAX_DAYS} days ago: Atlassian keeps "
+                                    f"app logs for {BACKFILL_MAX_DAYS} days")
+        if start >= bounds["now"]:
+            raise InputError(field, f"{field} must be in the past")
+        row = conn.execute(
+            "SELECT s.id, s.resource_id, s.app_id, s.environment_id FROM sources s "
+            "JOIN resources r ON r.id = s.resource_id "
+            "WHERE s.id = %(id)s AND r.state <> 'deprovisioned' "
+            "AND (%(rid)s::uuid IS NULL OR s.resource_id = %(rid)s::uuid) FOR UPDATE OF s",
+            {"id": source_id, "rid": resource_id},
+        ).fetchone()
+        if row is None:
+            return None
+        updated = start_backfill(conn, row["id"], start)
+        audit.record(conn, row["resource_id"], actor, "source.backfill_started",
+                     {"source_id": str(row["id"]), "app_id": row["app_id"],
+                      "environment_id": row["environment_id"], "from": start.isoformat()})
+    return updated
 
 
 def gaps(conn: psycopg.Connection, source_id: uuid.UUID | str, limit: int = 20) -> list[dict]:

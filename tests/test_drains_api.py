@@ -216,3 +216,13 @@ def test_list_and_read_show_each_drains_backlog(api, resource, conn, settings):
     heroku = conn.execute("SELECT id FROM drains WHERE resource_id = %s AND kind = 'heroku'", (rid,)).fetchone()
     assert listed[drain["id"]] == 6 and listed[str(heroku["id"])] == 10
     assert api.get(f"/v1/resources/{rid}/drains/{drain['id']}", headers=auth).json["delivery"]["backlog"] == 6
+
+
+def test_shown_urls_mask_passwords_and_query_values():
+    from broker import drains
+
+    assert drains.masked_url("https://u:p%40ss@logs.example.com:8443/in?api-key=s3cret&x") == (
+        "https://u:****@logs.example.com:8443/in?api-key=****&x")
+    assert drains.masked_url("https://otlp.example.com/v1/logs?dd-api-key=abc") == (
+        "https://otlp.example.com/v1/logs?dd-api-key=****")
+    assert drains.masked_url("syslog+tls://logs.example.com:6514") == "syslog+tls://logs.example.com:6514"

@@ -82,17 +82,18 @@ def test_the_legacy_id_and_token_kensa_sends_sign_in(client, resource, method):
 
 @pytest.mark.parametrize("change", [
     {"resource_token": "0" * 40},
-    {"timestamp": str(int(time.time()) - 6 * 60)},
-    {"timestamp": str(int(time.time()) + 5 * 60)},
+    {"timestamp": -6 * 60},  # seconds from now, taken when the test runs (not when collected)
+    {"timestamp": 5 * 60},
     {"timestamp": "yesterday"},
     {"resource_id": "not-a-uuid"},
     {"resource_token": None},
     {"timestamp": None},
 ])
 def test_a_bad_or_stale_sign_in_gets_403(client, resource, change):
-    if "timestamp" in change and change["timestamp"] and change["timestamp"].isdigit():
+    if isinstance(change.get("timestamp"), int):
         # a correct token for the wrong time: only the window refuses it
-        change = dict(change, resource_token=sso_token(resource["uuid"], int(change["timestamp"]))[1])
+        stamp = int(time.time()) + change["timestamp"]
+        change = dict(change, timestamp=str(stamp), resource_token=sso_token(resource["uuid"], stamp)[1])
     response = sign_in(client, resource["uuid"], **change)
     assert response.status_code == 403
     assert "forgedrain_session" not in cookies(response)

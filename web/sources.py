@@ -10,7 +10,6 @@ nothing is written. The API token is stored encrypted and never returned.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 
 import psycopg
 from flask import Blueprint, Response
@@ -169,33 +168,16 @@ def backfill_source(resource_id: str, source_id: str):
     resource, row, failure = _authorized_source(resource_id, source_id)
     if failure is not None:
         return failure
+    svc = services()
     try:
         body = json_object_body()
-        start = datetime.fromisoformat(str(body.get("from", "")).replace("Z", "+00:00")) \
-            if isinstance(body, dict) and isinstance(body.get("from"), str) else None
-        if start is None or start.tzinfo is None:
-            raise ValueError
+        start = sources.parse_time(body.get("from") if isinstance(body, dict) else None, "from")
+        with svc.db.connection() as conn:
+            updated = sources.backfill(conn, row["id"], start, actor=ACTOR, resource_id=resource["id"])
     except InputError as exc:
         return invalid(exc)
-    except ValueError:
-        return json_response({"error": "invalid", "field": "from",
-                              "message": "from must be an ISO 8601 time with a zone, such as "
-                                         "2026-11-20T08:00:00Z"}, 422)
-    svc = services()
-    with svc.db.connection() as conn, conn.transaction():
-        bounds = conn.execute("SELECT now() - interval '14 days' AS oldest, now() AS now").fetchone()
-        if start < bounds["oldest"]:
-            return json_response({"error": "invalid", "field": "from",
-                                  "message": "from is more than 14 days ago: Atlassian keeps app logs "
-                                             "for 14 days"}, 422)
-        if start >= bounds["now"]:
-            return json_response({"error": "invalid", "field": "from",
-                                  "message": "from must be in the past"}, 422)
-        if sources.get(conn, resource["id"], row["id"], for_update=True) is None:
-            return error(404, "not_found", "no such source")
-        updated = sources.start_backfill(conn, row["id"], start)
-        audit.record(conn, resource["id"], ACTOR, "source.backfill_started",
-                     {**_audit_detail(row), "from": start.isoformat()})
+    if updated is None:
+        return error(404, "not_found", "no such source")
     log.info("backfill source=%s from=%s", row["id"], start.isoformat())
     return json_response(source_view(updated, svc.vault), 202)
 
