@@ -70,6 +70,8 @@ ensure_packages() {
         command -v rsyslogd >/dev/null 2>&1 || missing+=(rsyslog)
         ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || missing+=(rsyslog-gnutls)
     fi
+    # The dashboard's browser tests drive Debian's chromium through Playwright (no browser download).
+    [ "${NEED_CHROMIUM:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1 && missing+=(chromium)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         die "missing ${missing[*]}: install the package(s) (Debian: apt-get install ${missing[*]}), or set DATABASE_URL / REDIS_URL to running servers"

@@ -1,17 +1,32 @@
-"""The owner's dashboard, reached through SSO and bound to one resource.
+"""The owner's dashboard, reached through SSO and bound to one resource (SPEC §7, §8).
 
-This first page shows what the resource is: name, plan and limits, state,
-and whether Heroku's log drain token is set. Sources, drains and charts join
-it as they are built.
+One page shows whether the logs are flowing: every source (state, last poll,
+lag, records in the last 24 h, last error in plain words with what to do) and
+every drain (kind, token, state, backlog, delivered/retried/dropped, last
+error), a chart of records per minute for each, and the audit log. Forms add,
+edit, verify, back-fill and delete sources; add, edit, test, rotate, enable,
+disable and delete drains. Every change goes through :mod:`broker.operations`
+(the same code as the resource API), with the signed-in user's email as actor.
+
+Forms are POST + redirect with flash messages; a refused form is rendered
+again (422) with the field's message and what was typed, secrets excepted.
+Every POST carries the session's CSRF token (400 without it); the session is
+bound to one resource (403 for any other). Nothing needs JavaScript.
 """
 
 from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, abort, make_response, render_template, session
+import orjson
+from flask import (Blueprint, abort, flash, make_response, redirect, render_template, request, session,
+                   url_for)
 
-from broker import audit, plans, resources, tokens
+from broker import activity, audit, drains, operations, plans, resources, sources, tokens
+from broker.forge import LEVELS
+from broker.validation import InputError
+from web import dashboard_forms as forms
+from web import dashboard_view as view
 from web import services
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -24,24 +39,333 @@ def signed_in_resource(resource_id: uuid.UUID) -> None:
             "sso_denied.html", reason="you are not signed in to this add-on"), 403))
 
 
-@bp.get("/<uuid:resource_id>")
-def show(resource_id: uuid.UUID):
+@bp.before_request
+def _guard():
+    resource_id = (request.view_args or {}).get("resource_id")
+    if resource_id is None:
+        abort(404)
     signed_in_resource(resource_id)
-    with services().db.connection() as conn:
+    if request.method == "POST" and not forms.csrf_ok(request.form):
+        abort(make_response(render_template(
+            "dashboard_error.html", title="Form expired",
+            message="This form was not sent from your current Forge Drain page (its security token is "
+                    "missing or out of date). Nothing was changed. Go back, reload the page and try again."),
+            400))
+
+
+@bp.app_context_processor
+def _template_helpers():
+    return {"csrf_token": forms.csrf_token}
+
+
+def _actor() -> str:
+    return session.get("user") or "heroku user"
+
+
+def _connect():
+    return services().db.connection()
+
+
+def _back(resource_id, anchor: str = ""):
+    return redirect(url_for("dashboard.show", resource_id=resource_id) + (f"#{anchor}" if anchor else ""), 303)
+
+
+def _page(resource_id: uuid.UUID, *, status: int = 200, forms_state: dict | None = None):
+    svc = services()
+    with svc.db.connection() as conn:
         row = resources.get(conn, resource_id)
         if row is None or row["state"] == "deprovisioned":
             session.clear()
             abort(404)
-        drains = resources.drains(conn, resource_id)
-        entries = audit.recent(conn, resource_id, 20)
+        source_rows = sources.list_for(conn, resource_id)
+        drain_rows = drains.list_for(conn, resource_id)
+        backlogs = drains.backlogs(conn, resource_id)
+        series = activity.series(conn, resource_id)
+        gaps = {s["id"]: sources.gaps(conn, s["id"]) for s in source_rows}
+        entries = audit.recent(conn, resource_id, 50)
+        now = conn.execute("SELECT now() AS now").fetchone()["now"]
+    found = view.collect(series, now)
+    source_cards = []
+    for s in source_rows:
+        sid = str(s["id"])
+        state_class, state_words = view.source_state(s)
+        stored = found.values(sid, "stored")
+        source_cards.append({
+            "row": s, "id": sid, "state_class": state_class, "state": state_words,
+            "problem": view.source_problem(s),
+            "lag": view.duration((now - s["checkpoint"]).total_seconds()) if s["checkpoint"] else "—",
+            "records_24h": view.number(sum(stored)),
+            "token": sources.mask_secret(svc.vault.decrypt(s["api_token_enc"])) if s["api_token_enc"] else None,
+            "chart": view.chart(f"chart-source-{sid[:8]}", f"Source {s['service_name'] or s['app_id']}",
+                                found.start, stored, "stored", gaps=gaps[s["id"]]),
+            "gaps": gaps[s["id"]],
+        })
+    drain_cards = []
+    for d in drain_rows:
+        did = str(d["id"])
+        state_class, state_words = view.drain_state(d)
+        url = svc.vault.decrypt(d["url_enc"]) if d["url_enc"] and d["kind"] != "heroku" else None
+        drain_cards.append({
+            "row": d, "id": did, "state_class": state_class, "state": state_words,
+            "problem": view.drain_problem(d), "backlog": view.number(backlogs.get(d["id"], 0)),
+            "url": drains.masked_url(url) if url else None,
+            "chart": view.chart(f"chart-drain-{did[:8]}", f"Drain {d['name'] or d['kind']}", found.start,
+                                found.values(did, "delivered"), "delivered",
+                                dropped=found.values(did, "dropped")),
+        })
     plan = plans.get(row["plan"])
-    return render_template(
-        "dashboard.html",
-        resource=row,
-        plan=plan,
-        drain_token=tokens.mask(row["log_drain_token"]),
-        drains=drains,
-        audit_entries=entries,
-        user=session.get("user"),
-        app_name=session.get("app"),
-    )
+    flowing = [c for c in source_cards if c["state_class"] in ("ok", "backfilling")]
+    attention = [c for c in source_cards + drain_cards if c["problem"] is not None]
+    state = forms_state or {}
+    body = render_template(
+        "dashboard.html", resource=row, plan=plan, drain_token=tokens.mask(row["log_drain_token"]),
+        source_cards=source_cards, drain_cards=drain_cards, flowing=flowing, attention=attention,
+        owned_drains=sum(1 for d in drain_rows if d["kind"] != "heroku"),
+        audit_entries=[{**e, "text": view.audit_text(e)} for e in entries], levels=LEVELS,
+        add_source=state.get("add_source", {"values": {}, "errors": {}}),
+        add_drain=state.get("add_drain", {"values": {"kind": "logplex", "gzip": True}, "errors": {}}),
+        backfill=state.get("backfill", {}), user=session.get("user"), app_name=session.get("app"),
+        now=now)
+    return make_response(body, status)
+
+
+@bp.get("/<uuid:resource_id>")
+def show(resource_id: uuid.UUID):
+    return _page(resource_id)
+
+
+def _refusal_field(exc: operations.Refused) -> str:
+    return {"auth_failed": "api_token", "not_found": "app_id"}.get(exc.refusal.pause_reason or "", "form")
+
+
+# --- sources ------------------------------------------------------------------------
+
+@bp.post("/<uuid:resource_id>/sources")
+def add_source(resource_id: uuid.UUID):
+    svc = services()
+    try:
+        row = operations.create_source(_connect, svc.vault, svc.forge(), resource_id,
+                                       forms.source_payload(request.form, partial=False), actor=_actor())
+    except (InputError, operations.OperationError) as exc:
+        field = exc.field if isinstance(exc, InputError) else (
+            _refusal_field(exc) if isinstance(exc, operations.Refused) else "form")
+        state = {"values": forms.source_echo(request.form), "errors": {field: exc.message}}
+        return _page(resource_id, status=422, forms_state={"add_source": state})
+    flash(f"Source {row['app_id']} added: Atlassian accepted the credentials. The first poll starts within "
+          "a minute.", "ok")
+    return _back(resource_id, f"source-{row['id']}")
+
+
+def _source_form(resource_id, row, values, errors, status=200):
+    return make_response(render_template(
+        "source_edit.html", resource_id=resource_id, source=row, values=values, errors=errors, levels=LEVELS,
+        token=sources.mask_secret(services().vault.decrypt(row["api_token_enc"])) if row["api_token_enc"] else None,
+        user=session.get("user"), app_name=session.get("app")), status)
+
+
+def _source_row(resource_id, source_id):
+    with services().db.connection() as conn:
+        row = sources.get(conn, resource_id, source_id)
+    if row is None:
+        abort(404)
+    return row
+
+
+@bp.get("/<uuid:resource_id>/sources/<uuid:source_id>/edit")
+def edit_source(resource_id: uuid.UUID, source_id: uuid.UUID):
+    row = _source_row(resource_id, source_id)
+    values = {f: row[f] for f in ("app_id", "environment_id", "email", "levels", "service_name",
+                                  "environment_label", "include_arguments")}
+    values["installation_contexts"] = "\n".join(row["installation_contexts"])
+    return _source_form(resource_id, row, values, {})
+
+
+@bp.post("/<uuid:resource_id>/sources/<uuid:source_id>")
+def update_source(resource_id: uuid.UUID, source_id: uuid.UUID):
+    svc = services()
+    try:
+        row, changed = operations.update_source(_connect, svc.vault, svc.forge(), resource_id, source_id,
+                                                forms.source_payload(request.form, partial=True), actor=_actor())
+    except operations.NotFound:
+        abort(404)
+    except (InputError, operations.OperationError) as exc:
+        field = exc.field if isinstance(exc, InputError) else (
+            _refusal_field(exc) if isinstance(exc, operations.Refused) else "form")
+        return _source_form(resource_id, _source_row(resource_id, source_id), forms.source_echo(request.form),
+                            {field: exc.message}, 422)
+    if changed:
+        flash(f"Source {row['app_id']} saved ({', '.join(changed)} changed)"
+              + ("; Atlassian accepted the credentials." if any(f in sources.VERIFIED_FIELDS for f in changed)
+                 else "."), "ok")
+    else:
+        flash("Nothing changed.", "ok")
+    return _back(resource_id, f"source-{row['id']}")
+
+
+@bp.post("/<uuid:resource_id>/sources/<uuid:source_id>/verify")
+def verify_source(resource_id: uuid.UUID, source_id: uuid.UUID):
+    svc = services()
+    try:
+        row, refusal = operations.verify_source(_connect, svc.vault, svc.forge(), resource_id, source_id,
+                                                actor=_actor())
+    except operations.NotFound:
+        abort(404)
+    except operations.Refused as exc:
+        flash(f"Could not verify now: {exc.message}", "error")
+        return _back(resource_id, f"source-{source_id}")
+    if refusal is None:
+        flash(f"Atlassian accepted the credentials of {row['app_id']}; polling is on.", "ok")
+    else:
+        flash(f"Verification refused: {refusal.message}. Polling is paused until this is fixed.", "error")
+    return _back(resource_id, f"source-{row['id']}")
+
+
+@bp.post("/<uuid:resource_id>/sources/<uuid:source_id>/backfill")
+def backfill_source(resource_id: uuid.UUID, source_id: uuid.UUID):
+    typed = (request.form.get("from") or "").strip()
+    value = typed
+    if value and "T" in value and not (value.endswith(("Z", "z")) or "+" in value[10:] or "-" in value[10:]):
+        value += "+00:00"  # a datetime-local field carries no zone: the label says UTC
+    try:
+        operations.backfill_source(_connect, resource_id, source_id, value, actor=_actor())
+    except operations.NotFound:
+        abort(404)
+    except InputError as exc:
+        return _page(resource_id, status=422, forms_state={
+            "backfill": {"id": str(source_id), "value": typed, "error": exc.message}})
+    flash(f"Backfill started from {value.replace('+00:00', ' UTC').replace('T', ' ')}: records arrive as the "
+          "source catches up.", "ok")
+    return _back(resource_id, f"source-{source_id}")
+
+
+@bp.post("/<uuid:resource_id>/sources/<uuid:source_id>/delete")
+def delete_source(resource_id: uuid.UUID, source_id: uuid.UUID):
+    try:
+        row = operations.delete_source(_connect, resource_id, source_id, actor=_actor())
+    except operations.NotFound:
+        abort(404)
+    flash(f"Source {row['app_id']} deleted.", "ok")
+    return _back(resource_id, "sources")
+
+
+# --- drains ---------------------------------------------------------------------------
+
+@bp.post("/<uuid:resource_id>/drains")
+def add_drain(resource_id: uuid.UUID):
+    svc = services()
+    kind = request.form.get("kind") or ""
+    try:
+        row = operations.create_drain(_connect, svc.vault, resource_id,
+                                      forms.drain_payload(request.form, kind, editing=False), actor=_actor(),
+                                      allow_private=svc.settings.allow_private_drains)
+    except (InputError, operations.OperationError) as exc:
+        field = exc.field if isinstance(exc, InputError) else "form"
+        state = {"values": forms.drain_echo(request.form), "errors": {field: exc.message}}
+        return _page(resource_id, status=422, forms_state={"add_drain": state})
+    flash(f"Drain added ({row['kind']}, token {row['token']}). It receives the records stored from now on; "
+          "press Send test record to check it.", "ok")
+    return _back(resource_id, f"drain-{row['id']}")
+
+
+def _drain_row(resource_id, drain_id):
+    with services().db.connection() as conn:
+        row = drains.get(conn, resource_id, drain_id)
+    if row is None:
+        abort(404)
+    return row
+
+
+def _drain_form(resource_id, row, values, errors, status=200):
+    svc = services()
+    url = svc.vault.decrypt(row["url_enc"]) if row["url_enc"] and row["kind"] != "heroku" else None
+    header_names = []
+    if row["headers_enc"]:
+        header_names = sorted(orjson.loads(svc.vault.decrypt(row["headers_enc"])))
+    return make_response(render_template(
+        "drain_edit.html", resource_id=resource_id, drain=row, values=values, errors=errors,
+        masked_url=drains.masked_url(url) if url else None, header_names=header_names,
+        user=session.get("user"), app_name=session.get("app")), status)
+
+
+@bp.get("/<uuid:resource_id>/drains/<uuid:drain_id>/edit")
+def edit_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
+    row = _drain_row(resource_id, drain_id)
+    settings = row["settings"] or {}
+    values = {"name": row["name"] or "", "url": "", "encoding": settings.get("encoding", "protobuf"),
+              "gzip": settings.get("gzip", True), "headers": "", "sd_id": settings.get("sd_id") or ""}
+    return _drain_form(resource_id, row, values, {})
+
+
+@bp.post("/<uuid:resource_id>/drains/<uuid:drain_id>")
+def update_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
+    svc = services()
+    row = _drain_row(resource_id, drain_id)
+    try:
+        updated, changed = operations.update_drain(
+            _connect, svc.vault, resource_id, drain_id, forms.drain_payload(request.form, row["kind"], editing=True),
+            actor=_actor(), allow_private=svc.settings.allow_private_drains)
+    except operations.NotFound:
+        abort(404)
+    except (InputError, operations.OperationError) as exc:
+        field = exc.field if isinstance(exc, InputError) else "form"
+        return _drain_form(resource_id, row, forms.drain_echo(request.form), {field: exc.message}, 422)
+    flash(f"Drain saved ({', '.join(changed)} changed)." if changed else "Nothing changed.", "ok")
+    return _back(resource_id, f"drain-{updated['id']}")
+
+
+@bp.post("/<uuid:resource_id>/drains/<uuid:drain_id>/test")
+def test_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
+    svc = services()
+    try:
+        outcome = operations.test_drain(_connect, svc.deliverer(), resource_id, drain_id, actor=_actor())
+    except operations.NotFound:
+        abort(404)
+    status = f" (HTTP {outcome.status})" if outcome.status else ""
+    if outcome.delivered:
+        flash(f"Test record delivered: the receiver accepted it{status}. Look for "
+              f"“{outcome.record['invocation_id']}” at the destination.", "ok")
+    else:
+        advice = ("Forge Drain would retry this: check that the receiver is up." if outcome.retryable
+                  else "Check the URL and the receiver's credentials with Edit.")
+        flash(f"Test record not delivered{status}: {outcome.message}. {advice}", "error")
+    return _back(resource_id, f"drain-{drain_id}")
+
+
+@bp.post("/<uuid:resource_id>/drains/<uuid:drain_id>/token")
+def rotate_drain_token(resource_id: uuid.UUID, drain_id: uuid.UUID):
+    try:
+        row = operations.rotate_drain_token(_connect, resource_id, drain_id, actor=_actor())
+    except operations.NotFound:
+        abort(404)
+    flash(f"New drain token {row['token']}: update your receiver if it checks the token.", "ok")
+    return _back(resource_id, f"drain-{drain_id}")
+
+
+@bp.post("/<uuid:resource_id>/drains/<uuid:drain_id>/enabled")
+def set_drain_enabled(resource_id: uuid.UUID, drain_id: uuid.UUID):
+    svc = services()
+    enabled = request.form.get("enabled") == "true"
+    try:
+        operations.set_drain_enabled(_connect, svc.vault, resource_id, drain_id, enabled, actor=_actor(),
+                                     allow_private=svc.settings.allow_private_drains)
+    except operations.NotFound:
+        abort(404)
+    except (InputError, operations.OperationError) as exc:
+        flash(exc.message, "error")
+        return _back(resource_id, f"drain-{drain_id}")
+    flash("Drain enabled: deliveries resume." if enabled
+          else "Drain disabled: records wait for it within the plan's backlog.", "ok")
+    return _back(resource_id, f"drain-{drain_id}")
+
+
+@bp.post("/<uuid:resource_id>/drains/<uuid:drain_id>/delete")
+def delete_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
+    try:
+        row = operations.delete_drain(_connect, resource_id, drain_id, actor=_actor())
+    except operations.NotFound:
+        abort(404)
+    except InputError as exc:
+        flash(exc.message, "error")
+        return _back(resource_id, f"drain-{drain_id}")
+    flash(f"Drain {row['name'] or row['kind']} deleted.", "ok")
+    return _back(resource_id, "drains")

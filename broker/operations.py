@@ -1,0 +1,399 @@
+"""What an owner can do to a resource's sources and drains, for every caller (SPEC §2–4, §7).
+
+The resource API (actor ``"api-token"``) and the dashboard (actor = the SSO
+user's email) both call these functions, so validation, the plan limit (checked
+again under the resource's row lock), encryption and the audit entry happen
+one way only. Each function takes ``connect`` — a callable returning a
+connection context manager, such as ``services().db.connection`` — rather than
+a connection, so that no database connection is held while Atlassian or a
+drain's receiver is being called.
+
+Failures are exceptions the caller turns into its own answer:
+
+- :class:`~broker.validation.InputError` — a field is wrong (``field``, ``message``);
+- :class:`Refused` — Atlassian refused the credentials or ids, or could not
+  be asked (``refusal`` says which; ``http_status`` 422 or 502/503);
+- :class:`PlanLimit` — the plan allows no more sources / drains;
+- :class:`Duplicate` — that app environment is already a source;
+- :class:`NotFound` — no such source / drain on this resource.
+
+Every :class:`OperationError` carries ``http_status``, ``code`` and ``message``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, ContextManager
+
+import orjson
+import psycopg
+
+from broker import audit, drains, plans, resources, sources
+from broker.forge import ForgeClient
+from broker.validation import InputError
+from broker.vault import Vault
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[], ContextManager[psycopg.Connection]]
+
+API_ACTOR = "api-token"
+TEST_MESSAGE = "Forge Drain test record: if you can read this, the drain works."
+TEST_MESSAGE_CHARS = 1000
+
+
+class OperationError(Exception):
+    http_status = 422
+    code = "invalid"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(OperationError):
+    http_status = 404
+    code = "not_found"
+
+
+class PlanLimit(OperationError):
+    http_status = 422
+    code = "plan_limit"
+
+
+class Duplicate(OperationError):
+    http_status = 409
+    code = "duplicate"
+
+
+class Refused(OperationError):
+    """Atlassian refused the credentials or ids (422), or could not be asked (502/503)."""
+
+    def __init__(self, refusal: sources.Refusal):
+        super().__init__(refusal.message)
+        self.refusal = refusal
+        self.http_status = refusal.http_status
+        self.code = refusal.code
+
+
+# --- sources ---------------------------------------------------------------------
+
+def source_limit_message(plan: plans.Plan) -> str:
+    return (f"plan {plan.name} allows {plan.max_sources} source{'s' if plan.max_sources > 1 else ''}; "
+            "delete one or change plan first")
+
+
+def source_audit_detail(row: dict, changed: list[str] | None = None) -> dict:
+    detail = {"source_id": str(row["id"]), "app_id": row["app_id"], "environment_id": row["environment_id"]}
+    if changed is not None:
+        detail["changed"] = changed
+    return detail
+
+
+def _verify(forge: ForgeClient, values: dict) -> sources.Refusal | None:
+    refusal = sources.verify(forge, values)
+    if refusal is not None:
+        log.info("source verification refused app=%s code=%s", values["app_id"], refusal.code)
+    return refusal
+
+
+def _source_limit(conn: psycopg.Connection, resource_id, plan_name: str) -> None:
+    plan = plans.get(plan_name)
+    if plan is None or sources.count(conn, resource_id) >= plan.max_sources:
+        raise PlanLimit(source_limit_message(plan) if plan else "the resource's plan allows no sources")
+
+
+def create_source(connect: Connect, vault: Vault, forge: ForgeClient, resource_id, payload: object, *,
+                  actor: str) -> dict:
+    """Validate, verify with Atlassian, then store (encrypted) and audit a new source; its row.
+
+    The plan limit is checked before the Atlassian call (to spare it) and again
+    under the resource's row lock, so two creates cannot both pass it.
+    """
+    values = sources.validate(payload).values
+    with connect() as conn:
+        resource = resources.get(conn, resource_id)
+        if resource is None or resource["state"] == "deprovisioned":
+            raise NotFound("no such resource")
+        _source_limit(conn, resource_id, resource["plan"])
+    refusal = _verify(forge, values)
+    if refusal is not None:
+        raise Refused(refusal)
+    token_enc = vault.encrypt(values["api_token"])
+    try:
+        with connect() as conn, conn.transaction():
+            locked = resources.get_for_update(conn, resource_id)
+            _source_limit(conn, resource_id, locked["plan"])
+            row = sources.insert(conn, resource_id, values, token_enc)
+            audit.record(conn, resource_id, actor, "source.created", source_audit_detail(row))
+    except psycopg.errors.UniqueViolation:
+        raise Duplicate(f"app {values['app_id']} environment {values['environment_id']} "
+                        "is already a source of this resource") from None
+    log.info("source created resource=%s source=%s app=%s", resource_id, row["id"], row["app_id"])
+    return row
+
+
+def _source(connect: Connect, resource_id, source_id) -> dict:
+    try:
+        parsed = str(uuid.UUID(str(source_id)))
+    except ValueError:
+        raise NotFound("no such source") from None
+    with connect() as conn:
+        row = sources.get(conn, resource_id, parsed)
+    if row is None:
+        raise NotFound("no such source")
+    return row
+
+
+def update_source(connect: Connect, vault: Vault, forge: ForgeClient, resource_id, source_id,
+                  payload: object, *, actor: str) -> tuple[dict, list[str]]:
+    """Apply the submitted fields; (the row, the fields that really changed).
+
+    Changed credentials or ids are verified first (a refusal raises
+    :class:`Refused` and keeps the old ones); a successful verification
+    resumes a paused source. An empty payload is an :class:`InputError`.
+    Fields equal to what is stored are ignored: nothing changed, nothing audited.
+    """
+    changes = sources.validate(payload, partial=True).values
+    if not changes:
+        raise InputError("fields", "nothing to change: send at least one field")
+    current = _source(connect, resource_id, source_id)
+    stored_token = vault.decrypt(current["api_token_enc"]) if current["api_token_enc"] else None
+    changed = [f for f in changes if (stored_token if f == "api_token" else current[f]) != changes[f]]
+    needs_verification = any(f in sources.VERIFIED_FIELDS for f in changed)
+    if needs_verification:
+        merged = {f: current[f] for f in ("app_id", "environment_id", "email")}
+        merged["api_token"] = stored_token
+        merged.update({f: changes[f] for f in sources.VERIFIED_FIELDS if f in changes})
+        refusal = _verify(forge, merged)
+        if refusal is not None:
+            raise Refused(refusal)
+    token_enc = vault.encrypt(changes["api_token"]) if "api_token" in changed else None
+    try:
+        with connect() as conn, conn.transaction():
+            if sources.get(conn, resource_id, current["id"], for_update=True) is None:
+                raise NotFound("no such source")
+            row = sources.update(conn, current["id"], {f: changes[f] for f in changed}, token_enc,
+                                 verified=needs_verification)
+            if changed:
+                audit.record(conn, resource_id, actor, "source.updated", source_audit_detail(row, changed))
+    except psycopg.errors.UniqueViolation:
+        raise Duplicate("that app environment is already a source of this resource") from None
+    return row, changed
+
+
+def delete_source(connect: Connect, resource_id, source_id, *, actor: str) -> dict:
+    """Delete a source (audited); the row it was."""
+    row = _source(connect, resource_id, source_id)
+    with connect() as conn, conn.transaction():
+        if sources.get(conn, resource_id, row["id"], for_update=True) is None:
+            raise NotFound("no such source")
+        sources.delete(conn, row["id"])
+        audit.record(conn, resource_id, actor, "source.deleted", source_audit_detail(row))
+    log.info("source deleted resource=%s source=%s", resource_id, row["id"])
+    return row
+
+
+def verify_source(connect: Connect, vault: Vault, forge: ForgeClient, resource_id, source_id, *,
+                  actor: str) -> tuple[dict, sources.Refusal | None]:
+    """Verify the stored credentials now; (the updated row, the refusal or None when accepted).
+
+    Success resumes a paused source; a refusal pauses it with its reason. When
+    Atlassian cannot be asked (unreachable, rate limiting) that says nothing
+    about the source: :class:`Refused` is raised and nothing changes.
+    """
+    row = _source(connect, resource_id, source_id)
+    values = {"app_id": row["app_id"], "environment_id": row["environment_id"], "email": row["email"],
+              "api_token": vault.decrypt(row["api_token_enc"]) if row["api_token_enc"] else ""}
+    refusal = _verify(forge, values)
+    if refusal is not None and refusal.pause_reason is None:
+        raise Refused(refusal)
+    with connect() as conn, conn.transaction():
+        if sources.get(conn, resource_id, row["id"], for_update=True) is None:
+            raise NotFound("no such source")
+        updated = sources.record_verification(
+            conn, row["id"], refusal.pause_reason if refusal else None, refusal.message if refusal else None)
+        audit.record(conn, resource_id, actor, "source.verified",
+                     {**source_audit_detail(row), "ok": refusal is None})
+    return updated, refusal
+
+
+def backfill_source(connect: Connect, resource_id, source_id, start: str | datetime, *, actor: str,
+                    field: str = "from") -> dict:
+    """Re-poll the source from ``start`` (an ISO 8601 time with a zone, ≤ 14 days ago); the row."""
+    if not isinstance(start, datetime):
+        start = sources.parse_time(start, field)
+    row = _source(connect, resource_id, source_id)
+    with connect() as conn:
+        updated = sources.backfill(conn, row["id"], start, actor=actor, resource_id=resource_id, field=field)
+    if updated is None:
+        raise NotFound("no such source")
+    log.info("backfill source=%s from=%s", row["id"], start.isoformat())
+    return updated
+
+
+# --- drains ----------------------------------------------------------------------
+
+def drain_audit_detail(row: dict, changed: list[str] | None = None) -> dict:
+    detail = {"drain_id": str(row["id"]), "kind": row["kind"]}
+    if changed is not None:
+        detail["changed"] = changed
+    return detail
+
+
+def _drain(connect: Connect, resource_id, drain_id) -> dict:
+    try:
+        parsed = str(uuid.UUID(str(drain_id)))
+    except ValueError:
+        raise NotFound("no such drain") from None
+    with connect() as conn:
+        row = drains.get(conn, resource_id, parsed)
+    if row is None:
+        raise NotFound("no such drain")
+    return row
+
+
+def _headers_enc(vault: Vault, values: dict) -> str | None:
+    return vault.encrypt(orjson.dumps(values["headers"]).decode()) if values.get("headers") else None
+
+
+def create_drain(connect: Connect, vault: Vault, resource_id, payload: object, *, actor: str,
+                 allow_private: bool) -> dict:
+    """Validate, then store (URL and headers encrypted) and audit a new drain; its row.
+
+    The plan limit is checked under the resource's row lock (the built-in
+    ``heroku`` drain does not count).
+    """
+    values = drains.validate(payload, allow_private=allow_private).values
+    url_enc = vault.encrypt(values["url"])
+    headers_enc = _headers_enc(vault, values)
+    with connect() as conn, conn.transaction():
+        locked = resources.get_for_update(conn, resource_id)
+        if locked is None or locked["state"] == "deprovisioned":
+            raise NotFound("no such resource")
+        plan = plans.get(locked["plan"])
+        if plan is None or drains.count_owned(conn, resource_id) >= plan.max_drains:
+            raise PlanLimit(f"plan {locked['plan']} allows {plan.max_drains if plan else 0} drains; "
+                            "delete one or change plan first")
+        row = drains.insert(conn, resource_id, values, url_enc, headers_enc)
+        audit.record(conn, resource_id, actor, "drain.created", drain_audit_detail(row))
+    log.info("drain created resource=%s drain=%s kind=%s", resource_id, row["id"], row["kind"])
+    return row
+
+
+def update_drain(connect: Connect, vault: Vault, resource_id, drain_id, payload: object, *, actor: str,
+                 allow_private: bool) -> tuple[dict, list[str]]:
+    """Apply the submitted fields; (the row, the fields that really changed, audited by name).
+
+    A ``url`` or ``headers`` equal to what is stored is not a change. The
+    ``heroku`` drain can only be renamed, enabled or disabled.
+    """
+    current = _drain(connect, resource_id, drain_id)
+    values = drains.validate(payload, allow_private=allow_private, current=current).values
+    stored_url = vault.decrypt(current["url_enc"]) if current["url_enc"] else None
+    stored_headers = orjson.loads(vault.decrypt(current["headers_enc"])) if current["headers_enc"] else {}
+    changed = []
+    if "url" in values and values["url"] != stored_url:
+        changed.append("url")
+    else:
+        values.pop("url", None)
+    if "headers" in values and values["headers"] != stored_headers:
+        changed.append("headers")
+    else:
+        values.pop("headers", None)
+    changed += [f for f in ("name", "enabled") if f in values and values[f] != current[f]]
+    changed += [f for f in sorted(set(values["settings"]) | set(current["settings"]))
+                if values["settings"].get(f) != current["settings"].get(f)]
+    url_enc = vault.encrypt(values["url"]) if "url" in values else None
+    headers_enc = vault.encrypt(orjson.dumps(values["headers"]).decode()) if "headers" in values else None
+    with connect() as conn, conn.transaction():
+        if drains.get(conn, resource_id, current["id"], for_update=True) is None:
+            raise NotFound("no such drain")
+        updated = drains.update(conn, current["id"], values, url_enc, headers_enc)
+        if changed:
+            audit.record(conn, resource_id, actor, "drain.updated", drain_audit_detail(current, changed))
+    return updated, changed
+
+
+def set_drain_enabled(connect: Connect, vault: Vault, resource_id, drain_id, enabled: bool, *,
+                      actor: str, allow_private: bool) -> dict:
+    """Enable or disable a drain (any kind, the ``heroku`` one included); the row."""
+    row, _ = update_drain(connect, vault, resource_id, drain_id, {"enabled": bool(enabled)}, actor=actor,
+                          allow_private=allow_private)
+    return row
+
+
+def delete_drain(connect: Connect, resource_id, drain_id, *, actor: str) -> dict:
+    """Delete a drain (audited); the row it was. The ``heroku`` drain cannot be deleted (InputError)."""
+    row = _drain(connect, resource_id, drain_id)
+    if row["kind"] == "heroku":
+        raise InputError("kind", "the heroku drain is the app's own log stream: disable it instead")
+    with connect() as conn, conn.transaction():
+        if drains.get(conn, resource_id, row["id"], for_update=True) is None:
+            raise NotFound("no such drain")
+        drains.delete(conn, row["id"])
+        audit.record(conn, resource_id, actor, "drain.deleted", drain_audit_detail(row))
+    log.info("drain deleted resource=%s drain=%s", resource_id, row["id"])
+    return row
+
+
+def rotate_drain_token(connect: Connect, resource_id, drain_id, *, actor: str) -> dict:
+    """Give the drain a new ``d.<uuid>`` token (audited); the row."""
+    row = _drain(connect, resource_id, drain_id)
+    with connect() as conn, conn.transaction():
+        if drains.get(conn, resource_id, row["id"], for_update=True) is None:
+            raise NotFound("no such drain")
+        updated = drains.rotate_token(conn, row["id"])
+        audit.record(conn, resource_id, actor, "drain.token_rotated", drain_audit_detail(row))
+    return updated
+
+
+@dataclass(frozen=True)
+class DrainTestOutcome:
+    delivered: bool
+    status: int | None
+    message: str          # what happened, said for the owner
+    retryable: bool
+    record: dict          # invocation_id, message, time of the record sent
+
+
+def test_drain(connect: Connect, deliverer, resource_id, drain_id, *, actor: str,
+               message: str | None = None) -> DrainTestOutcome:
+    """Send one test record through the drain now, in its own format; what happened (audited).
+
+    The record looks like one of the resource's first source (or ``forgedrain``
+    when it has none) and touches neither the drain's cursor nor its counters.
+    ``deliverer`` is a :class:`broker.delivery.Deliverer` (``services().deliverer()``).
+    """
+    if message is None:
+        message = TEST_MESSAGE
+    if not isinstance(message, str) or not 1 <= len(message) <= TEST_MESSAGE_CHARS:
+        raise InputError("message", f"message must be 1 to {TEST_MESSAGE_CHARS} characters")
+    row = _drain(connect, resource_id, drain_id)
+    with connect() as conn:
+        first = sources.list_for(conn, resource_id)
+    source = first[0] if first else {"service_name": "forgedrain"}
+    invocation = f"forgedrain-test-{uuid.uuid4()}"
+    now = time.time_ns()
+    record = {"timeUnixNano": str(now), "observedTimeUnixNano": str(now), "severityText": "INFO",
+              "severityNumber": 9, "body": {"stringValue": message},
+              "attributes": [{"key": "invocationId", "value": {"stringValue": invocation}},
+                             {"key": "functionKey", "value": {"stringValue": "forgedrain-test"}}]}
+    result = deliverer.probe(row, [record], source)
+    with connect() as conn, conn.transaction():
+        audit.record(conn, resource_id, actor, "drain.tested",
+                     {**drain_audit_detail(row), "outcome": result.outcome, "status": result.status})
+    log.info("drain test resource=%s drain=%s kind=%s outcome=%s status=%s", resource_id, row["id"],
+             row["kind"], result.outcome, result.status)
+    sent = {"invocation_id": invocation, "message": message,
+            "time": datetime.fromtimestamp(now / 1e9, timezone.utc).isoformat()}
+    delivered = result.outcome == "delivered"
+    return DrainTestOutcome(
+        delivered=delivered, status=result.status,
+        message="the receiver accepted the record" if delivered
+        else (result.detail or "the receiver did not accept the record"),
+        retryable=result.outcome == "retry", record=sent)

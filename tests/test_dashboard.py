@@ -1,0 +1,290 @@
+"""The owner's dashboard through Flask's test client: CSRF, one resource per session, no secrets,
+the chart's totals and markers, the audit log, and forms that keep what was typed (SPEC §7, §8)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from broker import activity, config
+from tests.fakes.forge import ForgeFake
+from tests.fakes.receivers import logplex_receiver
+from tests.fakes.server import LocalServer
+from tests.support.partner import heroku_headers, provision_body, sso_token
+from web import create_app
+
+APP = "5f0f8a4e-1f5a-4c3e-9d7b-1a2b3c4d5e6f"
+ENV = "0d1e2f30-4152-6374-8596-a7b8c9d0e1f2"
+EMAIL = "bot@acme.test"
+TOKEN = "ATATT3xFfGF0-secret-token-0123456789"
+OWNER = "owner@acme.test"
+
+
+@pytest.fixture
+def forge_fake():
+    fake = ForgeFake(seed=7)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN)
+    with LocalServer(fake.wsgi()) as server:
+        fake.url = server.url
+        yield fake
+
+
+@pytest.fixture
+def client(env, forge_fake):
+    env["FORGE_API_URL"] = forge_fake.url
+    app = create_app(config.load(env, testing=True))
+    yield app.test_client()
+    app.extensions["forgedrain"].db.close()
+
+
+@pytest.fixture
+def resource(client):
+    body = provision_body(name="acme-forgedrain", plan="basic")
+    response = client.post("/heroku/resources", data=json.dumps(body), headers=heroku_headers())
+    assert response.status_code == 200
+    body["api_token"] = response.get_json(force=True)["config"]["FORGEDRAIN_TOKEN"]
+    return body
+
+
+def sign_in(client, rid: str):
+    stamp, token = sso_token(rid)
+    response = client.post("/sso/login", data={"resource_id": rid, "resource_token": token, "timestamp": stamp,
+                                                "app": "acme", "email": OWNER, "user_id": "u-1"})
+    assert response.status_code == 302
+    return response
+
+
+def page(client, rid: str) -> str:
+    response = client.get(f"/dashboard/{rid}")
+    assert response.status_code == 200
+    return response.get_data(as_text=True)
+
+
+def csrf(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def source_form(**overrides) -> dict:
+    form = {"app_id": APP, "environment_id": ENV, "email": EMAIL, "api_token": TOKEN, "levels": ["ERROR", "INFO"],
+            "service_name": "acme-jira-app", "environment_label": "production"}
+    form.update(overrides)
+    return form
+
+
+@pytest.fixture
+def signed_in(client, resource):
+    sign_in(client, resource["uuid"])
+    return resource["uuid"], csrf(page(client, resource["uuid"]))
+
+
+def count(conn, table: str, where: str = "true") -> int:
+    return conn.execute(f"SELECT count(*) AS n FROM {table} WHERE {where}").fetchone()["n"]
+
+
+def add_source(client, rid, token, **overrides):
+    return client.post(f"/dashboard/{rid}/sources", data={**source_form(**overrides), "csrf_token": token})
+
+
+def test_posts_without_the_right_csrf_token_get_400_and_change_nothing(client, signed_in, conn):
+    rid, token = signed_in
+    before = count(conn, "audit_log")
+    for form in (source_form(), {**source_form(), "csrf_token": "x" * 43}, {**source_form(), "csrf_token": ""}):
+        response = client.post(f"/dashboard/{rid}/sources", data=form)
+        assert response.status_code == 400
+        assert "Nothing was changed" in response.get_data(as_text=True)
+    assert count(conn, "sources") == 0
+    drain = client.post(f"/dashboard/{rid}/drains", data={"kind": "logplex", "url": "https://logs.example.com/x",
+                                                          "csrf_token": token[:-1] + ("A" if token[-1] != "A" else "B")})
+    assert drain.status_code == 400
+    heroku_drain = conn.execute("SELECT id FROM drains WHERE kind = 'heroku'").fetchone()["id"]
+    assert client.post(f"/dashboard/{rid}/drains/{heroku_drain}/enabled", data={"enabled": "false"}).status_code == 400
+    assert conn.execute("SELECT enabled FROM drains WHERE id = %s", (heroku_drain,)).fetchone()["enabled"]
+    assert count(conn, "drains", "kind <> 'heroku'") == 0
+    assert count(conn, "audit_log") == before
+    # the right token works
+    assert add_source(client, rid, token).status_code == 303
+    assert count(conn, "sources") == 1
+
+
+def test_another_resource_is_refused_with_403(client, signed_in, conn):
+    rid, token = signed_in
+    other = provision_body(name="someone-else", plan="basic")
+    client.post("/heroku/resources", data=json.dumps(other), headers=heroku_headers())
+    oid = other["uuid"]
+    other_drain = conn.execute("SELECT id FROM drains WHERE resource_id = %s", (oid,)).fetchone()["id"]
+    assert client.get(f"/dashboard/{oid}").status_code == 403
+    assert add_source(client, oid, token).status_code == 403
+    for path in (f"/dashboard/{oid}/drains/{other_drain}/enabled", f"/dashboard/{oid}/drains/{other_drain}/token",
+                 f"/dashboard/{oid}/drains/{other_drain}/edit"):
+        response = client.post(path, data={"csrf_token": token, "enabled": "false"}) if not path.endswith("edit") \
+            else client.get(path)
+        assert response.status_code == 403, path
+        assert "someone-else" not in response.get_data(as_text=True)
+    # the other resource's drain through this resource's URLs: not found, not changed
+    response = client.post(f"/dashboard/{rid}/drains/{other_drain}/enabled",
+                           data={"csrf_token": token, "enabled": "false"})
+    assert response.status_code == 404
+    assert conn.execute("SELECT enabled FROM drains WHERE id = %s", (other_drain,)).fetchone()["enabled"]
+    assert count(conn, "sources") == 0
+
+
+def test_no_secret_appears_in_any_page(client, resource, signed_in, conn):
+    rid, token = signed_in
+    assert add_source(client, rid, token).status_code == 303
+    assert client.post(f"/dashboard/{rid}/drains", data={
+        "kind": "logplex", "url": "https://drainuser:dr41n-p4ss@logs.example.com/drain", "name": "papertrail",
+        "csrf_token": token}).status_code == 303
+    assert client.post(f"/dashboard/{rid}/drains", data={
+        "kind": "otlp", "url": "https://otlp.example.com", "encoding": "json", "gzip": "on",
+        "headers": "DD-API-KEY: k3y-v4lue-secret\nX-Other: 0th3r-s3cret", "csrf_token": token}).status_code == 303
+    # a refused form is shown again without the secrets typed into it
+    refused = client.post(f"/dashboard/{rid}/drains", data={
+        "kind": "logplex", "url": "ftp://u:typed-pass@x.example.com", "csrf_token": token})
+    assert refused.status_code == 422
+    refused_source = add_source(client, rid, token, api_token="typed-t0ken-secret", app_id="bad app id")
+    assert refused_source.status_code == 422
+    source_id = conn.execute("SELECT id FROM sources").fetchone()["id"]
+    drain_ids = [r["id"] for r in conn.execute("SELECT id FROM drains ORDER BY created_at")]
+    pages = [page(client, rid), refused.get_data(as_text=True), refused_source.get_data(as_text=True),
+             client.get(f"/dashboard/{rid}/sources/{source_id}/edit").get_data(as_text=True)]
+    pages += [client.get(f"/dashboard/{rid}/drains/{d}/edit").get_data(as_text=True) for d in drain_ids]
+    for html in pages:
+        for secret in (resource["api_token"], TOKEN, "dr41n-p4ss", "k3y-v4lue-secret", "0th3r-s3cret",
+                       "typed-pass", "typed-t0ken-secret", "t.5f1d6c0e", "logplex.io", resource["log_drain_token"]):
+            assert secret not in html
+    main = pages[0]
+    assert "…6789" in main  # the API token's last four, enough to tell tokens apart
+    assert "https://drainuser:****@logs.example.com/drain" in main
+    assert "DD-API-KEY" in pages[-1] and "X-Other" in pages[-1]  # header names only
+
+
+def test_the_chart_shows_totals_gaps_and_drops(client, signed_in, conn):
+    rid, token = signed_in
+    assert add_source(client, rid, token).status_code == 303
+    assert client.post(f"/dashboard/{rid}/drains", data={"kind": "logplex", "url": "https://logs.example.com/d",
+                                                         "csrf_token": token}).status_code == 303
+    source_id = conn.execute("SELECT id FROM sources").fetchone()["id"]
+    drain_id = conn.execute("SELECT id FROM drains WHERE kind = 'logplex'").fetchone()["id"]
+    now = conn.execute("SELECT date_trunc('minute', now()) AS m").fetchone()["m"]
+    stored = Counter({now - timedelta(minutes=m): 100 + m for m in range(0, 600, 10)})  # 60 minutes
+    activity.add(conn, rid, source_id, "stored", stored)
+    activity.add(conn, rid, source_id, "stored", Counter({now - timedelta(hours=30): 999}))  # too old to show
+    activity.add(conn, rid, drain_id, "delivered", Counter({now - timedelta(minutes=m): 50 for m in range(30)}))
+    activity.add(conn, rid, drain_id, "dropped", Counter({now - timedelta(minutes=90): 7, now - timedelta(minutes=5): 3}))
+    conn.execute("INSERT INTO source_gaps (source_id, gap_from, gap_until, reason) VALUES (%s, %s, %s, %s)",
+                 (source_id, now - timedelta(hours=5), now - timedelta(hours=4), "older than the App logs API's 14 days"))
+    html = page(client, rid)
+    total_stored = sum(stored.values())
+    source_svg = re.search(r'<svg class="chart" id="chart-source-.*?</svg>', html, re.S).group(0)
+    drain_svg = re.search(r'<svg class="chart" id="chart-drain-' + str(drain_id)[:8] + r'.*?</svg>', html, re.S).group(0)
+    assert f"Total: {total_stored:,} stored · 1 gap" in source_svg
+    assert f"{total_stored:,} records stored in the last 24 hours" in source_svg  # <desc>, for screen readers
+    assert '<rect class="gap"' in source_svg and "could not be fetched" in source_svg
+    assert "<title id=" in source_svg and 'role="img"' in source_svg and ">now<" in source_svg
+    assert "Total: 1,500 delivered · 10 dropped" in drain_svg
+    assert drain_svg.count('<path class="drop"') == 2
+    assert "7 records dropped at" in drain_svg
+    assert f'class="records-24h">{total_stored:,}<' in html
+    assert "1 recorded gap" in html
+
+
+def test_audit_entries_show_who_did_what(client, signed_in, conn):
+    rid, token = signed_in
+    assert add_source(client, rid, token).status_code == 303
+    source_id = conn.execute("SELECT id FROM sources").fetchone()["id"]
+    assert client.post(f"/dashboard/{rid}/sources/{source_id}/verify", data={"csrf_token": token}).status_code == 303
+    assert client.post(f"/dashboard/{rid}/sources/{source_id}/backfill",
+                       data={"csrf_token": token, "from": (datetime.now(timezone.utc) - timedelta(days=2))
+                             .strftime("%Y-%m-%dT%H:%M")}).status_code == 303
+    html = page(client, rid)
+    assert "Backfill started" in html
+    rows = re.findall(r'<td class="who">([^<]*)</td><td class="what"><span class="action">([^<]*)</span>', html)
+    assert (OWNER, "source.backfill_started") in rows
+    assert (OWNER, "source.verified") in rows
+    assert (OWNER, "source.created") in rows
+    assert ("sso:" + OWNER, "sso.login") in rows
+    assert "added source " + APP in html
+    actors = {r["actor"] for r in conn.execute("SELECT actor FROM audit_log WHERE action LIKE 'source.%'")}
+    assert actors == {OWNER}
+
+
+def test_a_refused_source_form_keeps_what_was_typed_but_the_token(client, signed_in, conn, forge_fake):
+    rid, token = signed_in
+    response = add_source(client, rid, token, api_token="wrong-token-value-1234")
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert "Atlassian refused the email and API token" in html
+    assert f'value="{APP}"' in html and f'value="{EMAIL}"' in html and 'value="acme-jira-app"' in html
+    assert re.search(r'name="api_token" type="password" value=""', html)
+    assert "wrong-token-value-1234" not in html
+    assert count(conn, "sources") == 0
+    bad = add_source(client, rid, token, email="not-an-email")
+    assert bad.status_code == 422 and "email must be an email address" in bad.get_data(as_text=True)
+
+
+def test_source_edit_keeps_the_token_when_left_empty_and_pauses_show_what_to_do(client, signed_in, conn):
+    rid, token = signed_in
+    assert add_source(client, rid, token).status_code == 303
+    source_id = conn.execute("SELECT id FROM sources").fetchone()["id"]
+    response = client.post(f"/dashboard/{rid}/sources/{source_id}", data={
+        **source_form(api_token="", service_name="renamed-app"), "csrf_token": token})
+    assert response.status_code == 303
+    html = page(client, rid)
+    assert "service_name changed" in html and "renamed-app" in html
+    conn.execute("UPDATE sources SET state = 'paused', pause_reason = 'auth_failed', "
+                 "last_error = 'HTTP 401: email or API token refused'")
+    html = page(client, rid)
+    assert "paused: credentials refused" in html
+    assert "What to do: Create a new API token" in html
+
+
+def test_drain_forms_test_rotate_disable_and_delete(client, signed_in, conn):
+    rid, token = signed_in
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as receiver:
+        assert client.post(f"/dashboard/{rid}/drains", data={
+            "kind": "logplex", "url": f"{receiver.url}/drain", "name": "local", "csrf_token": token}).status_code == 303
+        drain = conn.execute("SELECT id, token FROM drains WHERE kind = 'logplex'").fetchone()
+        base = f"/dashboard/{rid}/drains/{drain['id']}"
+        assert client.post(f"{base}/test", data={"csrf_token": token}).status_code == 303
+        assert len(inbox.requests) == 1 and inbox.requests[0]["token"] == drain["token"]
+        assert "Test record delivered" in page(client, rid)
+        inbox.fail(500)
+        client.post(f"{base}/test", data={"csrf_token": token})
+        assert "Test record not delivered (HTTP 500)" in page(client, rid)
+    assert client.post(f"{base}/token", data={"csrf_token": token}).status_code == 303
+    new_token = conn.execute("SELECT token FROM drains WHERE id = %s", (drain["id"],)).fetchone()["token"]
+    assert new_token != drain["token"] and new_token in page(client, rid)
+    assert client.post(f"{base}/enabled", data={"csrf_token": token, "enabled": "false"}).status_code == 303
+    assert not conn.execute("SELECT enabled FROM drains WHERE id = %s", (drain["id"],)).fetchone()["enabled"]
+    edit = client.post(base, data={"csrf_token": token, "name": "renamed", "url": "ftp://nope"})
+    assert edit.status_code == 422 and "must start with https://" in edit.get_data(as_text=True)
+    assert client.post(base, data={"csrf_token": token, "name": "renamed", "url": ""}).status_code == 303
+    assert conn.execute("SELECT name FROM drains WHERE id = %s", (drain["id"],)).fetchone()["name"] == "renamed"
+    assert client.post(f"{base}/delete", data={"csrf_token": token}).status_code == 303
+    assert count(conn, "drains", "kind = 'logplex'") == 0
+    heroku = conn.execute("SELECT id FROM drains WHERE kind = 'heroku'").fetchone()["id"]
+    client.post(f"/dashboard/{rid}/drains/{heroku}/delete", data={"csrf_token": token})
+    assert count(conn, "drains", "kind = 'heroku'") == 1
+    assert "disable it instead" in page(client, rid)
+
+
+def test_a_refused_backfill_and_the_plan_limit_say_why(client, signed_in, conn):
+    rid, token = signed_in
+    assert add_source(client, rid, token).status_code == 303
+    source_id = conn.execute("SELECT id FROM sources").fetchone()["id"]
+    typed = (datetime.now(timezone.utc) - timedelta(days=20)).strftime("%Y-%m-%dT%H:%M")
+    response = client.post(f"/dashboard/{rid}/sources/{source_id}/backfill", data={"csrf_token": token, "from": typed})
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert "more than 14 days ago" in html and f'value="{typed}"' in html
+    assert conn.execute("SELECT backfill_from FROM sources").fetchone()["backfill_from"] is None
+    conn.execute("UPDATE resources SET plan = 'test' WHERE id = %s", (rid,))
+    second = add_source(client, rid, token, environment_id="staging-env")
+    assert second.status_code == 422
+    assert "plan test allows 1 source; delete one or change plan first" in second.get_data(as_text=True)
+    assert count(conn, "sources") == 1

@@ -1,0 +1,200 @@
+"""The dashboard in a real browser: Debian's chromium driven by Playwright, against live gunicorn over TLS.
+
+The owner signs in as Heroku signs them in (a POSTed SSO form), adds a source
+with a wrong token and reads what to do, adds it right, adds a logplex drain
+pointing at a local receiver, sends a test record that the receiver gets, and
+reads the chart once activity exists. Screenshots at desktop and phone sizes go
+to ``.local/artifacts/`` (git-ignored); the phone view must not scroll sideways.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from broker import activity
+from tests.fakes.forge import ForgeFake
+from tests.fakes.receivers import logplex_receiver
+from tests.fakes.server import LocalServer
+from tests.support.live import ROOT, live_web
+from tests.support.partner import basic, provision_body, sso_token
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / ".local" / "artifacts"
+APP = "5f0f8a4e-1f5a-4c3e-9d7b-1a2b3c4d5e6f"
+ENV = "0d1e2f30-4152-6374-8596-a7b8c9d0e1f2"
+EMAIL = "bot@acme.test"
+TOKEN = "ATATT3xFfGF0-secret-token-0123456789"
+OWNER = "owner@acme.test"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM) and shutil.which("chromium") is None,
+                                reason="Debian's chromium is not installed (./scripts/test installs it)")
+
+
+@pytest.fixture
+def forge_fake():
+    fake = ForgeFake(seed=11)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN)
+    with LocalServer(fake.wsgi()) as server:
+        fake.url = server.url
+        yield fake
+
+
+@pytest.fixture
+def receiver():
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as server:
+        inbox.url = server.url
+        yield inbox
+
+
+@pytest.fixture
+def web(env, forge_fake, tmp_path):
+    env = dict(env, FORGE_API_URL=forge_fake.url, ALLOW_PRIVATE_DRAINS="true", PUBLIC_URL="https://127.0.0.1")
+    with live_web(env, tmp_path, tls=True) as live:
+        yield live
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # As root, chromium's sandbox cannot start; the pages it opens here are our own.
+        args = ["--no-sandbox"] if os.geteuid() == 0 else []
+        launched = playwright.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM,
+                                              headless=True, args=args)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def sso_form(web, rid: str) -> str:
+    """The page Heroku's dashboard serves: a form POSTed to the add-on's sso_url."""
+    stamp, token = sso_token(rid)
+    fields = {"resource_id": rid, "resource_token": token, "timestamp": stamp, "app": "acme",
+              "email": OWNER, "user_id": "u-1", "nav-data": "eyJhcHBuYW1lIjoiYWNtZSJ9"}
+    inputs = "".join(f'<input type="hidden" name="{k}" value="{html.escape(v)}">' for k, v in fields.items())
+    return (f'<html><body><form method="post" action="{web.url("/sso/login")}">{inputs}'
+            '<button id="open" type="submit">Open Forge Drain</button></form></body></html>')
+
+
+def no_horizontal_scroll(page) -> tuple[int, int]:
+    return page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+
+
+def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, receiver, conn):
+    session = web.session()
+    body = provision_body(name="acme-forgedrain", plan="basic")
+    provisioned = session.post(web.url("/heroku/resources"), data=json.dumps(body),
+                               headers={**basic(), "Content-Type": "application/json",
+                                        "Accept": "application/vnd.heroku-addons+json; version=3"})
+    assert provisioned.status_code == 200, provisioned.text
+    rid = body["uuid"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        page.set_content(sso_form(web, rid))
+        page.click("#open")
+        page.wait_for_url(f"**/dashboard/{rid}")
+        assert page.locator("h1").inner_text() == "acme-forgedrain"
+        assert "Not yet: add your Forge app" in page.inner_text(".overview")
+
+        # a wrong token: the form comes back with Atlassian's refusal and what was typed, the token excepted
+        page.fill("#s-app_id", APP)
+        page.fill("#s-environment_id", ENV)
+        page.fill("#s-email", EMAIL)
+        page.fill("#s-api_token", "not-the-right-token")
+        page.fill("#s-service_name", "acme-jira-app")
+        page.check("input[name=levels][value=ERROR]")
+        page.get_by_role("button", name="Add source").click()
+        error = page.locator("#api_token-error")
+        assert "Atlassian refused the email and API token" in error.inner_text()
+        assert page.input_value("#s-app_id") == APP and page.input_value("#s-service_name") == "acme-jira-app"
+        assert page.input_value("#s-api_token") == ""
+        assert page.is_checked("input[name=levels][value=ERROR]")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-source-refused.png"), full_page=True)
+
+        page.fill("#s-api_token", TOKEN)
+        page.get_by_role("button", name="Add source").click()
+        page.wait_for_url(f"**/dashboard/{rid}#source-*")
+        assert "Atlassian accepted the credentials" in page.inner_text(".flashes")
+        assert conn.execute("SELECT count(*) AS n FROM sources").fetchone()["n"] == 1
+
+        # a logplex drain to the local receiver, then a test record through it
+        page.click("summary:has-text('Add a drain')")
+        page.check("input[name=kind][value=logplex]")
+        page.fill("#d-url", f"{receiver.url}/drain")
+        page.fill("#d-name", "local receiver")
+        page.get_by_role("button", name="Add drain").click()
+        assert "Drain added" in page.inner_text(".flashes")
+        drain = conn.execute("SELECT id, token FROM drains WHERE kind = 'logplex'").fetchone()
+        card = page.locator(f"#drain-{drain['id']}")
+        card.locator("button:has-text('Send test record')").click()
+        page.wait_for_load_state()
+        assert "Test record delivered: the receiver accepted it (HTTP 200)" in page.inner_text(".flashes")
+        assert len(receiver.requests) == 1
+        sent = receiver.requests[0]
+        assert sent["token"] == drain["token"]
+        assert "if you can read this, the drain works" in sent["events"][0]["message"]
+
+        # the only script asks before rotating a token; dismissing it changes nothing
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        page.locator(f"#drain-{drain['id']} button:has-text('Rotate token')").click()
+        assert conn.execute("SELECT token FROM drains WHERE id = %s", (drain["id"],)).fetchone()["token"] == drain["token"]
+
+        # activity as the workers record it: the chart and the counts show it
+        source_id = conn.execute("SELECT id FROM sources").fetchone()["id"]
+        now = conn.execute("SELECT date_trunc('minute', now()) AS m").fetchone()["m"]
+        stored = Counter({now - timedelta(minutes=m): 20 + (m * 7919) % 61 + (m // 90) * 4 for m in range(24 * 60)})
+        activity.add(conn, rid, source_id, "stored", stored)
+        activity.add(conn, rid, drain["id"], "delivered",
+                     Counter({now - timedelta(minutes=m): 60 for m in range(0, 12 * 60, 2)}))
+        activity.add(conn, rid, drain["id"], "dropped", Counter({now - timedelta(hours=3): 42}))
+        conn.execute("UPDATE drains SET delivered = 21600, dropped = 42, retried = 3 WHERE id = %s", (drain["id"],))
+        conn.execute("INSERT INTO source_gaps (source_id, gap_from, gap_until, reason) VALUES (%s, %s, %s, %s)",
+                     (source_id, now - timedelta(hours=9), now - timedelta(hours=8), "older than the App logs API's 14 days"))
+        page.goto(web.url(f"/dashboard/{rid}"))
+        total = sum(stored.values())
+        source_chart = page.locator(f"#source-{source_id} svg.chart")
+        assert f"Total: {total:,} stored · 1 gap" in source_chart.locator("text.total").text_content()
+        assert source_chart.locator("rect.gap").count() == 1
+        assert "records stored in the last 24 hours" in source_chart.locator("desc").text_content()
+        drain_chart = page.locator(f"#drain-{drain['id']} svg.chart")
+        assert "Total: 21,600 delivered · 42 dropped" in drain_chart.locator("text.total").text_content()
+        assert drain_chart.locator("path.drop").count() == 1
+        assert page.inner_text(f"#source-{source_id} .records-24h") == f"{total:,}"
+        assert "21,600 delivered · 3 retried · 42 dropped" in page.inner_text(f"#drain-{drain['id']} .counts")
+        audit_text = page.inner_text("#audit")
+        assert OWNER in audit_text and "drain.tested" in audit_text and "source.created" in audit_text
+        page.screenshot(path=str(ARTIFACTS / "dashboard-desktop.png"), full_page=True)
+        width, viewport = no_horizontal_scroll(page)
+        assert width <= viewport
+
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.reload()
+        page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-phone-first-screen.png"))
+        page.locator(f"#source-{source_id}").screenshot(path=str(ARTIFACTS / "dashboard-phone-source.png"))
+        page.locator(f"#drain-{drain['id']}").screenshot(path=str(ARTIFACTS / "dashboard-phone-drain.png"))
+        width, viewport = no_horizontal_scroll(page)
+        assert viewport == 390 and width <= viewport, f"the phone view scrolls sideways: {width} > {viewport}"
+        page.goto(web.url(f"/dashboard/{rid}/drains/{drain['id']}/edit"))
+        assert no_horizontal_scroll(page)[0] <= 390
+        page.screenshot(path=str(ARTIFACTS / "dashboard-phone-drain-edit.png"), full_page=True)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
+        print(web.output()[-4000:])
+        raise
+    finally:
+        context.close()

@@ -1,0 +1,301 @@
+"""What the dashboard shows, computed on the server: charts as inline SVG, states and plain-words errors.
+
+The chart is readable without JavaScript or colour: it carries a ``<title>``
+and a ``<desc>`` (totals, peak, gaps, drops) for screen readers, axis labels
+in UTC, and the totals as text. Gaps (``source_gaps``) are shaded ranges —
+or, when the missing range itself is older than the chart, a marker at the
+moment the gap was recorded — and minutes with dropped records carry a red
+marker, each with its own ``<title>`` tooltip.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from markupsafe import Markup, escape
+
+MINUTES = 24 * 60 + 1  # activity.series keeps the current minute and the 24 h before it
+WIDTH, HEIGHT = 720, 210
+LEFT, RIGHT, TOP, BOTTOM = 62, 12, 26, 58
+PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+
+def utc_minute(moment: datetime) -> datetime:
+    return moment.astimezone(timezone.utc).replace(second=0, microsecond=0)
+
+
+def number(n: int | float) -> str:
+    return f"{int(n):,}"
+
+
+def duration(seconds: float | None) -> str:
+    """A short human duration: 40 s, 12 min, 5 h, 3 d."""
+    if seconds is None:
+        return "—"
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{int(seconds)} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    if seconds < 48 * 3600:
+        return f"{round(seconds / 3600)} h"
+    return f"{round(seconds / 86400)} d"
+
+
+@dataclass
+class Activity:
+    """Per subject (source or drain id as text) and kind: records per minute over the chart's window."""
+
+    start: datetime  # the first minute shown
+    counts: dict = field(default_factory=lambda: defaultdict(lambda: [0] * MINUTES))
+
+    def add(self, subject: str, kind: str, minute: datetime, records: int) -> None:
+        index = int((utc_minute(minute) - self.start).total_seconds() // 60)
+        if 0 <= index < MINUTES:
+            self.counts[(subject, kind)][index] += records
+
+    def values(self, subject: str, kind: str) -> list[int]:
+        return self.counts.get((subject, kind)) or [0] * MINUTES
+
+    def total(self, subject: str, kind: str) -> int:
+        return sum(self.counts.get((subject, kind)) or ())
+
+
+def collect(rows: list[dict], now: datetime) -> Activity:
+    """Fold ``broker.activity.series`` rows into per-minute arrays ending at ``now``'s minute."""
+    found = Activity(utc_minute(now) - timedelta(minutes=MINUTES - 1))
+    for row in rows:
+        found.add(str(row["subject"]), row["kind"], row["minute"], row["records"])
+    return found
+
+
+def _nice_ceiling(value: int) -> int:
+    if value <= 1:
+        return 1
+    magnitude = 10 ** (len(str(int(value))) - 1)
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * magnitude:
+            return int(step * magnitude) if step * magnitude >= 1 else 1
+    return int(10 * magnitude)
+
+
+def _x(index: float) -> float:
+    return LEFT + index * PLOT_W / (MINUTES - 1)
+
+
+def _step_path(values: list[int], top: int) -> str:
+    """A step line through every minute, with a command only where the value changes."""
+    def y(v: int) -> float:
+        return TOP + PLOT_H - v * PLOT_H / top
+
+    parts = [f"M{LEFT:.1f},{y(values[0]):.1f}"]
+    current = values[0]
+    for index, value in enumerate(values[1:], start=1):
+        if value != current:
+            parts.append(f"H{_x(index):.1f}V{y(value):.1f}")
+            current = value
+    parts.append(f"H{_x(MINUTES - 1):.1f}")
+    return "".join(parts)
+
+
+def _hhmm(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%H:%M")
+
+
+def chart(chart_id: str, label: str, start: datetime, main: list[int], main_name: str, *,
+          dropped: list[int] | None = None, gaps: list[dict] | None = None) -> Markup:
+    """An inline SVG chart of records per minute over the last 24 hours.
+
+    ``main`` is the per-minute series (stored for a source, delivered for a
+    drain); ``dropped`` marks minutes with dropped records; ``gaps`` are
+    ``source_gaps`` rows (gap_from, gap_until, reason, recorded_at).
+    """
+    end = start + timedelta(minutes=MINUTES - 1)
+    total = sum(main)
+    peak = max(main) if main else 0
+    peak_at = start + timedelta(minutes=main.index(peak)) if peak else None
+    top = _nice_ceiling(peak)
+    drops = [(i, n) for i, n in enumerate(dropped or []) if n > 0]
+    dropped_total = sum(n for _, n in drops)
+    marks: list[tuple[str, float, float, str]] = []  # (class, x0, x1, tooltip)
+    for gap in gaps or []:
+        g_from, g_until = gap["gap_from"], gap["gap_until"]
+        text = (f"Gap: logs from {g_from:%Y-%m-%d %H:%M} to {g_until:%Y-%m-%d %H:%M} UTC could not be "
+                f"fetched ({gap['reason']})")
+        if g_until > start and g_from < end:
+            x0 = _x(max(0.0, (g_from - start).total_seconds() / 60))
+            x1 = _x(min(MINUTES - 1.0, (g_until - start).total_seconds() / 60))
+            marks.append(("gap", x0, max(x1, x0 + 2), text))
+        elif start <= gap["recorded_at"] <= end:
+            x0 = _x((gap["recorded_at"] - start).total_seconds() / 60)
+            marks.append(("gap gap-recorded", x0 - 1, x0 + 1, f"{text}; recorded at {_hhmm(gap['recorded_at'])} UTC"))
+
+    summary = f"{number(total)} records {main_name} in the last 24 hours"
+    if peak_at is not None:
+        summary += f"; peak {number(peak)} per minute at {_hhmm(peak_at)} UTC"
+    if dropped is not None:
+        summary += f"; {number(dropped_total)} dropped"
+    gap_count = sum(1 for m in marks if m[0].startswith("gap"))
+    if gap_count:
+        summary += f"; {gap_count} gap{'s' if gap_count > 1 else ''}"
+    title_id, desc_id = f"{chart_id}-title", f"{chart_id}-desc"
+
+    out = [f'<svg class="chart" id="{escape(chart_id)}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+           f'aria-labelledby="{escape(title_id)} {escape(desc_id)}" preserveAspectRatio="xMidYMid meet" '
+           f'xmlns="http://www.w3.org/2000/svg">',
+           f'<title id="{escape(title_id)}">{escape(label)}: records per minute, last 24 hours (UTC)</title>',
+           f'<desc id="{escape(desc_id)}">{escape(summary)}.</desc>',
+           f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{PLOT_W}" height="{PLOT_H}"/>']
+    # axes: y at 0, half and top; x every 6 hours
+    for fraction in (0, 0.5, 1):
+        y = TOP + PLOT_H - fraction * PLOT_H
+        value = top * fraction
+        if value != int(value):
+            continue  # whole records only: a top of 1 gets no half line
+        text = number(value)
+        out.append(f'<line class="grid" x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        out.append(f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{text}</text>')
+    out.append(f'<text class="axis unit" x="{LEFT}" y="{TOP - 8}">records per minute</text>')
+    for hours_back in (24, 18, 12, 6, 0):
+        index = MINUTES - 1 - hours_back * 60
+        x = _x(index)
+        moment = start + timedelta(minutes=index)
+        anchor = "start" if hours_back == 24 else "end" if hours_back == 0 else "middle"
+        text = "now" if hours_back == 0 else f"{_hhmm(moment)}"
+        out.append(f'<line class="tick" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP + PLOT_H}" y2="{TOP + PLOT_H + 4}"/>')
+        out.append(f'<text class="axis" x="{x:.1f}" y="{TOP + PLOT_H + 22}" text-anchor="{anchor}">{text}</text>')
+    for cls, x0, x1, text in marks:
+        out.append(f'<rect class="{cls}" x="{x0:.1f}" y="{TOP}" width="{x1 - x0:.1f}" height="{PLOT_H}">'
+                   f'<title>{escape(text)}</title></rect>')
+    path = _step_path(main, top)
+    out.append(f'<path class="area" d="{path}V{TOP + PLOT_H}H{LEFT}Z"/>')
+    out.append(f'<path class="line" d="{path}"/>')
+    for index, n in drops:
+        x = _x(index)
+        moment = start + timedelta(minutes=index)
+        out.append(f'<path class="drop" d="M{x - 6:.1f},{TOP - 2} L{x + 6:.1f},{TOP - 2} L{x:.1f},{TOP + 9} Z">'
+                   f'<title>{number(n)} records dropped at {_hhmm(moment)} UTC</title></path>')
+    totals = f"Total: {number(total)} {main_name}"
+    if dropped is not None:
+        totals += f" · {number(dropped_total)} dropped"
+    if gap_count:
+        totals += f" · {gap_count} gap{'s' if gap_count > 1 else ''}"
+    out.append(f'<text class="total" x="{LEFT}" y="{HEIGHT - 8}">{escape(totals)}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+# --- states and plain words ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Problem:
+    what: str
+    todo: str
+
+
+SOURCE_PAUSES = {
+    "auth_failed": Problem(
+        "Atlassian refused the email and API token, so polling is paused.",
+        "Create a new API token at id.atlassian.com (Security → API tokens) with the account that owns "
+        "or contributes to the app, paste it with Edit, and polling resumes at once."),
+    "not_found": Problem(
+        "Atlassian does not know this app id or environment id, so polling is paused.",
+        "Copy both ids from the Forge developer console (your app → Environments), correct them with "
+        "Edit, and polling resumes at once."),
+    "bad_request": Problem(
+        "Atlassian refused the query Forge Drain sent, so polling is paused.",
+        "Check the levels and installation-context filters with Edit, then press Verify now."),
+}
+
+
+def source_state(row: dict) -> tuple[str, str]:
+    """(css class, words) for a source: ok, paused (reason), backfilling (progress), retrying."""
+    if row["state"] == "paused":
+        reason = {"auth_failed": "credentials refused", "not_found": "app not found",
+                  "bad_request": "query refused"}.get(row["pause_reason"] or "", row["pause_reason"] or "paused")
+        return "paused", f"paused: {reason}"
+    if row["backfill_from"] is not None and row["backfill_until"] is not None \
+            and row["checkpoint"] < row["backfill_until"]:
+        total = (row["backfill_until"] - row["backfill_from"]).total_seconds()
+        done = (row["checkpoint"] - row["backfill_from"]).total_seconds()
+        percent = int(100 * min(1.0, max(0.0, done / total))) if total > 0 else 100
+        return "backfilling", f"backfilling ({percent}%)"
+    if row["consecutive_failures"]:
+        return "retrying", "retrying"
+    return "ok", "ok"
+
+
+def source_problem(row: dict) -> Problem | None:
+    if row["state"] == "paused":
+        return SOURCE_PAUSES.get(row["pause_reason"] or "", Problem(
+            f"Polling is paused ({row['last_error'] or row['pause_reason'] or 'no reason recorded'}).",
+            "Press Verify now; if Atlassian accepts the credentials, polling resumes."))
+    error = row["last_error"]
+    if not error or not row["consecutive_failures"]:
+        return None
+    lowered = error.lower()
+    if "429" in lowered or "rate" in lowered:
+        return Problem("Atlassian is rate limiting this app's log requests.",
+                       "Nothing to do: polling resumes by itself when Atlassian allows it, and no logs are "
+                       "lost meanwhile. Other tools reading this app's logs share its 30 calls a minute.")
+    if "unreachable" in lowered or "did not answer" in lowered or "http 5" in lowered:
+        return Problem("Atlassian's App logs API could not be reached on the last try.",
+                       "Nothing to do: Forge Drain retries with back-off and catches up without losing logs.")
+    return Problem(f"The last poll failed: {error}.",
+                   "Forge Drain retries by itself; if this stays, press Verify now.")
+
+
+def drain_state(row: dict) -> tuple[str, str]:
+    if not row["enabled"]:
+        return "disabled", "disabled"
+    if row["consecutive_failures"]:
+        return "retrying", f"retrying ({row['consecutive_failures']} failures)"
+    return "ok", "delivering"
+
+
+def drain_problem(row: dict) -> Problem | None:
+    error = row["last_error"]
+    if not error:
+        return None
+    if row["consecutive_failures"]:
+        return Problem(f"Deliveries are failing: {error}.",
+                       "Forge Drain keeps the records and retries with back-off. Check the URL (Edit) and "
+                       "that the receiver is up, then press Send test record.")
+    if row["dropped"]:
+        return Problem(f"Some records were dropped: {error}.",
+                       "The receiver refused them or they aged past the plan's backlog. Check the receiver's "
+                       "limits; a larger plan keeps records longer.")
+    return Problem(f"Last problem: {error}.", "Deliveries are working again; nothing to do.")
+
+
+AUDIT_WORDS = {
+    "sso.login": "signed in", "source.created": "added source", "source.updated": "edited source",
+    "source.deleted": "deleted source", "source.verified": "verified source",
+    "source.backfill_started": "started a backfill of source", "drain.created": "added drain",
+    "drain.updated": "edited drain", "drain.deleted": "deleted drain", "drain.tested": "sent a test record to drain",
+    "drain.token_rotated": "rotated the token of drain", "resource.provisioned": "provisioned the add-on",
+    "resource.plan_changed": "changed the plan", "resource.token_rotated": "rotated FORGEDRAIN_TOKEN",
+}
+
+
+def audit_text(entry: dict) -> str:
+    """What an audit entry says, in words (detail holds ids and field names, never secrets)."""
+    detail = entry["detail"] or {}
+    words = AUDIT_WORDS.get(entry["action"], entry["action"])
+    if "app_id" in detail:
+        words += f" {detail['app_id']} / {detail.get('environment_id', '')}"
+    elif "kind" in detail and entry["action"].startswith("drain."):
+        words += f" {detail['kind']} {str(detail.get('drain_id', ''))[:8]}"
+    if detail.get("changed"):
+        words += f" ({', '.join(detail['changed'])})"
+    if "ok" in detail:
+        words += ": accepted" if detail["ok"] else ": refused"
+    if "outcome" in detail:
+        words += f": {detail['outcome']}" + (f" (HTTP {detail['status']})" if detail.get("status") else "")
+    if "from" in detail:
+        words += f" from {detail['from']}"
+    if "plan" in detail and isinstance(detail["plan"], str):
+        words += f" to {detail['plan']}"
+    return words
