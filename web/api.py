@@ -78,6 +78,19 @@ def invalid(exc: InputError):
                          400 if exc.field == "body" else 422)
 
 
+def operation_failed(exc: Exception):
+    """The answer for a refused :mod:`broker.operations` call (or a bad body)."""
+    from broker import operations
+
+    if isinstance(exc, InputError):
+        return invalid(exc)
+    if isinstance(exc, operations.Refused):
+        refusal = exc.refusal
+        headers = {"Retry-After": str(max(1, int(refusal.retry_after)))} if refusal.retry_after else None
+        return error(refusal.http_status, refusal.code, refusal.message, headers=headers)
+    return error(exc.http_status, exc.code, exc.message)
+
+
 def owned(resource_id: str, child_id: str, lookup, noun: str):
     """(resource, row, None) when the bearer token opens ``resource_id`` and ``lookup(conn,
     resource id, child id)`` finds the row; else (.., None, the error response)."""

@@ -8,17 +8,14 @@ it is what the receiver uses to recognise the drain.
 from __future__ import annotations
 
 import logging
-import time
-import uuid
-from datetime import datetime, timezone
 
 import orjson
 from flask import Blueprint, Response, request
 
-from broker import audit, drains, plans, resources, sources
+from broker import drains, operations
 from broker.validation import InputError
 from web import services
-from web.api import authenticated, invalid, json_object_body, owned
+from web.api import authenticated, json_object_body, operation_failed, owned
 from web.errors import error, json_response
 
 log = logging.getLogger(__name__)
@@ -60,13 +57,6 @@ def _authorized_drain(resource_id: str, drain_id: str):
     return owned(resource_id, drain_id, drains.get, "drain")
 
 
-def _detail(row: dict, changed: list[str] | None = None) -> dict:
-    detail = {"drain_id": str(row["id"]), "kind": row["kind"]}
-    if changed is not None:
-        detail["changed"] = changed
-    return detail
-
-
 @bp.get("")
 def list_drains(resource_id: str):
     resource, failure = authenticated(resource_id)
@@ -86,19 +76,10 @@ def create_drain(resource_id: str):
         return failure
     svc = services()
     try:
-        values = drains.validate(json_object_body(), allow_private=svc.settings.allow_private_drains).values
-    except InputError as exc:
-        return invalid(exc)
-    headers_enc = svc.vault.encrypt(orjson.dumps(values["headers"]).decode()) if values.get("headers") else None
-    with svc.db.connection() as conn, conn.transaction():
-        locked = resources.get_for_update(conn, resource["id"])
-        plan = plans.get(locked["plan"])
-        if drains.count_owned(conn, resource["id"]) >= plan.max_drains:
-            return error(422, "plan_limit", f"plan {plan.name} allows {plan.max_drains} drains; "
-                                            "delete one or change plan first")
-        row = drains.insert(conn, resource["id"], values, svc.vault.encrypt(values["url"]), headers_enc)
-        audit.record(conn, resource["id"], ACTOR, "drain.created", _detail(row))
-    log.info("drain created resource=%s drain=%s kind=%s", resource["id"], row["id"], row["kind"])
+        row = operations.create_drain(svc.db.connection, svc.vault, resource["id"], json_object_body(),
+                                      actor=ACTOR, allow_private=svc.settings.allow_private_drains)
+    except (InputError, operations.OperationError) as exc:
+        return operation_failed(exc)
     response = json_response(drain_view(row, svc.vault), 201)
     response.headers["Location"] = f"/v1/resources/{resource['id']}/drains/{row['id']}"
     return response
@@ -122,17 +103,11 @@ def update_drain(resource_id: str, drain_id: str):
         return failure
     svc = services()
     try:
-        body = json_object_body()
-        values = drains.validate(body, allow_private=svc.settings.allow_private_drains, current=row).values
-    except InputError as exc:
-        return invalid(exc)
-    url_enc = svc.vault.encrypt(values["url"]) if "url" in values else None
-    headers_enc = svc.vault.encrypt(orjson.dumps(values["headers"]).decode()) if "headers" in values else None
-    with svc.db.connection() as conn, conn.transaction():
-        if drains.get(conn, resource["id"], row["id"], for_update=True) is None:
-            return error(404, "not_found", "no such drain")
-        updated = drains.update(conn, row["id"], values, url_enc, headers_enc)
-        audit.record(conn, resource["id"], ACTOR, "drain.updated", _detail(row, sorted(body)))
+        updated, _ = operations.update_drain(svc.db.connection, svc.vault, resource["id"], row["id"],
+                                             json_object_body(), actor=ACTOR,
+                                             allow_private=svc.settings.allow_private_drains)
+    except (InputError, operations.OperationError) as exc:
+        return operation_failed(exc)
     return json_response(drain_view(updated, svc.vault))
 
 
@@ -141,12 +116,13 @@ def delete_drain(resource_id: str, drain_id: str):
     resource, row, failure = _authorized_drain(resource_id, drain_id)
     if failure is not None:
         return failure
-    if row["kind"] == "heroku":
+    try:
+        operations.delete_drain(services().db.connection, resource["id"], row["id"], actor=ACTOR)
+    except InputError:
         return error(422, "invalid", "the heroku drain is the app's own log stream: disable it instead "
                                      "(PATCH {\"enabled\": false})")
-    with services().db.connection() as conn, conn.transaction():
-        drains.delete(conn, row["id"])
-        audit.record(conn, resource["id"], ACTOR, "drain.deleted", _detail(row))
+    except operations.OperationError as exc:
+        return operation_failed(exc)
     return Response(status=204)
 
 
@@ -156,13 +132,11 @@ def rotate_drain_token(resource_id: str, drain_id: str):
     if failure is not None:
         return failure
     svc = services()
-    with svc.db.connection() as conn, conn.transaction():
-        updated = drains.rotate_token(conn, row["id"])
-        audit.record(conn, resource["id"], ACTOR, "drain.token_rotated", _detail(row))
+    try:
+        updated = operations.rotate_drain_token(svc.db.connection, resource["id"], row["id"], actor=ACTOR)
+    except operations.OperationError as exc:
+        return operation_failed(exc)
     return json_response(drain_view(updated, svc.vault))
-
-
-TEST_MESSAGE_CHARS = 1000
 
 
 @bp.post("/<drain_id>/test")
@@ -178,38 +152,20 @@ def test_drain(resource_id: str, drain_id: str):
     resource, row, failure = _authorized_drain(resource_id, drain_id)
     if failure is not None:
         return failure
-    message = "Forge Drain test record: if you can read this, the drain works."
-    if request.get_data():
-        try:
+    svc = services()
+    try:
+        message = None
+        if request.get_data():
             body = json_object_body()
             if set(body) - {"message"}:
                 raise InputError(sorted(set(body) - {"message"})[0], "the only field is message")
-            if "message" in body:
-                message = body["message"]
-                if not isinstance(message, str) or not 1 <= len(message) <= TEST_MESSAGE_CHARS:
-                    raise InputError("message", f"message must be 1 to {TEST_MESSAGE_CHARS} characters")
-        except InputError as exc:
-            return invalid(exc)
-    svc = services()
-    with svc.db.connection() as conn:
-        first = sources.list_for(conn, resource["id"])
-    source = first[0] if first else {"service_name": "forgedrain"}
-    invocation = f"forgedrain-test-{uuid.uuid4()}"
-    now = time.time_ns()
-    record = {"timeUnixNano": str(now), "observedTimeUnixNano": str(now), "severityText": "INFO",
-              "severityNumber": 9, "body": {"stringValue": message},
-              "attributes": [{"key": "invocationId", "value": {"stringValue": invocation}},
-                             {"key": "functionKey", "value": {"stringValue": "forgedrain-test"}}]}
-    result = svc.deliverer().probe(row, [record], source)
-    with svc.db.connection() as conn, conn.transaction():
-        audit.record(conn, resource["id"], ACTOR, "drain.tested",
-                     {**_detail(row), "outcome": result.outcome, "status": result.status})
-    log.info("drain test resource=%s drain=%s kind=%s outcome=%s status=%s", resource["id"], row["id"],
-             row["kind"], result.outcome, result.status)
-    sent = {"invocation_id": invocation, "message": message,
-            "time": datetime.fromtimestamp(now / 1e9, timezone.utc).isoformat()}
-    if result.outcome == "delivered":
-        return json_response({"delivered": True, "status": result.status, "record": sent})
-    return json_response({"error": "test_failed", "delivered": False, "status": result.status,
-                          "message": result.detail or "the receiver did not accept the record",
-                          "retryable": result.outcome == "retry", "record": sent}, 502)
+            message = body.get("message", operations.TEST_MESSAGE)
+        outcome = operations.test_drain(svc.db.connection, svc.deliverer(), resource["id"], row["id"],
+                                        actor=ACTOR, message=message)
+    except (InputError, operations.OperationError) as exc:
+        return operation_failed(exc)
+    if outcome.delivered:
+        return json_response({"delivered": True, "status": outcome.status, "record": outcome.record})
+    return json_response({"error": "test_failed", "delivered": False, "status": outcome.status,
+                          "message": outcome.message, "retryable": outcome.retryable,
+                          "record": outcome.record}, 502)
