@@ -35,6 +35,7 @@ from datetime import datetime
 
 import psycopg
 
+from broker import polling
 # What the broker writes as APP-NAME into the app's own log stream (the heroku drain).
 OWN_APP_NAME = "forgedrain"
 MAX_FRAMES = 20_000
@@ -163,6 +164,7 @@ def store(conn: psycopg.Connection, resource_id, frame_id: str, parsed: Parsed) 
             (resource_id, frame_id, parsed.frames, parsed.stored, parsed.own),
         ).fetchone()["inserted"]
         if fresh and parsed.stored:
+            polling.lock_for_append(conn, resource_id)  # held to the commit: ids in commit order
             # min_ts/max_ts hold the time of receipt: the frames are read in the workers.
             conn.execute(
                 "INSERT INTO outbox (resource_id, source_id, origin, record_count, min_ts, max_ts, payload) "

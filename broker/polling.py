@@ -150,6 +150,23 @@ def _to_millis(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
+# pg_advisory_xact_lock(OUTBOX_LOCK, hashtext(resource id)): appends to one resource's outbox.
+OUTBOX_LOCK = 7_210_001
+
+
+def lock_for_append(conn: psycopg.Connection, resource_id) -> None:
+    """Serialise appends to a resource's outbox until this transaction ends.
+
+    Outbox ids are drawn at INSERT, not at COMMIT: without this, a batch that
+    got id N but committed after N+1 would be passed over by a drain whose
+    cursor already moved to N+1 (its reads are ``id > cursor``) and later be
+    pruned unseen. Holding this lock from just before the INSERT to the
+    commit makes a resource's ids appear in commit order, so a cursor never
+    jumps a batch. Writers of different resources do not wait for each other.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s::text))", (OUTBOX_LOCK, str(resource_id)))
+
+
 def encode_batch(records: list[dict]) -> bytes:
     return zlib.compress(orjson.dumps(records), COMPRESSION_LEVEL)
 
@@ -213,6 +230,7 @@ class Poller:
                     fresh.discard(fp)  # a twin later in the same page is a duplicate
                     keep.append((record, ts))
             if keep:
+                lock_for_append(conn, source["resource_id"])  # held to the commit: ids in commit order
                 conn.execute(
                     "INSERT INTO outbox (resource_id, source_id, origin, record_count, min_ts, max_ts, payload) "
                     "VALUES (%s, %s, 'forge', %s, %s, %s, %s)",

@@ -325,3 +325,41 @@ def test_otlp_requests_hold_at_most_1000_records_or_about_1_mib(conn, vault, dat
              for req in inbox.requests]
     assert sizes == [1000, 1000, 500, 10, 10, 5]
     assert all(req["message"].ByteSize() <= 1.1 * delivery.OTLP_TARGET_BYTES for req in inbox.requests)
+
+
+def test_a_batch_that_commits_late_is_never_passed_over(conn, vault, database_url, world):
+    """Outbox ids are drawn at INSERT: appends to a resource are serialised to the commit, so a
+    cursor that reached a later batch can never have skipped an earlier one still in flight."""
+    import threading
+    import time
+
+    from broker import ingest
+
+    resource_id, source_id = world
+    app, inbox = logplex_receiver()
+    line = b"<190>1 2026-11-21T10:00:00+00:00 host app web.1 - from the app\n"
+    parsed = ingest.parse(str(len(line)).encode() + b" " + line, 1)
+    with LocalServer(app) as server:
+        add_drain(conn, vault, resource_id, "logplex", f"http://127.0.0.1:{server.port}/")
+        deliverer = make_deliverer(database_url, vault)
+        with db.connect(database_url, "forgedrain-tests") as poll:
+            with poll.transaction():  # a poll's page transaction, still open
+                polling.lock_for_append(poll, resource_id)
+                poll.execute(
+                    "INSERT INTO outbox (resource_id, source_id, origin, record_count, min_ts, max_ts, payload) "
+                    "VALUES (%s, %s, 'forge', 1, now(), now(), %s)",
+                    (resource_id, source_id, polling.encode_batch([forge_record(1)])))
+
+                def post() -> None:  # an ingest request for the same resource meanwhile
+                    with db.connect(database_url, "forgedrain-tests") as web:
+                        ingest.store(web, resource_id, "F" * 32, parsed)
+
+                posting = threading.Thread(target=post)
+                posting.start()
+                time.sleep(0.5)
+                assert posting.is_alive()  # it waits for the page's commit
+                assert deliver_all(deliverer, conn) == []  # nothing visible to deliver yet
+        posting.join(10)
+        (outcome,) = deliver_all(deliverer, conn)
+    assert outcome.delivered == 2
+    assert [e["message"] for r in inbox.requests for e in r["events"]] == ["record 1 ✓", "from the app"]
