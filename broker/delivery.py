@@ -448,6 +448,10 @@ DELETE FROM outbox o USING doomed WHERE o.id = doomed.id
 """
 
 
+# pg_advisory_xact_lock key taken by prune() and by anything that moves a cursor back (replay).
+PRUNE_LOCK = 7_210_002
+
+
 @dataclass
 class Pruned:
     batches: int = 0
@@ -467,6 +471,8 @@ def prune(conn: psycopg.Connection, limit: int = 20_000) -> Pruned:
     every = list(plans.PLANS.values())
     pruned = Pruned()
     with conn.transaction():
+        # A replay moving a cursor back waits for this prune, or this prune for it.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (PRUNE_LOCK,))
         for row in conn.execute(EXPIRE, {"plans": [p.name for p in every],
                                          "hours": [p.backlog_hours for p in every]}).fetchall():
             pruned.drains_behind += 1

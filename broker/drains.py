@@ -114,18 +114,18 @@ def validate(payload: object, *, allow_private: bool, current: dict | None = Non
         settings["gzip"] = payload["gzip"]
     if "sd_id" in payload:
         sd_id = payload["sd_id"]
-        if sd_id is not None and (not isinstance(sd_id, str) or not SD_ID.match(sd_id)):
-            raise InputError("sd_id", "sd_id must be name@<your Private Enterprise Number>, "
-                                           "such as forge@32473 (RFC 5424 §7.2.2)")
+        if sd_id is not None and (not isinstance(sd_id, str) or len(sd_id) > 32 or not SD_ID.match(sd_id)):
+            raise InputError("sd_id", "sd_id must be name@<your Private Enterprise Number>, at most 32 "
+                                           "characters in all, such as forge@32473 (RFC 5424 §6.3.2, §7.2.2)")
         settings["sd_id"] = sd_id
     if "headers" in payload:
         headers = payload["headers"] or {}
         if (not isinstance(headers, dict) or len(headers) > 20
                 or not all(isinstance(k, str) and HEADER_NAME.match(k) and k.lower() not in RESERVED_HEADERS
-                           and isinstance(v, str) and len(v) <= 4096 and v.isprintable()
+                           and isinstance(v, str) and len(v) <= 4096 and all(32 <= ord(c) < 127 for c in v)
                            for k, v in headers.items())):
             raise InputError("headers", "headers must be an object of at most 20 header names to "
-                                             "printable text values (not Content-Type, Host, …)")
+                                             "printable ASCII values (not Content-Type, Host, …)")
         values["headers"] = headers
     values["settings"] = settings
     return DrainInput(values)

@@ -21,7 +21,7 @@ from datetime import datetime
 
 import psycopg
 
-from broker import audit
+from broker import audit, delivery
 from broker.validation import InputError
 
 
@@ -69,6 +69,7 @@ def replay(conn: psycopg.Connection, drain_id: uuid.UUID | str, since: datetime,
     deprovisioned resource, or a ``since`` in the future.
     """
     with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (delivery.PRUNE_LOCK,))  # no prune meanwhile
         drain = conn.execute(
             "SELECT d.id, d.resource_id, d.kind, d.enabled, d.cursor, r.state AS resource_state, now() AS now "
             "FROM drains d JOIN resources r ON r.id = d.resource_id WHERE d.id = %s FOR UPDATE OF d",

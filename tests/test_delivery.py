@@ -12,7 +12,7 @@ import orjson
 import pytest
 import requests
 
-from broker import db, delivery, polling
+from broker import db, delivery, drains, polling
 from broker.sinks import http
 from broker.vault import Vault
 from tests.fakes.receivers import logplex_receiver, otlp_receiver
@@ -224,15 +224,49 @@ def test_an_otlp_413_splits_the_batch(conn, vault, database_url, world):
     assert drain_row(conn, drain_id)["delivered"] == 8
 
 
-def test_private_destinations_are_refused_unless_allowed(conn, vault, database_url, world):
+@pytest.mark.parametrize("url, reason", [
+    ("http://127.0.0.1:9/", "private, loopback"),
+    ("https://logs.forgedrain-test.invalid/", "cannot resolve"),  # .invalid never resolves (RFC 6761)
+])
+def test_refused_or_unresolvable_destinations_wait_with_the_reason_and_lose_nothing(
+        conn, vault, database_url, world, url, reason):
     resource_id, source_id = world
-    drain_id = add_drain(conn, vault, resource_id, "logplex", "http://127.0.0.1:9/")
-    store(conn, resource_id, source_id, [forge_record(1)])
+    drain_id = add_drain(conn, vault, resource_id, "logplex", url)
+    store(conn, resource_id, source_id, [forge_record(i) for i in range(3)])
+    store(conn, resource_id, source_id, [forge_record(i) for i in range(3, 5)])
     deliverer = make_deliverer(database_url, vault)
     deliverer.allow_private = False
-    deliver_all(deliverer, conn)
+    (outcome,) = deliver_all(deliverer, conn)
     row = drain_row(conn, drain_id)
-    assert row["dropped"] == 1 and "destination refused" in row["last_error"]
+    assert outcome.result == "retry" and row["cursor"] == 0 and row["dropped"] == 0
+    assert "destination refused" in row["last_error"] and reason in row["last_error"]
+    assert drains.backlog(conn, row) == 5
+
+
+@pytest.mark.parametrize("kind", ["logplex", "otlp"])
+def test_a_redirect_is_not_followed_and_not_counted_as_delivered(conn, vault, database_url, world, kind):
+    from flask import Flask, redirect, request
+
+    resource_id, source_id = world
+    seen = []
+    app = Flask("redirecting-receiver")
+
+    @app.route("/<path:path>", methods=["GET", "POST"])
+    def everything(path):
+        seen.append((request.method, path))
+        if path.startswith("moved"):
+            return "", 200
+        return redirect(f"http://127.0.0.1:{request.host.split(':')[1]}/moved", code=302)
+
+    with LocalServer(app) as server:
+        drain_id = add_drain(conn, vault, resource_id, kind, f"http://127.0.0.1:{server.port}/in",
+                             {"encoding": "json", "gzip": False} if kind == "otlp" else None)
+        store(conn, resource_id, source_id, [forge_record(1)])
+        (outcome,) = deliver_all(make_deliverer(database_url, vault), conn)
+    row = drain_row(conn, drain_id)
+    assert outcome.result == "retry" and row["delivered"] == 0 and row["cursor"] == 0
+    assert "redirects to 127.0.0.1" in row["last_error"]
+    assert all(method == "POST" for method, _ in seen) and not any(p.startswith("moved") for _, p in seen)
 
 
 

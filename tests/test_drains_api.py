@@ -196,6 +196,7 @@ def test_a_test_to_a_private_address_is_refused_with_the_reason(api, resource):
     drain = create(api, resource, kind="otlp", url="https://localhost:9/").json
     refused = api.post(f"/v1/resources/{rid}/drains/{drain['id']}/test", headers=auth)
     assert refused.status_code == 502 and "private, loopback" in refused.json["message"]
+    assert refused.json["retryable"] is True  # a delivery would wait, not drop
     bad = api.post(f"/v1/resources/{rid}/drains/{drain['id']}/test", data=json.dumps({"message": ""}),
                    headers=auth)
     assert bad.status_code == 422 and bad.json["field"] == "message"
@@ -226,3 +227,13 @@ def test_shown_urls_mask_passwords_and_query_values():
     assert drains.masked_url("https://otlp.example.com/v1/logs?dd-api-key=abc") == (
         "https://otlp.example.com/v1/logs?dd-api-key=****")
     assert drains.masked_url("syslog+tls://logs.example.com:6514") == "syslog+tls://logs.example.com:6514"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"kind": "otlp", "url": "https://o.example.com", "headers": {"DD-API-KEY": "clé"}}, "headers"),
+    ({"kind": "syslog", "url": "syslog+tls://l.example.com:6514", "sd_id": "a" * 28 + "@32473"}, "sd_id"),
+])
+def test_values_receivers_cannot_take_are_refused_up_front(api, resource, conn, body, field):
+    answer = create(api, resource, **body)
+    assert answer.status_code == 422 and answer.json["field"] == field
+    assert count(conn) == 0

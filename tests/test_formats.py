@@ -359,3 +359,15 @@ def test_the_heroku_drain_writes_under_the_reserved_app_name_ingest_drops():
     parsed = ingest.parse(str(len(echoed)).encode() + b" " + echoed, count)
     assert (parsed.frames, parsed.own, parsed.stored, parsed.kept) == (1, 1, 0, [])
     assert b" forgedrain acme.run - x\n" in data
+
+
+@pytest.mark.parametrize("number", [2**63, -2**63 - 1, 2**70])
+def test_a_severity_number_outside_int64_is_kept_as_text(number):
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    rec = record("x", number=number)
+    export = otlp.request([rec], ORIGIN, 1)
+    attributes = {a["key"]: a["value"] for a in export["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]["attributes"]}
+    assert attributes["forge.severity_number"] == {"stringValue": str(number)}
+    decoded = ExportLogsServiceRequest.FromString(otlp.protobuf_request([rec], ORIGIN, 1))
+    assert decoded == ExportLogsServiceRequest.FromString(otlp.to_protobuf(export))

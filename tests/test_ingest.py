@@ -116,6 +116,7 @@ def test_headers_and_tokens_are_checked_before_anything_is_read(web, conn, resou
     assert post(web, resource["token"], body_of(ROUTER), None).status_code == 400
     assert post(web, resource["token"], body_of(ROUTER), 1, frame_id="é").status_code == 400
     assert post(web, resource["token"], body_of(ROUTER), 0).status_code == 400
+    assert post(web, resource["token"], body_of(ROUTER), None, **{"Logplex-Msg-Count": "²"}).status_code == 400
     unknown = post(web, f"d.{uuid.uuid4()}", body_of(ROUTER), 1)
     assert unknown.status_code == 403 and unknown.json["error"] == "unknown_token"
     assert post(web, resource["token"], body_of(ROUTER), 1, **{"Content-Type": "text/plain"}).status_code == 415

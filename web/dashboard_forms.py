@@ -112,5 +112,5 @@ def drain_echo(form: MultiDict) -> dict:
         if name:
             names.append(f"{name}: ")
     return {"kind": form.get("kind") or "logplex", "name": _text(form, "name"),
-            "url": "" if has_userinfo else url, "encoding": form.get("encoding") or "protobuf",
+            "url": "" if has_userinfo or "?" in url else url,  # query values may be API keys "encoding": form.get("encoding") or "protobuf",
             "gzip": form.get("gzip") == "on", "headers": "\n".join(names), "sd_id": _text(form, "sd_id")}

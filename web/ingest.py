@@ -50,7 +50,7 @@ def logplex():
     if missing:
         return error(400, "missing_header", f"missing header{'s' if len(missing) > 1 else ''}: "
                                             f"{', '.join(missing)}")
-    if not count.isdigit() or not 1 <= int(count) <= ingest.MAX_FRAMES:
+    if not (count.isascii() and count.isdigit()) or not 1 <= int(count) <= ingest.MAX_FRAMES:
         return error(400, "invalid_header", f"Logplex-Msg-Count must be a whole number from 1 to "
                                             f"{ingest.MAX_FRAMES}")
     if len(frame_id) > 128 or not frame_id.isascii() or not frame_id.isprintable():

@@ -110,7 +110,7 @@ def _parts(record: dict, origin: Origin) -> tuple:
     original = record.get("severityNumber")
     if original is not None and original != number:
         pairs.append(("forge.severity_number", original if isinstance(original, int)
-                      and not isinstance(original, bool) else str(original)))
+                      and not isinstance(original, bool) and -2**63 <= original < 2**63 else str(original)))
     trace, span = _trace_id(record.get("traceId")), _span_id(record.get("spanId"))
     if not trace and record.get("traceId"):
         pairs.append(("forge.trace_id", str(record["traceId"])))

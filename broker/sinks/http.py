@@ -6,6 +6,10 @@ Each send returns a :class:`Result` that says what the delivery loop must do
 - logplex: 2xx delivered; 429, 5xx, timeouts and connection errors retried with
   the same ``Logplex-Frame-Id``; any other 4xx drops the batch (it would never
   be accepted), counted.
+- Redirects are never followed (a POST would turn into a GET, and custom
+  headers could reach another host): a 3xx is retried with the reason, as is a
+  destination the SSRF guard refuses or cannot resolve — the owner fixes the
+  drain and nothing is lost meanwhile (the plan's backlog bounds the wait).
 - OTLP: 2xx delivered — with ``partialSuccess.rejectedLogRecords`` counted as
   rejected, never retried; 429/502/503/504 and network errors retried
   (``Retry-After`` honoured); 413 asks for the batch to be split; other
@@ -115,13 +119,26 @@ def _guard(url: str, allow_private: bool) -> Result | None:
         resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
                 allow_private=allow_private)
     except BlockedDestination as exc:
-        return Result("drop", detail=f"destination refused: {exc}")
+        # Retried, not dropped: a name that does not resolve now (or points somewhere private)
+        # is the owner's to fix, and the records wait — the plan's backlog bounds how long.
+        return Result("retry", detail=f"destination refused: {exc}")
     return None
 
 
-def _transport_failure(exc: requests.RequestException) -> Result:
+def _transport_failure(exc: Exception) -> Result:
+    if isinstance(exc, (UnicodeError, ValueError)) and not isinstance(exc, requests.RequestException):
+        return Result("retry", detail="could not send the request: a header value of the drain is not "
+                                      "plain ASCII; change the drain's headers")
     kind = "timeout" if isinstance(exc, requests.Timeout) else type(exc).__name__
     return Result("retry", detail=f"could not deliver ({kind})")
+
+
+def _redirected(response: requests.Response) -> Result:
+    """A 3xx: never followed (a POST would become a GET, and headers could reach another host)."""
+    where = urlsplit(response.headers.get("Location", "")).hostname or "another URL"
+    return Result("retry", response.status_code,
+                  f"HTTP {response.status_code}: the receiver redirects to {where}; "
+                  "point the drain at the final URL")
 
 
 def send_logplex(session: requests.Session, url: str, body: bytes, *, count: int, frame_id: str,
@@ -134,10 +151,12 @@ def send_logplex(session: requests.Session, url: str, body: bytes, *, count: int
         response = session.post(target, data=body, auth=auth, timeout=LOGPLEX_TIMEOUT, headers={
             "Content-Type": "application/logplex-1", "Logplex-Msg-Count": str(count),
             "Logplex-Frame-Id": frame_id, "Logplex-Drain-Token": drain_token, "User-Agent": USER_AGENT,
-        })
-    except requests.RequestException as exc:
+        }, allow_redirects=False)
+    except (requests.RequestException, UnicodeError, ValueError) as exc:
         return _transport_failure(exc)
     status = response.status_code
+    if 300 <= status < 400:
+        return _redirected(response)
     if 200 <= status < 300:
         return Result("delivered", status)
     if status == 429 or status >= 500:
@@ -166,10 +185,13 @@ def send_otlp(session: requests.Session, url: str, body: bytes, *, encoding: str
         body = gzip.compress(body, compresslevel=1)
         request_headers["Content-Encoding"] = "gzip"
     try:
-        response = session.post(target, data=body, auth=auth, headers=request_headers, timeout=OTLP_TIMEOUT)
-    except requests.RequestException as exc:
+        response = session.post(target, data=body, auth=auth, headers=request_headers, timeout=OTLP_TIMEOUT,
+                                allow_redirects=False)
+    except (requests.RequestException, UnicodeError, ValueError) as exc:
         return _transport_failure(exc)
     status = response.status_code
+    if 300 <= status < 400:
+        return _redirected(response)
     if 200 <= status < 300:
         return Result("delivered", status, rejected=_rejected(response, encoding))
     if status in (429, 502, 503, 504):

@@ -84,7 +84,7 @@ def send(url: str, chunks: list[bytes], *, context: ssl.SSLContext | None = None
     try:
         addresses = resolve(host, port, allow_private=allow_private)
     except BlockedDestination as exc:
-        return Result("drop", detail=f"destination refused: {exc}")
+        return Result("retry", detail=f"destination refused: {exc}")  # the owner's to fix; records wait
     stage = "connect"
     try:
         raw = _connect(addresses, port)
