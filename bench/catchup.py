@@ -264,6 +264,13 @@ def run_one(args: argparse.Namespace, server_url: str, redis_url: str, fake: For
                     "VALUES (%s, %s, %s, %s, %s, now() - %s) RETURNING id, checkpoint, now() AS began",
                     (resource_id, app_id, ENVIRONMENT, EMAIL, Vault([fernet_key]).encrypt(API_TOKEN), BACKLOG),
                 ).fetchone()
+                # A drain switched off keeps every batch it lacks (until the plan's backlog age), so the
+                # outbox still holds everything stored when the run is verified; pruning would
+                # otherwise delete batches no drain needs.
+                conn.execute("INSERT INTO drains (resource_id, kind, url_enc, token, enabled) "
+                             "VALUES (%s, 'logplex', %s, %s, false)",
+                             (resource_id, Vault([fernet_key]).encrypt("https://logs.example.com/"),
+                              f"d.{uuid.uuid4()}"))
             source_id, first_checkpoint, began = row["id"], row["checkpoint"], row["began"]
             goal = began - timedelta(seconds=LAG_SECONDS)
             env = process_env(database_url, redis_url, forge_url, fernet_key, {
