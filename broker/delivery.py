@@ -431,7 +431,8 @@ WHERE d.id = lost.id
 RETURNING d.id, d.resource_id, lost.records
 """
 
-# Batches every drain of the resource has; all of a deprovisioned resource's.
+# Batches every drain of the resource has (once older than the replay window); all of a
+# deprovisioned resource's.
 DELIVERED = """
 WITH kept AS (
     SELECT r.id AS resource_id,
@@ -441,7 +442,8 @@ WITH kept AS (
     FROM resources r JOIN (SELECT DISTINCT resource_id FROM outbox) o ON o.resource_id = r.id
 ), doomed AS (
     SELECT o.id FROM outbox o JOIN kept k ON k.resource_id = o.resource_id
-    WHERE k.gone OR k.upto IS NULL OR o.id <= k.upto
+    WHERE k.gone OR ((k.upto IS NULL OR o.id <= k.upto)
+                     AND o.created_at < now() - make_interval(hours => %(keep)s))
     LIMIT %(limit)s
 )
 DELETE FROM outbox o USING doomed WHERE o.id = doomed.id
@@ -459,14 +461,15 @@ class Pruned:
     drains_behind: int = 0
 
 
-def prune(conn: psycopg.Connection, limit: int = 20_000) -> Pruned:
+def prune(conn: psycopg.Connection, limit: int = 20_000, replay_hours: int = 0) -> Pruned:
     """Remove what no drain still needs (SPEC §6).
 
     First, batches older than their plan's backlog: drains that had not
     received them move past them, and count their records as dropped (with
     the reason in ``last_error``). Then every batch that every drain of its
-    resource has — or all of them when the resource has no drain or is gone —
-    is deleted, at most ``limit`` per call.
+    resource has (any, when it has no drain) once it is older than
+    ``replay_hours`` — so ``python -m broker replay`` can reach back that far —
+    and every batch of a deprovisioned resource, at most ``limit`` per call.
     """
     every = list(plans.PLANS.values())
     pruned = Pruned()
@@ -478,5 +481,5 @@ def prune(conn: psycopg.Connection, limit: int = 20_000) -> Pruned:
             pruned.drains_behind += 1
             pruned.dropped_records += row["records"]
             activity.add_now(conn, row["resource_id"], row["id"], "dropped", row["records"])
-        pruned.batches = conn.execute(DELIVERED, {"limit": limit}).rowcount
+        pruned.batches = conn.execute(DELIVERED, {"limit": limit, "keep": replay_hours}).rowcount
     return pruned

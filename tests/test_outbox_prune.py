@@ -72,7 +72,8 @@ def test_batches_older_than_the_plans_backlog_are_dropped_and_counted(conn, vaul
 
 def test_the_tick_prunes_about_once_a_minute(env, conn, vault, world):
     resource_id, source_id = world
-    store(conn, resource_id, source_id, [forge_record(1)])  # no drain: nothing needs it
+    batch = store(conn, resource_id, source_id, [forge_record(1)])  # no drain: nothing needs it
+    age(conn, batch, 24.5)  # past the default replay window (OUTBOX_REPLAY_HOURS=24)
     settings = config.load(env, testing=True)
     context.install(settings)
     try:
@@ -133,3 +134,14 @@ def test_the_poller_counts_stored_records_by_their_own_minute(conn, vault, datab
     rows = [r for r in activity.series(conn, resource_id) if r["kind"] == "stored"]
     assert stored and sum(r["records"] for r in rows) == len(stored)
     assert len(rows) >= 10  # spread over the minutes the records belong to, not one lump
+
+
+def test_delivered_batches_stay_for_the_replay_window(conn, vault, world):
+    resource_id, source_id = world
+    drain = add_drain(conn, vault, resource_id, "logplex", "https://d.example.com/")
+    old, recent = (store(conn, resource_id, source_id, [forge_record(i)]) for i in range(2))
+    conn.execute("UPDATE drains SET cursor = %s WHERE id = %s", (recent, drain))  # it has both
+    age(conn, old, 3)
+    assert delivery.prune(conn, replay_hours=2).batches == 1
+    assert batch_ids(conn, resource_id) == [recent]  # still replayable for two hours
+    assert delivery.prune(conn, replay_hours=0).batches == 1

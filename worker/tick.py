@@ -41,7 +41,7 @@ def run(slot: int) -> dict:
             purged = resources.purge_deprovisioned(conn, PURGE_AFTER_DAYS)
         pruned = None
         if slot % max(1, PRUNE_EVERY_SECONDS // settings.clock_tick_seconds) == 0:
-            pruned = delivery.prune(conn)
+            pruned = delivery.prune(conn, replay_hours=settings.outbox_replay_hours)
             ingest.forget(conn)
             activity.forget(conn)
     connection = redisconn.connect(settings.redis_url)
