@@ -25,14 +25,14 @@ def vault(settings):
     return Vault(settings.fernet_keys)
 
 
-def make_deliverer(database_url: str, vault: Vault) -> delivery.Deliverer:
+def make_deliverer(database_url: str, vault: Vault, allow_private: bool = True) -> delivery.Deliverer:
     @contextlib.contextmanager
     def connect():
         with db.connect(database_url, "forgedrain-tests") as conn:
             yield conn
 
-    session = http.new_session(allow_private=True)
-    return delivery.Deliverer(connect, lambda: session, vault, allow_private=True, time_box_seconds=20)
+    session = http.new_session(allow_private=allow_private)
+    return delivery.Deliverer(connect, lambda: session, vault, allow_private=allow_private, time_box_seconds=20)
 
 
 def forge_record(i: int, body: str | None = None) -> dict:
@@ -234,8 +234,7 @@ def test_refused_or_unresolvable_destinations_wait_with_the_reason_and_lose_noth
     drain_id = add_drain(conn, vault, resource_id, "logplex", url)
     store(conn, resource_id, source_id, [forge_record(i) for i in range(3)])
     store(conn, resource_id, source_id, [forge_record(i) for i in range(3, 5)])
-    deliverer = make_deliverer(database_url, vault)
-    deliverer.allow_private = False
+    deliverer = make_deliverer(database_url, vault, allow_private=False)
     (outcome,) = deliver_all(deliverer, conn)
     row = drain_row(conn, drain_id)
     assert outcome.result == "retry" and row["cursor"] == 0 and row["dropped"] == 0
