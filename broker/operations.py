@@ -137,16 +137,21 @@ def create_source(connect: Connect, vault: Vault, forge: ForgeClient, resource_i
     return row
 
 
-def _source(connect: Connect, resource_id, source_id) -> dict:
+def _owned(connect: Connect, resource_id, child_id, lookup, noun: str) -> dict:
+    """The resource's source or drain ``child_id`` (looked up with ``lookup``); NotFound otherwise."""
     try:
-        parsed = str(uuid.UUID(str(source_id)))
+        parsed = str(uuid.UUID(str(child_id)))
     except ValueError:
-        raise NotFound("no such source") from None
+        raise NotFound(f"no such {noun}") from None
     with connect() as conn:
-        row = sources.get(conn, resource_id, parsed)
+        row = lookup(conn, resource_id, parsed)
     if row is None:
-        raise NotFound("no such source")
+        raise NotFound(f"no such {noun}")
     return row
+
+
+def _source(connect: Connect, resource_id, source_id) -> dict:
+    return _owned(connect, resource_id, source_id, sources.get, "source")
 
 
 def update_source(connect: Connect, vault: Vault, forge: ForgeClient, resource_id, source_id,
@@ -246,15 +251,7 @@ def drain_audit_detail(row: dict, changed: list[str] | None = None) -> dict:
 
 
 def _drain(connect: Connect, resource_id, drain_id) -> dict:
-    try:
-        parsed = str(uuid.UUID(str(drain_id)))
-    except ValueError:
-        raise NotFound("no such drain") from None
-    with connect() as conn:
-        row = drains.get(conn, resource_id, parsed)
-    if row is None:
-        raise NotFound("no such drain")
-    return row
+    return _owned(connect, resource_id, drain_id, drains.get, "drain")
 
 
 def _headers_enc(vault: Vault, values: dict) -> str | None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import uuid
 
 import orjson
-from flask import (Blueprint, abort, flash, make_response, redirect, render_template, request, session,
+from flask import (Blueprint, abort, current_app, flash, make_response, redirect, render_template, request, session,
                    url_for)
+from werkzeug.exceptions import NotFound as HTTPNotFound
 
 from broker import activity, audit, drains, operations, plans, resources, sources, tokens
 from broker.forge import LEVELS
@@ -51,6 +52,12 @@ def _guard():
             message="This form was not sent from your current Forge Drain page (its security token is "
                     "missing or out of date). Nothing was changed. Go back, reload the page and try again."),
             400))
+
+
+@bp.errorhandler(operations.NotFound)
+def _missing(exc: operations.NotFound):
+    """A source or drain gone (or never there): the same 404 as any unknown page."""
+    return current_app.handle_http_exception(HTTPNotFound())
 
 
 @bp.app_context_processor
@@ -186,8 +193,6 @@ def update_source(resource_id: uuid.UUID, source_id: uuid.UUID):
     try:
         row, changed = operations.update_source(_connect, svc.vault, svc.forge(), resource_id, source_id,
                                                 forms.source_payload(request.form, partial=True), actor=_actor())
-    except operations.NotFound:
-        abort(404)
     except (InputError, operations.OperationError) as exc:
         field = exc.field if isinstance(exc, InputError) else (
             _refusal_field(exc) if isinstance(exc, operations.Refused) else "form")
@@ -208,8 +213,6 @@ def verify_source(resource_id: uuid.UUID, source_id: uuid.UUID):
     try:
         row, refusal = operations.verify_source(_connect, svc.vault, svc.forge(), resource_id, source_id,
                                                 actor=_actor())
-    except operations.NotFound:
-        abort(404)
     except operations.Refused as exc:
         flash(f"Could not verify now: {exc.message}", "error")
         return _back(resource_id, f"source-{source_id}")
@@ -228,8 +231,6 @@ def backfill_source(resource_id: uuid.UUID, source_id: uuid.UUID):
         value += "+00:00"  # a datetime-local field carries no zone: the label says UTC
     try:
         operations.backfill_source(_connect, resource_id, source_id, value, actor=_actor())
-    except operations.NotFound:
-        abort(404)
     except InputError as exc:
         return _page(resource_id, status=422, forms_state={
             "backfill": {"id": str(source_id), "value": typed, "error": exc.message}})
@@ -240,10 +241,7 @@ def backfill_source(resource_id: uuid.UUID, source_id: uuid.UUID):
 
 @bp.post("/<uuid:resource_id>/sources/<uuid:source_id>/delete")
 def delete_source(resource_id: uuid.UUID, source_id: uuid.UUID):
-    try:
-        row = operations.delete_source(_connect, resource_id, source_id, actor=_actor())
-    except operations.NotFound:
-        abort(404)
+    row = operations.delete_source(_connect, resource_id, source_id, actor=_actor())
     flash(f"Source {row['app_id']} deleted.", "ok")
     return _back(resource_id, "sources")
 
@@ -304,8 +302,6 @@ def update_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
         updated, changed = operations.update_drain(
             _connect, svc.vault, resource_id, drain_id, forms.drain_payload(request.form, row["kind"], editing=True),
             actor=_actor(), allow_private=svc.settings.allow_private_drains)
-    except operations.NotFound:
-        abort(404)
     except (InputError, operations.OperationError) as exc:
         field = exc.field if isinstance(exc, InputError) else "form"
         return _drain_form(resource_id, row, forms.drain_echo(request.form), {field: exc.message}, 422)
@@ -316,10 +312,7 @@ def update_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
 @bp.post("/<uuid:resource_id>/drains/<uuid:drain_id>/test")
 def test_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
     svc = services()
-    try:
-        outcome = operations.test_drain(_connect, svc.deliverer(), resource_id, drain_id, actor=_actor())
-    except operations.NotFound:
-        abort(404)
+    outcome = operations.test_drain(_connect, svc.deliverer(), resource_id, drain_id, actor=_actor())
     status = f" (HTTP {outcome.status})" if outcome.status else ""
     if outcome.delivered:
         flash(f"Test record delivered: the receiver accepted it{status}. Look for "
@@ -333,10 +326,7 @@ def test_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
 
 @bp.post("/<uuid:resource_id>/drains/<uuid:drain_id>/token")
 def rotate_drain_token(resource_id: uuid.UUID, drain_id: uuid.UUID):
-    try:
-        row = operations.rotate_drain_token(_connect, resource_id, drain_id, actor=_actor())
-    except operations.NotFound:
-        abort(404)
+    row = operations.rotate_drain_token(_connect, resource_id, drain_id, actor=_actor())
     flash(f"New drain token {row['token']}: update your receiver if it checks the token.", "ok")
     return _back(resource_id, f"drain-{drain_id}")
 
@@ -348,8 +338,6 @@ def set_drain_enabled(resource_id: uuid.UUID, drain_id: uuid.UUID):
     try:
         operations.set_drain_enabled(_connect, svc.vault, resource_id, drain_id, enabled, actor=_actor(),
                                      allow_private=svc.settings.allow_private_drains)
-    except operations.NotFound:
-        abort(404)
     except (InputError, operations.OperationError) as exc:
         flash(exc.message, "error")
         return _back(resource_id, f"drain-{drain_id}")
@@ -362,8 +350,6 @@ def set_drain_enabled(resource_id: uuid.UUID, drain_id: uuid.UUID):
 def delete_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
     try:
         row = operations.delete_drain(_connect, resource_id, drain_id, actor=_actor())
-    except operations.NotFound:
-        abort(404)
     except InputError as exc:
         flash(exc.message, "error")
         return _back(resource_id, f"drain-{drain_id}")
