@@ -193,6 +193,8 @@ def update_source(resource_id: uuid.UUID, source_id: uuid.UUID):
     try:
         row, changed = operations.update_source(_connect, svc.vault, svc.forge(), resource_id, source_id,
                                                 forms.source_payload(request.form, partial=True), actor=_actor())
+    except operations.NotFound:
+        raise  # a 404 (_missing), not a form error
     except (InputError, operations.OperationError) as exc:
         field = exc.field if isinstance(exc, InputError) else (
             _refusal_field(exc) if isinstance(exc, operations.Refused) else "form")
@@ -302,6 +304,8 @@ def update_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
         updated, changed = operations.update_drain(
             _connect, svc.vault, resource_id, drain_id, forms.drain_payload(request.form, row["kind"], editing=True),
             actor=_actor(), allow_private=svc.settings.allow_private_drains)
+    except operations.NotFound:
+        raise  # a 404 (_missing), not a form error
     except (InputError, operations.OperationError) as exc:
         field = exc.field if isinstance(exc, InputError) else "form"
         return _drain_form(resource_id, row, forms.drain_echo(request.form), {field: exc.message}, 422)
@@ -338,6 +342,8 @@ def set_drain_enabled(resource_id: uuid.UUID, drain_id: uuid.UUID):
     try:
         operations.set_drain_enabled(_connect, svc.vault, resource_id, drain_id, enabled, actor=_actor(),
                                      allow_private=svc.settings.allow_private_drains)
+    except operations.NotFound:
+        raise  # a 404 (_missing), not a form error
     except (InputError, operations.OperationError) as exc:
         flash(exc.message, "error")
         return _back(resource_id, f"drain-{drain_id}")
