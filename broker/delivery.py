@@ -432,19 +432,19 @@ RETURNING d.id, d.resource_id, lost.records
 """
 
 # Batches every drain of the resource has (once older than the replay window); all of a
-# deprovisioned resource's.
+# deprovisioned resource's. Each side walks an outbox index (by age; by resource for the few
+# deprovisioned resources), never the whole outbox.
 DELIVERED = """
-WITH kept AS (
-    SELECT r.id AS resource_id,
-           CASE WHEN r.state = 'deprovisioned' THEN NULL
-                ELSE (SELECT min(d.cursor) FROM drains d WHERE d.resource_id = r.id) END AS upto,
-           r.state = 'deprovisioned' AS gone
-    FROM resources r JOIN (SELECT DISTINCT resource_id FROM outbox) o ON o.resource_id = r.id
-), doomed AS (
-    SELECT o.id FROM outbox o JOIN kept k ON k.resource_id = o.resource_id
-    WHERE k.gone OR ((k.upto IS NULL OR o.id <= k.upto)
-                     AND o.created_at < now() - make_interval(hours => %(keep)s))
-    LIMIT %(limit)s
+WITH doomed AS (
+    (SELECT o.id FROM outbox o
+     WHERE o.resource_id IN (SELECT id FROM resources WHERE state = 'deprovisioned')
+     LIMIT %(limit)s)
+    UNION
+    (SELECT o.id FROM outbox o
+     WHERE o.created_at < now() - make_interval(hours => %(keep)s)
+       AND o.id <= COALESCE((SELECT min(d.cursor) FROM drains d WHERE d.resource_id = o.resource_id),
+                            9223372036854775807)
+     LIMIT %(limit)s)
 )
 DELETE FROM outbox o USING doomed WHERE o.id = doomed.id
 """
