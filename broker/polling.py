@@ -1,33 +1,61 @@
 """Polling Forge sources: lease, windows, checkpoint, outbox (SPEC §3, §6).
 
-One poll of one source, holding its lease:
+Atlassian documents neither the App logs API's page size, nor the order of
+records within a window, nor how long a cursor lives, nor what a stale
+cursor answers. Polling must progress whatever they are, so it never needs a
+cursor to outlive one poll, never assumes an order, and never throws away
+what it read. One poll of one source, holding its lease:
 
-1. The window starts ``overlap`` before the checkpoint and ends ``lag`` before
-   now, at most an hour later (Atlassian's limit). A window older than the API's
-   14 days is clamped, and what falls off is recorded as a gap.
-2. Each page costs one call of the app's budget (:mod:`broker.ratelimit`). With
-   no budget left the poll yields: it saves where it is and asks to be polled
-   again when budget returns, instead of sleeping on a worker.
-3. Each page is stored in one transaction, fenced by the lease: the records'
-   fingerprints go into ``forge_seen`` (those already there — re-read in the
-   overlap, or stored before a crash — are dropped), the new records into one
-   compressed outbox batch, and the window's cursor onto the source. The last
-   page of a window moves the checkpoint to the window's end in the same
-   transaction. A crash before a commit re-reads that page; after it, nothing
-   is stored twice.
-4. Errors: 429 blocks the app for its Retry-After (or a back-off); 5xx, network
-   and malformed pages back off with jitter, checkpoint unchanged, failures
-   counted; 401/403, 404 and 400 pause the source with the reason.
+1. **Windows sized to the budget.** A window is any ``[start, end)`` up to an
+   hour. Each source keeps an estimate of its density (records per minute of
+   log time, from the windows it read) and of the API's page size (the most
+   records seen on a page that carried a cursor). A new window is sized so
+   that its expected pages fit in a share of the calls the app's budget has
+   free now (:data:`WINDOW_FILL`), so it is read to its last page in one go,
+   long before any plausible cursor lifetime. A source with no estimate yet
+   starts with a :data:`PROBE_WINDOW`.
+2. **Shrink, never restart.** A window that cannot finish (its cursor refused
+   with a 4xx, or failing twice in a row with a 5xx) is cut to its first half
+   and read again from its start without a cursor; what was read is already
+   stored, and its fingerprints drop the re-read copies. The pages it did read
+   raise the density estimate, so the next windows are smaller still. A
+   window cut off by the time box or the budget keeps its cursor for the next
+   poll, which resumes it or, if the cursor is refused, shrinks it.
+3. **Two passes over the log, each record read about twice at the live edge.**
+   A *fresh* window runs from the checkpoint to ``lag`` before now, so records
+   reach drains soon after Atlassian has them. Records that reach the API
+   late are caught by the *sweep*: every part of the log is read once more
+   when it is ``overlap`` old, from ``settled_until`` (everything before it has
+   been read at least ``overlap`` after its time) towards the checkpoint.
+   While a source is behind by more than ``overlap``, one read settles a
+   window at once: catching up reads every record once. Sweeps come first,
+   so an app whose budget cannot pay for two passes falls behind until its
+   fresh windows are settled when read, and degrades to one pass.
+4. **Over capacity is a state.** When a source's density exceeds what the
+   budget can export (calls per minute × records per page) and it is behind,
+   ``over_capacity_since`` is set with the figures, shown to the owner; it
+   keeps polling as fast as the budget allows, and what falls past the API's
+   14 days is recorded as a gap.
+5. Each page is stored in one transaction, fenced by the lease: the records'
+   fingerprints go into ``forge_seen`` (those already there are dropped), new
+   records into one compressed outbox batch, the window's cursor onto the
+   source; the last page of a window moves the checkpoint (and the settled
+   horizon) in the same transaction. Records the decoder could not read are
+   counted (``unreadable``) and the window completes.
+6. Errors: 429 blocks the app for its (bounded) Retry-After; 5xx, network and
+   malformed pages back off with jitter, checkpoint unchanged; 401/403, 404
+   and 400 on a window's first page pause the source with the reason.
 
 Every write checks ``lease_token`` and ``state = 'active'``: a poller that
-outlived its lease, or whose source was deleted, paused or deprovisioned
-meanwhile, changes nothing.
+outlived its lease, or whose source was edited, deleted, paused or
+deprovisioned meanwhile, changes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import time
 import uuid
@@ -47,6 +75,18 @@ from broker.vault import Vault
 log = logging.getLogger(__name__)
 
 MAX_WINDOW = forge.MAX_WINDOW
+# The shortest window: below a second the API's millisecond dates leave no room to halve.
+MIN_WINDOW = timedelta(seconds=1)
+# A source whose density is unknown reads this much first, then sizes from what it saw.
+PROBE_WINDOW = timedelta(minutes=10)
+# A window's expected pages fill this share of the calls free for it: Poisson
+# noise and a rising rate then rarely push it past the budget.
+WINDOW_FILL = 0.75
+# At most this many pages are planned for one window, whatever the budget: a
+# page every ~0.5 s from Atlassian finishes it well inside a 30 s cursor.
+MAX_WINDOW_PAGES = 20
+# Weight of the newest window in the density estimate.
+DENSITY_WEIGHT = 0.5
 # Stay this far inside the API's 14 days so clock skew never earns a 400.
 AGE_MARGIN = timedelta(minutes=5)
 # Waiting this long for budget is cheaper than giving the source back.
@@ -62,8 +102,11 @@ Connect = Callable[[], ContextManager[psycopg.Connection]]
 class PollSettings:
     lag: timedelta
     overlap: timedelta
-    # Stop starting calls for one source after this long (the lease is longer).
+    # Stop starting windows for one source after this long (the lease is longer)...
     time_box_seconds: float = 20.0
+    # ...and stop reading an open window's pages after this long; its cursor is
+    # kept for the next poll.
+    window_box_seconds: float = 40.0
     lease_seconds: int = 180
 
 
@@ -75,7 +118,9 @@ class Outcome:
     calls: int = 0
     stored: int = 0
     dropped_as_seen: int = 0
+    unreadable: int = 0
     windows: int = 0
+    shrunk: int = 0
     result: str = "idle"
     errors: list[str] = field(default_factory=list)
 
@@ -96,7 +141,9 @@ SET lease_token = gen_random_uuid(),
 FROM due, resources r
 WHERE s.id = due.id AND r.id = s.resource_id
 RETURNING s.id, s.resource_id, s.app_id, s.environment_id, s.email, s.api_token_enc, s.levels,
-          s.installation_contexts, s.checkpoint, s.window_start, s.window_end, s.window_cursor,
+          s.installation_contexts, s.checkpoint, COALESCE(s.settled_until, s.checkpoint) AS settled_until,
+          s.window_start, s.window_end, s.window_cursor, s.window_opened_at, s.window_pages,
+          s.window_records, s.density_per_minute, s.page_records, s.over_capacity_since,
           s.lease_token, s.consecutive_failures, r.plan, now() AS db_now
 """
 
@@ -181,12 +228,42 @@ def failure_backoff(failures: int, rng: random.Random | None = None) -> float:
 
 
 class LostLease(Exception):
-    """The lease is gone (expired and taken, or the source deleted, paused, deprovisioned)."""
+    """The lease is gone (expired and taken, or the source edited, deleted, paused, deprovisioned)."""
 
 
 FENCE = """
 SELECT 1 FROM sources WHERE id = %(id)s AND lease_token = %(lease)s AND state = 'active' FOR UPDATE
 """
+
+
+def window_length(density: float | None, page_records: int | None, pages: float) -> timedelta:
+    """Log time a new window covers so that it is expected to take ``pages`` pages.
+
+    Unknown density: a probe. Known density but no page with a cursor seen yet
+    (every window so far fit in one page): as long as the API allows.
+    """
+    if density is None:
+        return PROBE_WINDOW
+    if not page_records or density <= 0:
+        return MAX_WINDOW
+    minutes = pages * page_records / density
+    return min(MAX_WINDOW, max(MIN_WINDOW, timedelta(minutes=minutes)))
+
+
+def _minutes(delta: timedelta) -> float:
+    return max(delta.total_seconds(), 0.001) / 60
+
+
+@dataclass(frozen=True)
+class _Page:
+    records: list
+    cursor: str | None
+    unreadable: int = 0
+    sample: str | None = None
+
+
+def _as_page(result):
+    return result if hasattr(result, "records") else _Page(result[0], result[1])
 
 
 class Poller:
@@ -200,6 +277,8 @@ class Poller:
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
+        # Records per minute one pass can export: calls per minute x records per page.
+        self.calls_per_minute = limiter.limit * 60 / (limiter.period_us / 1_000_000)
 
     # --- fenced writes -------------------------------------------------------
 
@@ -207,13 +286,18 @@ class Poller:
         if conn.execute(FENCE, {"id": source["id"], "lease": source["lease_token"]}).fetchone() is None:
             raise LostLease(str(source["id"]))
 
-    def _store_page(self, source: dict, records: list[dict], window: tuple[datetime, datetime],
-                    cursor: str | None, outcome: Outcome) -> None:
+    def _store_page(self, source: dict, page, window: tuple[datetime, datetime],
+                    asked_at: datetime, target_end: datetime, interval: timedelta, outcome: Outcome) -> None:
         start, end = window
+        records, cursor = page.records, page.cursor
+        returned = len(records) + page.unreadable
         prints, times, keep = [], [], []
         for record in records:
             prints.append(fingerprint(record))
             times.append(record_time(record, start))
+        done = cursor is None
+        if done:
+            progress = self._completion(source, window, asked_at, returned, target_end, interval)
         with self.connect() as conn, conn.transaction():
             self._fenced(conn, source)
             fresh: set[bytes] = set()
@@ -239,33 +323,112 @@ class Poller:
                 )
                 activity.add(conn, source["resource_id"], source["id"], "stored",
                              activity.minutes([t for _, t in keep]))
-            if cursor is not None:
+            if page.unreadable:
                 conn.execute(
-                    "UPDATE sources SET window_start = %s, window_end = %s, window_cursor = %s WHERE id = %s",
-                    (start, end, cursor, source["id"]),
+                    "UPDATE sources SET unreadable = unreadable + %s, unreadable_at = now(), "
+                    "unreadable_sample = COALESCE(%s, unreadable_sample) WHERE id = %s",
+                    (page.unreadable, page.sample, source["id"]),
+                )
+            if not done:
+                conn.execute(
+                    """
+                    UPDATE sources SET window_start = %(start)s, window_end = %(end)s, window_cursor = %(cursor)s,
+                        window_opened_at = COALESCE(window_opened_at, %(asked)s),
+                        window_pages = window_pages + 1, window_records = window_records + %(n)s,
+                        page_records = GREATEST(COALESCE(page_records, 0), %(n)s)
+                    WHERE id = %(id)s
+                    """,
+                    {"start": start, "end": end, "cursor": cursor, "asked": asked_at, "n": returned,
+                     "id": source["id"]},
                 )
             else:
                 conn.execute(
                     """
-                    UPDATE sources SET checkpoint = %(end)s, window_start = NULL, window_end = NULL,
-                        window_cursor = NULL, consecutive_failures = 0, last_error = NULL,
-                        last_success_at = now(),
-                        backfill_from = CASE WHEN backfill_until <= %(end)s THEN NULL ELSE backfill_from END,
-                        backfill_until = CASE WHEN backfill_until <= %(end)s THEN NULL ELSE backfill_until END
+                    UPDATE sources SET checkpoint = %(checkpoint)s, settled_until = %(settled)s,
+                        window_start = NULL, window_end = NULL, window_cursor = NULL, window_opened_at = NULL,
+                        window_pages = 0, window_records = 0, density_per_minute = %(density)s,
+                        capacity_per_minute = %(capacity)s,
+                        over_capacity_since = CASE WHEN %(over)s THEN COALESCE(over_capacity_since, now()) END,
+                        consecutive_failures = 0, last_error = NULL, last_success_at = now(),
+                        backfill_from = CASE WHEN backfill_until <= %(checkpoint)s THEN NULL ELSE backfill_from END,
+                        backfill_until = CASE WHEN backfill_until <= %(checkpoint)s THEN NULL ELSE backfill_until END
                     WHERE id = %(id)s
                     """,
-                    {"end": end, "id": source["id"]},
+                    {**progress, "id": source["id"]},
                 )
+                # Every later window starts at or after the settled horizon: older prints are never needed.
                 conn.execute("DELETE FROM forge_seen WHERE source_id = %s AND ts < %s",
-                             (source["id"], end - self.settings.overlap))
+                             (source["id"], progress["settled"]))
         outcome.stored += len(keep)
         outcome.dropped_as_seen += len(records) - len(keep)
-        if cursor is None:
-            source["checkpoint"], source["window_start"], source["window_end"] = end, None, None
-            source["window_cursor"] = None
+        outcome.unreadable += page.unreadable
+        if done:
+            was_over = source["over_capacity_since"] is not None
+            source.update(checkpoint=progress["checkpoint"], settled_until=progress["settled"],
+                          window_start=None, window_end=None, window_cursor=None, window_opened_at=None,
+                          window_pages=0, window_records=0, density_per_minute=progress["density"],
+                          over_capacity_since=(source["over_capacity_since"] or asked_at) if progress["over"] else None)
             outcome.windows += 1
+            if progress["over"] != was_over:
+                log.warning("source=%s over_capacity=%s density=%.1f/min capacity=%s/min", source["id"],
+                            progress["over"], progress["density"], progress["capacity"])
         else:
-            source["window_start"], source["window_end"], source["window_cursor"] = start, end, cursor
+            source.update(window_start=start, window_end=end, window_cursor=cursor,
+                          window_opened_at=source["window_opened_at"] or asked_at,
+                          window_pages=source["window_pages"] + 1,
+                          window_records=source["window_records"] + returned,
+                          page_records=max(source["page_records"] or 0, returned))
+
+    def _completion(self, source: dict, window: tuple[datetime, datetime], asked_at: datetime, returned: int,
+                    target_end: datetime, interval: timedelta) -> dict:
+        """Where a finished window leaves the source: checkpoint, settled horizon, density, capacity."""
+        start, end = window
+        opened = source["window_opened_at"] or asked_at
+        checkpoint = max(source["checkpoint"], end)
+        settled = source["settled_until"]
+        if start <= settled:
+            # Read at ``opened``: records up to ``overlap`` late were all visible before this.
+            settled = max(settled, min(end, opened - self.settings.overlap))
+        settled = min(settled, checkpoint)
+        sample = (source["window_records"] + returned) / _minutes(end - start)
+        density = source["density_per_minute"]
+        density = sample if density is None else DENSITY_WEIGHT * sample + (1 - DENSITY_WEIGHT) * density
+        capacity = self.calls_per_minute * source["page_records"] if source["page_records"] else None
+        behind = target_end - checkpoint > max(2 * interval, timedelta(minutes=5))
+        threshold = 0.9 if source["over_capacity_since"] is not None else 1.0  # hysteresis
+        over = capacity is not None and behind and density > threshold * capacity
+        return {"checkpoint": checkpoint, "settled": settled, "density": density, "capacity": capacity,
+                "over": over}
+
+    def _shrink(self, source: dict, window: tuple[datetime, datetime], exc: forge.ForgeError,
+                outcome: Outcome) -> None:
+        """The window's cursor failed: keep what was read, read its first half again from the start."""
+        start, end = window
+        pages, records = source["window_pages"], source["window_records"]
+        density = source["density_per_minute"]
+        if pages:
+            # ``pages`` pages did not finish it: it holds at least that many records.
+            per_page = source["page_records"] or records / pages
+            density = max(density or 0.0, pages * per_page / _minutes(end - start))
+        half = _to_millis(start + max((end - start) / 2, MIN_WINDOW))
+        new_end = min(end, half)
+        message = (f"cursor refused after {pages} page(s) ({exc}); window "
+                   f"{start:%Y-%m-%d %H:%M:%S}–{end:%H:%M:%S} UTC cut to end {new_end:%H:%M:%S}, nothing lost")
+        with self.connect() as conn, conn.transaction():
+            self._fenced(conn, source)
+            conn.execute(
+                """
+                UPDATE sources SET window_end = %(end)s, window_cursor = NULL, window_opened_at = NULL,
+                    window_pages = 0, window_records = 0, density_per_minute = %(density)s, last_error = %(error)s
+                WHERE id = %(id)s
+                """,
+                {"end": new_end, "density": density, "error": message, "id": source["id"]},
+            )
+        source.update(window_start=start, window_end=new_end, window_cursor=None, window_opened_at=None,
+                      window_pages=0, window_records=0, density_per_minute=density)
+        outcome.shrunk += 1
+        outcome.errors.append(f"{exc.kind}: {exc}")
+        log.info("poll source=%s shrank its window after %d pages: %s", source["id"], pages, exc.kind)
 
     def _record_gap(self, source: dict, gap_from: datetime, gap_until: datetime) -> None:
         with self.connect() as conn, conn.transaction():
@@ -275,16 +438,17 @@ class Poller:
                 (source["id"], gap_from, gap_until, "older than the App logs API's 14 days"),
             )
             conn.execute(
-                "UPDATE sources SET checkpoint = %s, window_start = NULL, window_end = NULL, "
-                "window_cursor = NULL WHERE id = %s",
-                (gap_until, source["id"]),
+                "UPDATE sources SET checkpoint = %(until)s, settled_until = %(until)s, window_start = NULL, "
+                "window_end = NULL, window_cursor = NULL, window_opened_at = NULL, window_pages = 0, "
+                "window_records = 0 WHERE id = %(id)s",
+                {"until": gap_until, "id": source["id"]},
             )
         log.warning("gap source=%s from=%s until=%s", source["id"], gap_from.isoformat(), gap_until.isoformat())
-        source["checkpoint"] = gap_until
-        source["window_start"] = source["window_end"] = source["window_cursor"] = None
+        source.update(checkpoint=gap_until, settled_until=gap_until, window_start=None, window_end=None,
+                      window_cursor=None, window_opened_at=None, window_pages=0, window_records=0)
 
     def _release(self, source: dict, delay_seconds: float, *, failure: str | None = None,
-                 pause: str | None = None, clear_window: bool = False, from_claim: bool = False) -> None:
+                 pause: str | None = None, from_claim: bool = False) -> None:
         base = "GREATEST(now(), last_poll_at + make_interval(secs => %(delay)s))" if from_claim \
             else "now() + make_interval(secs => %(delay)s)"
         sets = ["lease_token = NULL", "lease_expires_at = NULL", f"next_poll_at = {base}", "polls = polls + 1"]
@@ -292,8 +456,6 @@ class Poller:
             sets += ["consecutive_failures = consecutive_failures + 1", "last_error = %(error)s"]
         if pause is not None:
             sets += ["state = 'paused'", "pause_reason = %(pause)s"]
-        if clear_window:
-            sets += ["window_start = NULL", "window_end = NULL", "window_cursor = NULL"]
         with self.connect() as conn, conn.transaction():
             conn.execute(
                 f"UPDATE sources SET {', '.join(sets)} WHERE id = %(id)s AND lease_token = %(lease)s",
@@ -309,6 +471,7 @@ class Poller:
         began = self.clock()
         db_now = source["db_now"]
         plan = plans.get(source["plan"]) or plans.PLANS["test"]
+        interval = timedelta(seconds=plan.poll_interval_seconds)
         try:
             credentials = Credentials(source["email"], self.vault.decrypt(source["api_token_enc"]))
         except Exception:  # noqa: BLE001 — a secret that cannot be read cannot be used
@@ -316,36 +479,52 @@ class Poller:
             outcome.result = "paused"
             return outcome
         client = self.client_for()
+        app_id = source["app_id"]
         # Fixed for the whole poll: catching up chases where "now" was at the
         # claim, not a target that moves with every call.
-        target_end = db_now - self.settings.lag
+        target_end = _to_millis(db_now - self.settings.lag)
         try:
             while True:
-                now = db_now + timedelta(seconds=self.clock() - began)
-                window = self._next_window(source, now, target_end)
-                if window is None:
+                elapsed = self.clock() - began
+                now = db_now + timedelta(seconds=elapsed)
+                resuming = source["window_cursor"] is not None
+                free = None if resuming else self._free_pages(source)
+                planned = self._next_window(source, now, target_end, interval, free)
+                if planned is None:
                     # Due one interval after this poll began, not after it ended:
                     # otherwise every cycle drifts by the poll's own length.
                     self._release(source, plan.poll_interval_seconds, from_claim=True)
                     outcome.result = "caught-up"
                     return outcome
-                if self.clock() - began > self.settings.time_box_seconds:
+                box = self.settings.window_box_seconds if resuming else self.settings.time_box_seconds
+                if elapsed > box:
                     self._release(source, 0)  # still behind: due again at once
                     outcome.result = "time-box"
                     return outcome
-                wait, call_id = self._take_budget(source["app_id"])
+                window, horizon = planned
+                wait = self._budget_wait(source, free, window, horizon)
+                call_id = None
+                if wait == 0:
+                    wait, call_id = self._take_budget(app_id)
                 if wait > 0:
                     self._release(source, wait)
                     outcome.result = "no-budget"
                     return outcome
-                query = Query(source["app_id"], source["environment_id"], window[0], window[1],
+                query = Query(app_id, source["environment_id"], window[0], window[1],
                               tuple(source["levels"]), tuple(source["installation_contexts"]))
                 outcome.calls += 1
+                asked_at = db_now + timedelta(seconds=self.clock() - began)
+                cursor = source["window_cursor"]
                 try:
-                    records, cursor = client.fetch_page(credentials, query, source["window_cursor"])
+                    page = _as_page(client.fetch_page(credentials, query, cursor))
+                except forge.ForgeError as exc:
+                    if cursor is not None and self._cursor_failed(exc, source):
+                        self._shrink(source, window, exc, outcome)
+                        continue
+                    raise
                 finally:
-                    self.limiter.done(source["app_id"], call_id)
-                self._store_page(source, records, window, cursor, outcome)
+                    self.limiter.done(app_id, call_id)
+                self._store_page(source, page, window, asked_at, target_end, interval, outcome)
         except LostLease:
             outcome.result = "lost-lease"
             log.warning("poll source=%s lost its lease; result discarded", source["id"])
@@ -353,22 +532,54 @@ class Poller:
         except forge.ForgeError as exc:
             return self._failed(source, exc, outcome)
 
-    def _next_window(self, source: dict, now: datetime, target_end: datetime) -> tuple[datetime, datetime] | None:
-        if source["window_start"] is not None:
-            return source["window_start"], source["window_end"]
+    def _free_pages(self, source: dict) -> int:
+        return self.limiter.free(source["app_id"])
+
+    def _budget_wait(self, source: dict, free: int | None, window: tuple[datetime, datetime],
+                     horizon: datetime) -> float:
+        """Seconds to wait before starting a new window, so windows are not cut to scraps.
+
+        A source that is behind sizes its windows to the calls free now; with
+        only a few free, its windows would be a page or two long and each
+        would waste most of its last page. Better to wait for a few more.
+        """
+        if free is None or window[1] >= horizon:
+            return 0.0  # resuming, or the window is all there is to read
+        least = max(1, min(MAX_WINDOW_PAGES, self.limiter.limit) // 4)
+        return 0.0 if free >= least else self.limiter.wait_for(source["app_id"], least)
+
+    def _next_window(self, source: dict, now: datetime, target_end: datetime, interval: timedelta,
+                     free: int | None) -> tuple[tuple[datetime, datetime], datetime] | None:
+        """The window to read next and how far it would reach with budget to spare; None when caught up."""
         oldest = now - forge.MAX_AGE + AGE_MARGIN
+        pages = min(MAX_WINDOW_PAGES, free if free is not None else MAX_WINDOW_PAGES) * WINDOW_FILL
+        length = window_length(source["density_per_minute"], source["page_records"], max(pages, WINDOW_FILL))
+        if source["window_start"] is not None:
+            start, end = source["window_start"], source["window_end"]
+            if source["window_cursor"] is not None:
+                return (start, end), end  # resume an open window where its cursor left it
+            if start >= oldest:
+                # A planned (perhaps shrunk) window: sized again from what is known now.
+                return (start, max(min(end, _to_millis(start + length)), _to_millis(start + MIN_WINDOW))), end
+            source.update(window_start=None, window_end=None, window_opened_at=None, window_pages=0,
+                          window_records=0)
         if source["checkpoint"] < oldest:
             self._record_gap(source, source["checkpoint"], oldest)
         checkpoint = source["checkpoint"]
-        if target_end <= checkpoint:
-            return None
-        start = _to_millis(max(checkpoint - self.settings.overlap, oldest))
-        # The API speaks milliseconds: an end with microseconds would be cut
-        # short on the wire while the checkpoint claimed the remainder.
-        end = _to_millis(min(start + MAX_WINDOW, target_end))
-        if end <= checkpoint:
-            return None
-        return start, end
+        settled = min(max(source["settled_until"], _to_millis(oldest)), checkpoint)
+        source["settled_until"] = settled
+        sweep_end = min(checkpoint, _to_millis(now - self.settings.overlap))
+        fresh = target_end - checkpoint >= MIN_WINDOW
+        density, page_records = source["density_per_minute"], source["page_records"]
+        if fresh and settled < checkpoint and target_end - settled <= MAX_WINDOW and density is not None:
+            # A quiet source: sweep and fresh window together still fit one page.
+            if density * _minutes(target_end - settled) <= WINDOW_FILL * (page_records or 20):
+                return (settled, target_end), target_end
+        if sweep_end - settled >= min(interval, self.settings.overlap):
+            return (settled, min(_to_millis(settled + length), sweep_end)), sweep_end
+        if fresh:
+            return (checkpoint, min(_to_millis(checkpoint + length), target_end)), target_end
+        return None
 
     def _take_budget(self, app_id: str) -> tuple[float, str | None]:
         wait, call_id = self.limiter.take(app_id)
@@ -376,6 +587,20 @@ class Poller:
             self.sleep(wait)
             wait, call_id = self.limiter.take(app_id)
         return wait, call_id
+
+    @staticmethod
+    def _cursor_failed(exc: forge.ForgeError, source: dict) -> bool:
+        """Whether a failed call with a cursor means the cursor is no good.
+
+        Atlassian documents neither how long a cursor lives nor what a stale one
+        answers: any 4xx but auth and rate limiting means it, and so does a
+        second failure in a row of the same cursor.
+        """
+        if isinstance(exc, (forge.AuthError, forge.RateLimited)):
+            return False
+        if exc.status is not None and 400 <= exc.status < 500:
+            return True
+        return source["consecutive_failures"] >= 1
 
     def _failed(self, source: dict, exc: forge.ForgeError, outcome: Outcome) -> Outcome:
         outcome.errors.append(f"{exc.kind}: {exc}")
@@ -390,10 +615,6 @@ class Poller:
         elif isinstance(exc, forge.NotFound):
             self._release(source, 0, failure=str(exc), pause="not_found")
             outcome.result = "paused"
-        elif isinstance(exc, forge.BadWindow) and source["window_cursor"]:
-            # The cursor went stale between polls: read the window again from its start.
-            self._release(source, 0, failure=f"cursor refused, window restarted ({exc})", clear_window=True)
-            outcome.result = "retry"
         elif isinstance(exc, forge.BadWindow):
             self._release(source, 0, failure=str(exc), pause="bad_request")
             outcome.result = "paused"
