@@ -3,9 +3,9 @@
 The web runs several gunicorn processes and the workers are separate RQ
 processes, so counters kept in any one process would be a fraction of the
 truth. Every figure here is read from the shared state when Prometheus
-scrapes: the drains' delivery counters and the sources' poll counts (plus
-what deleted rows had counted, ``retired_counters``, so a counter never goes
-down), per-minute activity, the outbox, ingest batches, the clock's heartbeat,
+scrapes: the drains' delivery counters and the sources' poll and unreadable
+record counts (plus what deleted rows had counted, ``retired_counters``, so a
+counter never goes down), per-minute activity, the outbox, ingest batches, the clock's heartbeat,
 RQ's queues and the rate limiter's refusals.
 
 Each query is one round trip, an aggregate over an index or over a table kept
@@ -70,6 +70,8 @@ SELECT state, COALESCE(pause_reason, '') AS reason, count(*) AS sources,
        count(*) FILTER (WHERE last_poll_at >= now() - interval '{RECENT_SECONDS} seconds') AS polled_recently,
        count(*) FILTER (WHERE last_success_at >= now() - interval '{RECENT_SECONDS} seconds') AS succeeded_recently,
        COALESCE(sum(polls), 0)::bigint AS polls,
+       COALESCE(sum(unreadable), 0)::bigint AS unreadable,
+       count(*) FILTER (WHERE state = 'active' AND over_capacity_since IS NOT NULL) AS over_capacity,
        COALESCE(max(extract(epoch FROM now() - checkpoint)) FILTER (WHERE state = 'active'), 0)::float AS lag_max,
        COALESCE(sum(extract(epoch FROM now() - checkpoint)) FILTER (WHERE state = 'active'), 0)::float AS lag_sum,
        {buckets}
@@ -80,7 +82,8 @@ GROUP BY 1, 2
 
 SOURCES = _sources_query()
 
-RETIRED_POLLS = "SELECT COALESCE(sum(polls), 0)::bigint AS polls FROM retired_counters WHERE subject = 'source'"
+RETIRED_SOURCES = ("SELECT COALESCE(sum(polls), 0)::bigint AS polls, COALESCE(sum(unreadable), 0)::bigint "
+                   "AS unreadable FROM retired_counters WHERE subject = 'source'")
 
 # Per-minute rows (broker.activity). "Last minute" is the last complete one;
 # "last hour" the sixty minutes up to now, the current one included. `stored`
@@ -125,6 +128,7 @@ class Snapshot:
     backlog: list[dict] = field(default_factory=list)
     sources: list[dict] = field(default_factory=list)
     retired_polls: int = 0
+    retired_unreadable: int = 0
     activity: list[dict] = field(default_factory=list)
     outbox: dict = field(default_factory=dict)
     ingest: dict = field(default_factory=dict)
@@ -145,7 +149,8 @@ def read_database(conn: psycopg.Connection, snapshot: Snapshot) -> None:
         snapshot.drains = conn.execute(DRAINS).fetchall()
         snapshot.backlog = conn.execute(BACKLOG).fetchall()
         snapshot.sources = conn.execute(SOURCES).fetchall()
-        snapshot.retired_polls = conn.execute(RETIRED_POLLS).fetchone()["polls"]
+        retired = conn.execute(RETIRED_SOURCES).fetchone()
+        snapshot.retired_polls, snapshot.retired_unreadable = retired["polls"], retired["unreadable"]
         snapshot.activity = conn.execute(ACTIVITY).fetchall()
         snapshot.outbox = conn.execute(OUTBOX).fetchone()
         snapshot.ingest = conn.execute(INGEST).fetchone()
@@ -274,6 +279,14 @@ class Collector:
         yield succeeded
         yield CounterMetricFamily(_name("polls"), "Polls of Forge sources finished, whatever their result "
                                   "(deleted sources included).", value=polls)
+        yield GaugeMetricFamily(_name("sources_over_capacity"),
+                                "Active sources whose app logs more records a minute than its share of the App logs "
+                                "API can export: they fall behind, and what passes 14 days becomes a gap.",
+                                value=sum(r["over_capacity"] for r in s.sources))
+        yield CounterMetricFamily(_name("unreadable_records"),
+                                  "Records from the App logs API that could not be decoded, counted and skipped "
+                                  "(deleted sources included).",
+                                  value=s.retired_unreadable + sum(r["unreadable"] for r in s.sources))
         active = [r for r in s.sources if r["state"] == "active"]
         count = sum(r["sources"] for r in active)
         buckets = [(str(float(b)), sum(r[f"le_{b}"] for r in active)) for b in LAG_BUCKETS]

@@ -12,7 +12,9 @@ Failures are exceptions the caller turns into its own answer:
 
 - :class:`~broker.validation.InputError` — a field is wrong (``field``, ``message``);
 - :class:`Refused` — Atlassian refused the credentials or ids, or could not
-  be asked (``refusal`` says which; ``http_status`` 422 or 502/503);
+  be asked (``refusal`` says which; ``http_status`` 422 or 502/503): a 503
+  ``forge_budget_spent`` when the app's shared call budget has no call left
+  (``refusal.retry_after`` says when it will), so no check ever causes a 429;
 - :class:`PlanLimit` — the plan allows no more sources / drains;
 - :class:`Duplicate` — that app environment is already a source;
 - :class:`NotFound` — no such source / drain on this resource.
@@ -33,7 +35,6 @@ import orjson
 import psycopg
 
 from broker import audit, drains, plans, resources, sources
-from broker.forge import ForgeClient
 from broker.validation import InputError
 from broker.vault import Vault
 
@@ -94,8 +95,8 @@ def source_audit_detail(row: dict, changed: list[str] | None = None) -> dict:
     return detail
 
 
-def _verify(forge: ForgeClient, values: dict) -> sources.Refusal | None:
-    refusal = sources.verify(forge, values)
+def _verify(verifier: sources.Verifier, values: dict) -> sources.Refusal | None:
+    refusal = sources.verify(verifier, values)
     if refusal is not None:
         log.info("source verification refused app=%s code=%s", values["app_id"], refusal.code)
     return refusal
@@ -107,7 +108,7 @@ def _source_limit(conn: psycopg.Connection, resource_id, plan_name: str) -> None
         raise PlanLimit(source_limit_message(plan) if plan else "the resource's plan allows no sources")
 
 
-def create_source(connect: Connect, vault: Vault, forge: ForgeClient, resource_id, payload: object, *,
+def create_source(connect: Connect, vault: Vault, verifier: sources.Verifier, resource_id, payload: object, *,
                   actor: str) -> dict:
     """Validate, verify with Atlassian, then store (encrypted) and audit a new source; its row.
 
@@ -120,7 +121,7 @@ def create_source(connect: Connect, vault: Vault, forge: ForgeClient, resource_i
         if resource is None or resource["state"] == "deprovisioned":
             raise NotFound("no such resource")
         _source_limit(conn, resource_id, resource["plan"])
-    refusal = _verify(forge, values)
+    refusal = _verify(verifier, values)
     if refusal is not None:
         raise Refused(refusal)
     token_enc = vault.encrypt(values["api_token"])
@@ -154,7 +155,7 @@ def _source(connect: Connect, resource_id, source_id) -> dict:
     return _owned(connect, resource_id, source_id, sources.get, "source")
 
 
-def update_source(connect: Connect, vault: Vault, forge: ForgeClient, resource_id, source_id,
+def update_source(connect: Connect, vault: Vault, verifier: sources.Verifier, resource_id, source_id,
                   payload: object, *, actor: str) -> tuple[dict, list[str]]:
     """Apply the submitted fields; (the row, the fields that really changed).
 
@@ -174,7 +175,7 @@ def update_source(connect: Connect, vault: Vault, forge: ForgeClient, resource_i
         merged = {f: current[f] for f in ("app_id", "environment_id", "email")}
         merged["api_token"] = stored_token
         merged.update({f: changes[f] for f in sources.VERIFIED_FIELDS if f in changes})
-        refusal = _verify(forge, merged)
+        refusal = _verify(verifier, merged)
         if refusal is not None:
             raise Refused(refusal)
     token_enc = vault.encrypt(changes["api_token"]) if "api_token" in changed else None
@@ -203,7 +204,7 @@ def delete_source(connect: Connect, resource_id, source_id, *, actor: str) -> di
     return row
 
 
-def verify_source(connect: Connect, vault: Vault, forge: ForgeClient, resource_id, source_id, *,
+def verify_source(connect: Connect, vault: Vault, verifier: sources.Verifier, resource_id, source_id, *,
                   actor: str) -> tuple[dict, sources.Refusal | None]:
     """Verify the stored credentials now; (the updated row, the refusal or None when accepted).
 
@@ -214,7 +215,7 @@ def verify_source(connect: Connect, vault: Vault, forge: ForgeClient, resource_i
     row = _source(connect, resource_id, source_id)
     values = {"app_id": row["app_id"], "environment_id": row["environment_id"], "email": row["email"],
               "api_token": vault.decrypt(row["api_token_enc"]) if row["api_token_enc"] else ""}
-    refusal = _verify(forge, values)
+    refusal = _verify(verifier, values)
     if refusal is not None and refusal.pause_reason is None:
         raise Refused(refusal)
     with connect() as conn, conn.transaction():

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
+import redis
 
 from broker import audit, forge
+from broker.ratelimit import RateLimiter
 from broker.validation import InputError
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("app_id", "environment_id", "email", "api_token", "levels", "installation_contexts",
           "service_name", "environment_label", "include_arguments")
@@ -110,7 +117,9 @@ COLUMNS = """
 id, resource_id, app_id, environment_id, email, api_token_enc, levels, installation_contexts,
 service_name, environment_label, include_arguments, state, pause_reason, last_error,
 verified_at, created_at, updated_at, checkpoint, next_poll_at, last_poll_at, last_success_at,
-consecutive_failures, backfill_from, backfill_until, window_start IS NOT NULL AS window_open
+consecutive_failures, backfill_from, backfill_until, window_start IS NOT NULL AS window_open,
+density_per_minute, page_records, over_capacity_since, capacity_per_minute,
+unreadable, unreadable_sample, unreadable_at
 """
 
 
@@ -151,7 +160,14 @@ def insert(conn: psycopg.Connection, resource_id: uuid.UUID | str, values: dict,
 
 def update(conn: psycopg.Connection, source_id: uuid.UUID | str, values: dict,
            api_token_enc: str | None, verified: bool) -> dict:
-    """Apply changed fields; a fresh verification resumes a paused source."""
+    """Apply changed fields; a fresh verification resumes a paused source.
+
+    ``values`` holds only the fields that changed. A change of app, environment,
+    email or API token drops the lease in the same statement, so a poll still
+    running with the old ones is fenced out (``LostLease``): it can neither
+    write its window over the new checkpoint nor store the old app's records
+    under this source.
+    """
     columns = {k: v for k, v in values.items() if k != "api_token"}
     if api_token_enc is not None:
         columns["api_token_enc"] = api_token_enc
@@ -159,11 +175,20 @@ def update(conn: psycopg.Connection, source_id: uuid.UUID | str, values: dict,
     if verified:
         assignments += ["verified_at = now()", "state = 'active'", "pause_reason = NULL",
                         "last_error = NULL", "next_poll_at = now()", "consecutive_failures = 0"]
+    if any(field in values for field in VERIFIED_FIELDS):
+        # Fence any poll in flight: it holds the old app's or credentials' lease,
+        # and every poller write checks that lease, so it now changes nothing.
+        assignments += ["lease_token = NULL", "lease_expires_at = NULL"]
     if "app_id" in values or "environment_id" in values:
-        # Another app or environment is another stream: start it fresh, an hour back.
-        assignments += ["checkpoint = now() - interval '1 hour'", "window_start = NULL",
-                        "window_end = NULL", "window_cursor = NULL", "backfill_from = NULL",
-                        "backfill_until = NULL"]
+        # Another app or environment is another stream: start it fresh, an hour
+        # back, and forget what was measured of the old one. `unreadable` stays:
+        # it is a counter (/metrics) and never goes down.
+        assignments += ["checkpoint = now() - interval '1 hour'", "settled_until = NULL",
+                        "window_start = NULL", "window_end = NULL", "window_cursor = NULL",
+                        "window_opened_at = NULL", "window_pages = 0", "window_records = 0",
+                        "backfill_from = NULL", "backfill_until = NULL",
+                        "density_per_minute = NULL", "page_records = NULL",
+                        "over_capacity_since = NULL", "capacity_per_minute = NULL"]
         conn.execute("DELETE FROM forge_seen WHERE source_id = %s", (source_id,))
     assignments.append("updated_at = now()")
     return conn.execute(
@@ -197,7 +222,9 @@ def start_backfill(conn: psycopg.Connection, source_id: uuid.UUID | str, start: 
         f"""
         UPDATE sources SET backfill_from = LEAST(%(start)s, checkpoint),
             backfill_until = GREATEST(COALESCE(backfill_until, checkpoint), checkpoint),
-            checkpoint = LEAST(%(start)s, checkpoint), window_start = NULL, window_end = NULL, window_cursor = NULL,
+            checkpoint = LEAST(%(start)s, checkpoint), settled_until = NULL,
+            window_start = NULL, window_end = NULL, window_cursor = NULL, window_opened_at = NULL,
+            window_pages = 0, window_records = 0,
             lease_token = NULL, lease_expires_at = NULL,
             next_poll_at = now(), updated_at = now()
         WHERE id = %(id)s RETURNING {COLUMNS}
@@ -283,13 +310,57 @@ class Refusal:
     retry_after: float | None = None
 
 
-def verify(client: forge.ForgeClient, values: dict) -> Refusal | None:
-    """One small App logs API query with these credentials and ids; None when Atlassian accepts them."""
+# A 429 without a usable Retry-After blocks the app this long: Atlassian's
+# budget is per minute.
+RATE_LIMITED_BLOCK_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """What checking credentials needs: an App logs API client and the per-app call budget.
+
+    Owner actions (create, update, verify now, provisioning options) spend the
+    same budget as polling (:class:`broker.ratelimit.RateLimiter`): Atlassian
+    counts 30 calls a minute per app whoever makes them, so a check that
+    bypassed the budget could push a busy app's polls into 429s.
+    """
+
+    client: forge.ForgeClient
+    limiter: RateLimiter
+
+
+def verify(verifier: Verifier, values: dict) -> Refusal | None:
+    """One small App logs API query with these credentials and ids; None when Atlassian accepts them.
+
+    Without budget for the app nothing is sent: a 503 refusal carrying the
+    seconds until a call is free (``retry_after``). A 429 that still comes
+    back blocks the app in the limiter for everyone, as a poll's would.
+    """
+    app_id = values["app_id"]
     try:
-        client.verify(forge.Credentials(values["email"], values["api_token"]),
-                      values["app_id"], values["environment_id"])
+        wait, call_id = verifier.limiter.take(app_id)
+    except redis.RedisError as exc:
+        log.warning("verify app=%s: budget unavailable (%s)", app_id, type(exc).__name__)
+        return Refusal(503, "unavailable", "Forge Drain cannot check this app's call budget right now; "
+                       "nothing was saved, try again shortly", None, 5.0)
+    if call_id is None:
+        seconds = max(1, math.ceil(wait))
+        return Refusal(503, "forge_budget_spent",
+                       f"app {app_id} has no App logs API calls left for the moment (Atlassian allows 30 a "
+                       "minute per app, shared by polling and by checks like this one); nothing was saved, "
+                       f"try again in {seconds} second{'s' if seconds != 1 else ''}", None, float(seconds))
+    try:
+        verifier.client.verify(forge.Credentials(values["email"], values["api_token"]),
+                               app_id, values["environment_id"])
+    except forge.RateLimited as exc:
+        blocked = exc.retry_after if exc.retry_after is not None else RATE_LIMITED_BLOCK_SECONDS
+        verifier.limiter.block(app_id, blocked)
+        refusal = explain(exc, app_id, values["environment_id"])
+        return dataclasses.replace(refusal, retry_after=blocked)
     except forge.ForgeError as exc:
-        return explain(exc, values["app_id"], values["environment_id"])
+        return explain(exc, app_id, values["environment_id"])
+    finally:
+        verifier.limiter.done(app_id, call_id)
     return None
 
 

@@ -111,11 +111,14 @@ def fleet(conn: psycopg.Connection, redis_client) -> tuple[str, bool]:
     sections.append("Resources\n" + table(["state", "plan", "count"],
                                           [(r["state"], r["plan"], r["n"]) for r in rows], right=[2]))
     rows = conn.execute("SELECT state, pause_reason, count(*) AS n, "
-                        "max(now() - checkpoint) FILTER (WHERE state = 'active') AS max_lag "
+                        "max(now() - checkpoint) FILTER (WHERE state = 'active') AS max_lag, "
+                        "count(*) FILTER (WHERE over_capacity_since IS NOT NULL) AS over_capacity, "
+                        "COALESCE(sum(unreadable), 0) AS unreadable "
                         "FROM sources GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
-    sections.append("Sources\n" + table(["state", "pause reason", "count", "max lag"],
-                                        [(r["state"], r["pause_reason"], r["n"], r["max_lag"]) for r in rows],
-                                        right=[2, 3]))
+    sections.append("Sources\n" + table(["state", "pause reason", "count", "max lag", "over capacity", "unreadable"],
+                                        [(r["state"], r["pause_reason"], r["n"], r["max_lag"], r["over_capacity"],
+                                          r["unreadable"]) for r in rows],
+                                        right=[2, 3, 4, 5]))
     rows = conn.execute(DRAINS_BY_KIND).fetchall()
     sections.append("Drains (live resources)\n" + table(
         ["kind", "drains", "enabled", "delivered", "dropped", "rejected", "backlog"],
@@ -168,14 +171,17 @@ def resource(conn: psycopg.Connection, vault: Vault, resource_id: uuid.UUID | st
 
     sources = conn.execute(
         "SELECT id, app_id, environment_id, state, pause_reason, last_poll_at, checkpoint, last_error, "
-        "backfill_from, backfill_until FROM sources WHERE resource_id = %s ORDER BY created_at, id",
+        "backfill_from, backfill_until, over_capacity_since, density_per_minute, capacity_per_minute, "
+        "unreadable FROM sources WHERE resource_id = %s ORDER BY created_at, id",
         (resource_id,),
     ).fetchall()
     sections.append("Sources\n" + table(
-        ["id", "app / environment", "state", "pause reason", "last poll", "lag", "backfill", "last error"],
+        ["id", "app / environment", "state", "pause reason", "last poll", "lag", "backfill", "capacity",
+         "unreadable", "last error"],
         [(s["id"], f"{s['app_id']} / {s['environment_id']}", s["state"], s["pause_reason"], s["last_poll_at"],
-          now - s["checkpoint"], _backfill(s), clip(s["last_error"])) for s in sources],
-        right=[5]))
+          now - s["checkpoint"], _backfill(s), capacity(s), s["unreadable"], clip(s["last_error"]))
+         for s in sources],
+        right=[5, 8]))
 
     rows = conn.execute(
         "SELECT id, kind, name, url_enc, enabled, cursor, delivered, retried, dropped, rejected, "
@@ -199,6 +205,17 @@ def resource(conn: psycopg.Connection, vault: Vault, resource_id: uuid.UUID | st
     sections.append("Outbox\n" + table(["batches", "records", "oldest batch"],
                                        [(held["batches"], int(held["records"]), held["oldest"])], right=[0, 1]))
     return "\n\n".join(sections)
+
+
+def _per_minute(value: float | None) -> str:
+    return "?" if value is None else f"{value:,.0f}/min"
+
+
+def capacity(source: dict) -> str | None:
+    """``OVER 900/min > 750/min``: the app logs more than its share of the API can export (records a minute)."""
+    if source["over_capacity_since"] is None:
+        return None
+    return f"OVER {_per_minute(source['density_per_minute'])} > {_per_minute(source['capacity_per_minute'])}"
 
 
 def _backfill(source: dict) -> str | None:

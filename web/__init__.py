@@ -21,6 +21,8 @@ from broker import config, db, logs, redisconn
 from broker.config import Settings
 from broker.delivery import Deliverer
 from broker.forge import ForgeClient
+from broker.ratelimit import RateLimiter
+from broker.sources import Verifier
 from broker.sinks import http, syslog
 from broker.vault import Vault
 
@@ -107,6 +109,9 @@ class Services:
         self.db = db.Database(settings.database_url)
         self.redis = redisconn.connect(settings.redis_url)
         self.vault = Vault(settings.fernet_keys)
+        # The per-app Forge call budget the workers poll with (SPEC §3): owner
+        # actions that call Atlassian spend it too.
+        self.limiter = RateLimiter(self.redis, settings.forge_rate_limit, settings.forge_rate_period_seconds)
         self._local = threading.local()
 
     def forge(self) -> ForgeClient:
@@ -116,6 +121,9 @@ class Services:
             client = self._local.forge = ForgeClient(self.settings.forge_api_url, requests.Session())
         return client
 
+    def verifier(self) -> Verifier:
+        """Checks credentials with Atlassian within the app's call budget (this thread's client)."""
+        return Verifier(self.forge(), self.limiter)
 
     def deliverer(self) -> Deliverer:
         """Sends test records with the workers' own formats and sinks (this thread's HTTP session)."""

@@ -16,7 +16,7 @@ from flask import Blueprint, g, request
 from broker import audit, ingest, jobs, plans, resources, tokens
 from broker.validation import InputError
 from web import openapi, services
-from web.errors import error, json_response
+from web.errors import error, json_response, retry_after_header
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def operation_failed(exc: Exception):
         return invalid(exc)
     if isinstance(exc, operations.Refused):
         refusal = exc.refusal
-        headers = {"Retry-After": str(max(1, int(refusal.retry_after)))} if refusal.retry_after else None
+        headers = retry_after_header(refusal.retry_after)
         return error(refusal.http_status, refusal.code, refusal.message, headers=headers)
     return error(exc.http_status, exc.code, exc.message)
 

@@ -1,7 +1,8 @@
 """The owner's dashboard, reached through SSO and bound to one resource (SPEC §7, §8).
 
 One page shows whether the logs are flowing: every source (state, last poll,
-lag, records in the last 24 h, last error in plain words with what to do) and
+lag, records in the last 24 h, last error in plain words with what to do,
+over capacity with its figures, records that could not be read) and
 every drain (kind, token, state, backlog, delivered/retried/dropped, last
 error), a chart of records per minute for each, and the audit log. Forms add,
 edit, verify, back-fill and delete sources; add, edit, test, rotate, enable,
@@ -99,7 +100,8 @@ def _page(resource_id: uuid.UUID, *, status: int = 200, forms_state: dict | None
         stored = found.values(sid, "stored")
         source_cards.append({
             "row": s, "id": sid, "state_class": state_class, "state": state_words,
-            "problem": view.source_problem(s),
+            "problem": view.source_problem(s), "capacity": view.over_capacity(s),
+            "unreadable": view.unreadable(s),
             "lag": view.duration((now - s["checkpoint"]).total_seconds()) if s["checkpoint"] else "—",
             "records_24h": view.number(sum(stored)),
             "token": sources.mask_secret(svc.vault.decrypt(s["api_token_enc"])) if s["api_token_enc"] else None,
@@ -122,7 +124,7 @@ def _page(resource_id: uuid.UUID, *, status: int = 200, forms_state: dict | None
         })
     plan = plans.get(row["plan"])
     flowing = [c for c in source_cards if c["state_class"] in ("ok", "backfilling")]
-    attention = [c for c in source_cards + drain_cards if c["problem"] is not None]
+    attention = [c for c in source_cards + drain_cards if c["problem"] is not None or c.get("capacity")]
     state = forms_state or {}
     body = render_template(
         "dashboard.html", resource=row, plan=plan, drain_token=tokens.mask(row["log_drain_token"]),
@@ -151,7 +153,7 @@ def _refusal_field(exc: operations.Refused) -> str:
 def add_source(resource_id: uuid.UUID):
     svc = services()
     try:
-        row = operations.create_source(_connect, svc.vault, svc.forge(), resource_id,
+        row = operations.create_source(_connect, svc.vault, svc.verifier(), resource_id,
                                        forms.source_payload(request.form, partial=False), actor=_actor())
     except (InputError, operations.OperationError) as exc:
         field = exc.field if isinstance(exc, InputError) else (
@@ -191,7 +193,7 @@ def edit_source(resource_id: uuid.UUID, source_id: uuid.UUID):
 def update_source(resource_id: uuid.UUID, source_id: uuid.UUID):
     svc = services()
     try:
-        row, changed = operations.update_source(_connect, svc.vault, svc.forge(), resource_id, source_id,
+        row, changed = operations.update_source(_connect, svc.vault, svc.verifier(), resource_id, source_id,
                                                 forms.source_payload(request.form, partial=True), actor=_actor())
     except operations.NotFound:
         raise  # a 404 (_missing), not a form error
@@ -213,7 +215,7 @@ def update_source(resource_id: uuid.UUID, source_id: uuid.UUID):
 def verify_source(resource_id: uuid.UUID, source_id: uuid.UUID):
     svc = services()
     try:
-        row, refusal = operations.verify_source(_connect, svc.vault, svc.forge(), resource_id, source_id,
+        row, refusal = operations.verify_source(_connect, svc.vault, svc.verifier(), resource_id, source_id,
                                                 actor=_actor())
     except operations.Refused as exc:
         flash(f"Could not verify now: {exc.message}", "error")

@@ -211,11 +211,13 @@ SOURCE_PAUSES = {
 
 
 def source_state(row: dict) -> tuple[str, str]:
-    """(css class, words) for a source: ok, paused (reason), backfilling (progress), retrying."""
+    """(css class, words) for a source: ok, paused (reason), over capacity, backfilling (progress), retrying."""
     if row["state"] == "paused":
         reason = {"auth_failed": "credentials refused", "not_found": "app not found",
                   "bad_request": "query refused"}.get(row["pause_reason"] or "", row["pause_reason"] or "paused")
         return "paused", f"paused: {reason}"
+    if row["over_capacity_since"] is not None:
+        return "over-capacity", "over capacity"
     if row["backfill_from"] is not None and row["backfill_until"] is not None \
             and row["checkpoint"] < row["backfill_until"]:
         total = (row["backfill_until"] - row["backfill_from"]).total_seconds()
@@ -245,6 +247,50 @@ def source_problem(row: dict) -> Problem | None:
                        "Nothing to do: Forge Drain retries with back-off and catches up without losing logs.")
     return Problem(f"The last poll failed: {error}.",
                    "Forge Drain retries by itself; if this stays, press Verify now.")
+
+
+def _per_minute(value: float) -> str:
+    return f"{value:,.1f}" if value < 10 else number(round(value))
+
+
+def over_capacity(row: dict) -> Problem | None:
+    """What over capacity means for this source, with its figures, and what the owner can do."""
+    if row["state"] == "paused" or row["over_capacity_since"] is None:
+        return None
+    density, capacity, page = row["density_per_minute"], row["capacity_per_minute"], row["page_records"]
+    logs = (f"This app logs about {_per_minute(density)} records a minute" if density is not None
+            else "This app logs more records than Forge Drain can export")
+    if capacity is not None:
+        share = f" ({number(page)} records a call)" if page else ""
+        limit = (f", but Atlassian's App logs API lets Forge Drain export at most {_per_minute(capacity)} a "
+                 f"minute for it: its share of the 30 calls a minute Atlassian allows per app{share}.")
+    else:
+        limit = ": Atlassian's App logs API allows 30 calls a minute per app, and that is not enough."
+    what = (logs + limit + " So its logs fall further behind the longer this lasts, and anything that "
+            "falls past 14 days old (Atlassian keeps no more) is lost, recorded as a gap. "
+            f"Over capacity since {row['over_capacity_since'].astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC.")
+    todo = ("Ask for fewer records: keep only the levels you need (Edit → Levels, e.g. WARN and ERROR), "
+            "limit the source to the installations that matter (Edit → Installation contexts), or log less "
+            "in the app. Meanwhile Forge Drain keeps polling as fast as the budget allows.")
+    return Problem(what, todo)
+
+
+def unreadable(row: dict) -> dict | None:
+    """Records Atlassian returned that could not be decoded: the count, the latest sample, and what it means."""
+    count = row["unreadable"] or 0
+    if count <= 0:
+        return None
+    noun = "record" if count == 1 else "records"
+    return {
+        "what": (f"{number(count)} {noun} could not be read: the App logs API returned "
+                 f"{'it' if count == 1 else 'them'} in a form Forge Drain cannot decode, so "
+                 f"{'it was' if count == 1 else 'they were'} skipped and the rest of "
+                 f"{'its' if count == 1 else 'their'} window was delivered."),
+        "todo": ("Nothing is needed unless the count keeps growing; then look at how the app logs what the "
+                 "sample shows (unusual characters, huge numbers) and log it as plain text."),
+        "sample": row["unreadable_sample"],
+        "at": row["unreadable_at"],
+    }
 
 
 def drain_state(row: dict) -> tuple[str, str]:

@@ -23,7 +23,7 @@ from broker import audit, jobs, partners, plans, provisioning, resources, source
 from broker.validation import InputError
 from broker.partners import Partner
 from web import services
-from web.errors import error, json_response
+from web.errors import error, json_response, retry_after_header
 
 log = logging.getLogger(__name__)
 
@@ -271,10 +271,11 @@ def provision():
         with svc.db.connection() as conn:
             existing = resources.get(conn, resource_id)
         if existing is None:
-            refusal = sources.verify(svc.forge(), first_source)
+            refusal = sources.verify(svc.verifier(), first_source)
             if refusal is not None:
                 return refuse(refusal.http_status,
-                              f"the Forge source in the options could not be registered: {refusal.message}")
+                              f"the Forge source in the options could not be registered: {refusal.message}",
+                              **(retry_after_header(refusal.retry_after) or {}))
 
     # An integrator that sends no drain token gets one issued and returned
     # (a replay returns the one stored by the first request).

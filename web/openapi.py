@@ -99,7 +99,8 @@ SOURCE_INPUT = {
 SOURCE = {
     "type": "object",
     "required": ["id", "app_id", "environment_id", "email", "api_token", "levels",
-                 "installation_contexts", "include_arguments", "state", "created_at", "updated_at"],
+                 "installation_contexts", "include_arguments", "state", "created_at", "updated_at",
+                 "capacity", "unreadable"],
     "properties": {
         **{k: v for k, v in SOURCE_INPUT["properties"].items() if k != "api_token"},
         "id": {"type": "string", "format": "uuid"},
@@ -123,6 +124,41 @@ SOURCE = {
                     "from": {"type": "string", "format": "date-time"},
                     "until": {"type": "string", "format": "date-time"},
                     "progress": {"type": "number", "minimum": 0, "maximum": 1}}},
+            },
+        },
+        "capacity": {
+            "type": "object",
+            "required": ["over_capacity", "since", "density_per_minute", "capacity_per_minute",
+                         "records_per_page"],
+            "description": "Whether the app logs more than the App logs API lets Forge Drain export "
+                           "(its share of Atlassian's 30 calls a minute per app × records per page). "
+                           "Over capacity, the source keeps polling as fast as the budget allows but "
+                           "falls behind; what falls past 14 days is recorded in `gaps`. Fewer `levels`, "
+                           "`installation_contexts` filters or less logging bring it back.",
+            "properties": {
+                "over_capacity": {"type": "boolean"},
+                "since": {"type": ["string", "null"], "format": "date-time",
+                          "description": "When the source went over capacity (null when it is not)."},
+                "density_per_minute": {"type": ["number", "null"],
+                                       "description": "Records the app logs per minute, as measured "
+                                                      "(null until measured)."},
+                "capacity_per_minute": {"type": ["number", "null"],
+                                        "description": "The most records a minute Forge Drain can export "
+                                                       "for this app (null until measured)."},
+                "records_per_page": {"type": ["integer", "null"],
+                                     "description": "The App logs API's page size as this source has seen it."},
+            },
+        },
+        "unreadable": {
+            "type": "object",
+            "required": ["count", "sample", "last_seen_at"],
+            "description": "Records the App logs API returned that could not be decoded: counted and "
+                           "skipped so the rest of their window is stored.",
+            "properties": {
+                "count": {"type": "integer", "minimum": 0, "description": "Since the source was created."},
+                "sample": {"type": ["string", "null"],
+                           "description": "The latest one, redacted and shortened, to show what went wrong."},
+                "last_seen_at": {"type": ["string", "null"], "format": "date-time"},
             },
         },
         "gaps": {
@@ -153,7 +189,10 @@ def _source_paths() -> dict:
         "422": _error_response("A field is invalid, the plan limit is reached, or Atlassian refused "
                                "the credentials or ids (the message says which)."),
         "502": _error_response("Atlassian's API could not be reached; nothing was saved."),
-        "503": _error_response("Atlassian is rate limiting the app; nothing was saved (Retry-After)."),
+        "503": _error_response("Atlassian is rate limiting the app (`rate_limited`), or the app's shared "
+                               "call budget is spent (`forge_budget_spent`: nothing was sent to Atlassian); "
+                               "nothing was saved. `Retry-After` says when to try again.",
+                               headers=RETRY_AFTER),
     }
     body = {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/SourceInput"}}}}
@@ -328,9 +367,16 @@ def _drain_paths() -> dict:
     }
 
 
-def _error_response(description: str) -> dict:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+RETRY_AFTER = {"Retry-After": {"description": "Whole seconds to wait before trying again.",
+                               "schema": {"type": "integer", "minimum": 1}}}
+
+
+def _error_response(description: str, headers: dict | None = None) -> dict:
+    response = {"description": description,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    if headers:
+        response["headers"] = headers
+    return response
 
 
 def document(public_url: str) -> dict:

@@ -3,8 +3,10 @@
 Credentials are verified against the App logs API before anything is saved,
 with no database connection held during that call. A refusal answers 422
 naming what is wrong (the email and token, or the app and environment ids);
-Atlassian being unreachable or rate limiting answers 502/503 — in every case
-nothing is written. The API token is stored encrypted and never returned.
+Atlassian being unreachable or rate limiting answers 502/503, and so does an
+app whose shared call budget is spent (503 ``forge_budget_spent`` with
+``Retry-After``, before any call) — in every case nothing is written. The
+API token is stored encrypted and never returned.
 """
 
 from __future__ import annotations
@@ -47,6 +49,21 @@ def _polling_view(row: dict) -> dict:
     }
 
 
+def _capacity_view(row: dict) -> dict:
+    """Whether the app logs more than its share of the App logs API can export, with the figures."""
+    return {
+        "over_capacity": row["over_capacity_since"] is not None,
+        "since": _iso(row["over_capacity_since"]),
+        "density_per_minute": row["density_per_minute"],
+        "capacity_per_minute": row["capacity_per_minute"],
+        "records_per_page": row["page_records"],
+    }
+
+
+def _unreadable_view(row: dict) -> dict:
+    return {"count": row["unreadable"], "sample": row["unreadable_sample"], "last_seen_at": _iso(row["unreadable_at"])}
+
+
 def source_view(row: dict, vault, gaps: list[dict] | None = None) -> dict:
     token = vault.decrypt(row["api_token_enc"]) if row["api_token_enc"] else None
     view = {
@@ -67,6 +84,8 @@ def source_view(row: dict, vault, gaps: list[dict] | None = None) -> dict:
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
         "polling": _polling_view(row),
+        "capacity": _capacity_view(row),
+        "unreadable": _unreadable_view(row),
     }
     if gaps is not None:
         view["gaps"] = [{"from": _iso(g["gap_from"]), "until": _iso(g["gap_until"]), "reason": g["reason"],
@@ -96,7 +115,7 @@ def create_source(resource_id: str):
         return failure
     svc = services()
     try:
-        row = operations.create_source(svc.db.connection, svc.vault, svc.forge(), resource["id"],
+        row = operations.create_source(svc.db.connection, svc.vault, svc.verifier(), resource["id"],
                                        json_object_body(), actor=ACTOR)
     except (InputError, operations.OperationError) as exc:
         return operation_failed(exc)
@@ -138,7 +157,7 @@ def update_source(resource_id: str, source_id: str):
         return failure
     svc = services()
     try:
-        row, _ = operations.update_source(svc.db.connection, svc.vault, svc.forge(), resource["id"],
+        row, _ = operations.update_source(svc.db.connection, svc.vault, svc.verifier(), resource["id"],
                                           current["id"], json_object_body(), actor=ACTOR)
     except (InputError, operations.OperationError) as exc:
         return operation_failed(exc)
@@ -164,7 +183,7 @@ def verify_source(resource_id: str, source_id: str):
         return failure
     svc = services()
     try:
-        updated, refusal = operations.verify_source(svc.db.connection, svc.vault, svc.forge(), resource["id"],
+        updated, refusal = operations.verify_source(svc.db.connection, svc.vault, svc.verifier(), resource["id"],
                                                     row["id"], actor=ACTOR)
     except operations.OperationError as exc:
         return operation_failed(exc)  # Atlassian unavailable: says nothing about the source

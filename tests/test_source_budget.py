@@ -1,0 +1,149 @@
+"""Owner actions that call Atlassian spend the app's shared call budget (issue 12, item 6).
+
+Create, update and verify (resource API, dashboard, provisioning options) take
+a call from the same per-app limiter as polling. With none left they answer
+503 with ``Retry-After`` before any call to Atlassian, and change nothing; a
+429 that still comes back blocks the app for everyone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import redis
+
+from broker import config
+from broker.ratelimit import RateLimiter
+from tests.fakes.forge import ForgeFake
+from tests.fakes.server import LocalServer
+from tests.support.partner import heroku_headers, provision_body, sso_token
+from web import create_app
+
+APP = "5f0f8a4e-1f5a-4c3e-9d7b-1a2b3c4d5e6f"
+ENV = "0d1e2f30-4152-6374-8596-a7b8c9d0e1f2"
+EMAIL = "bot@acme.test"
+TOKEN = "ATATT3xFfGF0-secret-token-0123456789"
+SOURCE = {"app_id": APP, "environment_id": ENV, "email": EMAIL, "api_token": TOKEN}
+
+
+@pytest.fixture
+def forge_fake():
+    fake = ForgeFake(seed=6, rate_limit=10_000, retry_after=True)
+    fake.add_app(APP, [ENV, "staging-env"], EMAIL, TOKEN)
+    with LocalServer(fake.wsgi()) as server:
+        fake.url = server.url
+        yield fake
+
+
+@pytest.fixture
+def client(env, forge_fake):
+    env["FORGE_API_URL"] = forge_fake.url
+    app = create_app(config.load(env, testing=True))
+    yield app.test_client()
+    app.extensions["forgedrain"].db.close()
+
+
+@pytest.fixture
+def limiter(settings, redis_url):
+    return RateLimiter(redis.Redis.from_url(redis_url), settings.forge_rate_limit,
+                       settings.forge_rate_period_seconds)
+
+
+@pytest.fixture
+def resource(client):
+    body = provision_body(plan="basic")
+    response = client.post("/heroku/resources", data=json.dumps(body), headers=heroku_headers())
+    assert response.status_code == 200
+    token = response.get_json(force=True)["config"]["FORGEDRAIN_TOKEN"]
+    return body["uuid"], {"Authorization": f"Bearer {token}"}
+
+
+def spend(limiter: RateLimiter, app_id: str = APP) -> None:
+    """Take every call of the app's budget, as busy polls would."""
+    while limiter.take(app_id)[1] is not None:
+        pass
+
+
+def assert_budget_refusal(response) -> None:
+    assert response.status_code == 503
+    assert re.fullmatch(r"[1-9]\d*", response.headers["Retry-After"])
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    body = response.get_json(force=True)
+    assert body["error"] == "forge_budget_spent"
+    assert APP in body["message"] and "nothing was saved" in body["message"]
+
+
+def snapshot(conn) -> list[dict]:
+    return conn.execute("SELECT * FROM sources ORDER BY id").fetchall()
+
+
+def audit_count(conn) -> int:
+    return conn.execute("SELECT count(*) AS n FROM audit_log").fetchone()["n"]
+
+
+def test_create_update_and_verify_wait_for_budget_and_change_nothing(client, resource, conn, limiter, forge_fake):
+    rid, auth = resource
+    created = client.post(f"/v1/resources/{rid}/sources", headers=auth, data=json.dumps(SOURCE))
+    assert created.status_code == 201
+    url = f"/v1/resources/{rid}/sources/{created.json['id']}"
+    assert limiter.used(APP) == 1  # the check spent one call of the app's budget
+    spend(limiter)
+    calls, sources, audited = len(forge_fake.calls), snapshot(conn), audit_count(conn)
+
+    assert_budget_refusal(client.post(f"/v1/resources/{rid}/sources", headers=auth,
+                                      data=json.dumps({**SOURCE, "environment_id": "staging-env"})))
+    assert_budget_refusal(client.patch(url, headers=auth, data=json.dumps({"environment_id": "staging-env"})))
+    assert_budget_refusal(client.patch(url, headers=auth, data=json.dumps({"api_token": TOKEN + "x"})))
+    assert_budget_refusal(client.post(f"{url}/verify", headers=auth))
+
+    assert len(forge_fake.calls) == calls  # Atlassian was not asked
+    assert snapshot(conn) == sources and audit_count(conn) == audited
+    # What needs no call to Atlassian still works.
+    assert client.patch(url, headers=auth, data=json.dumps({"service_name": "renamed"})).status_code == 200
+
+
+def test_the_dashboard_says_so_in_plain_words(client, resource, conn, limiter, forge_fake):
+    rid, _ = resource
+    stamp, token = sso_token(rid)
+    assert client.post("/sso/login", data={"resource_id": rid, "resource_token": token, "timestamp": stamp,
+                                           "app": "acme", "email": "owner@acme.test"}).status_code == 302
+    page = client.get(f"/dashboard/{rid}").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    spend(limiter)
+
+    response = client.post(f"/dashboard/{rid}/sources", data={**SOURCE, "csrf_token": csrf})
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert "no App logs API calls left for the moment" in html and "try again in" in html
+    assert TOKEN not in html
+    assert forge_fake.calls == [] and snapshot(conn) == []
+
+
+def test_provisioning_options_wait_for_budget_too(client, conn, limiter, forge_fake):
+    spend(limiter)
+    body = provision_body(plan="basic", options=SOURCE)
+    response = client.post("/heroku/resources", data=json.dumps(body), headers=heroku_headers())
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) >= 1
+    assert "no App logs API calls left" in response.get_json(force=True)["message"]
+    assert forge_fake.calls == []
+    assert conn.execute("SELECT count(*) AS n FROM resources").fetchone()["n"] == 0
+
+
+def test_a_429_during_a_check_blocks_the_app_for_everyone(client, resource, conn, limiter, forge_fake):
+    rid, auth = resource
+    created = client.post(f"/v1/resources/{rid}/sources", headers=auth, data=json.dumps(SOURCE))
+    assert created.status_code == 201
+    url = f"/v1/resources/{rid}/sources/{created.json['id']}"
+    # Someone else (the developer console, another tool) spent Atlassian's budget for the app.
+    forge_fake.rate_limit = 1
+    refused = client.post(f"{url}/verify", headers=auth)
+    assert refused.status_code == 503 and refused.json["error"] == "rate_limited"
+    assert 50 <= int(refused.headers["Retry-After"]) <= 60  # Atlassian's Retry-After, passed on
+    wait, call_id = limiter.take(APP)  # polls now wait too
+    assert call_id is None and 50 <= wait <= 60
+    calls = len(forge_fake.calls)
+    assert client.post(f"{url}/verify", headers=auth).status_code == 503
+    assert len(forge_fake.calls) == calls
