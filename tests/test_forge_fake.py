@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import collections
+import email.utils
 import json
+import math
 import re
 import subprocess
 import sys
@@ -18,10 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import orjson
 import pytest
 import requests
 
-from tests.fakes.forge import NON_ASCII, SEVERITY_NUMBER, ForgeFake, format_date
+from tests.fakes.forge import AWKWARD_KINDS, NON_ASCII, SEVERITY_NUMBER, ForgeFake, format_date
 from tests.fakes.server import LocalServer
 
 T0 = 1_707_825_600.0  # 2024-02-13T12:00:00Z
@@ -544,6 +547,381 @@ def test_it_runs_as_a_demo_server():
         response = requests.get(f"{url}/v1/app/logs/{APP}", auth=(EMAIL, TOKEN), timeout=10, params={
             "environmentId": ENV, "startDate": format_date(end - timedelta(minutes=5)), "endDate": format_date(end)})
         assert response.status_code == 200 and len(response.json()["appLogs"]) > 50
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+# ------------------------------------------------------------------ switches
+
+
+def ms_of(record: dict) -> int:
+    return int(record["timeUnixNano"]) // 1_000_000
+
+
+def served(pages: list[dict]) -> list[dict]:
+    return [r for p in pages for r in p["appLogs"]]
+
+
+def test_it_keeps_its_defaults_for_every_switch():
+    fake = ForgeFake()
+    assert (fake.page_size, fake.order, fake.cursor_ttl, fake.stale_cursor_status, fake.empty_pages,
+            fake.retry_after, fake.prompt_delay_seconds) == (100, "shuffled", None, 400, 0, False, 30.0)
+    for bad in ({"order": "random"}, {"cursor_ttl": -1}, {"stale_cursor_status": 200}, {"empty_pages": 1},
+                {"empty_pages": -1}, {"retry_after": "http-date"}, {"prompt_delay_seconds": -1}):
+        with pytest.raises(ValueError):
+            ForgeFake(**bad)
+    with pytest.raises(ValueError):
+        fake.add_app(APP, [ENV], EMAIL, TOKEN, awkward_fraction=1.5)
+
+
+@pytest.mark.parametrize("order", ["shuffled", "oldest", "newest"])
+def test_it_orders_records_as_switched_and_records_follows(forge, order):
+    h = forge(order=order, page_size=23)
+    start, end = NOW - timedelta(minutes=40), NOW - timedelta(minutes=10)
+    raws = []
+    for minutes in (15, 25, 35):  # injected records take their place in the order too
+        ts = NOW - timedelta(minutes=minutes, milliseconds=7)
+        nanos = str(int(ts.timestamp() * 1000) * 1_000_000)
+        raws.append(json.dumps({"timeUnixNano": nanos, "body": {"intValue": "1"}}))
+        h.fake.inject_raw(APP, ENV, ts, raws[-1])
+    got = served(h.all_pages(startDate=format_date(start), endDate=format_date(end)))
+    assert got == h.fake.records(APP, ENV, start, end) and len(got) > 23 * 10
+    times = [ms_of(r) for r in got]
+    if order == "oldest":
+        assert times == sorted(times)
+    elif order == "newest":
+        assert times == sorted(times, reverse=True)
+    else:
+        assert times != sorted(times) and times != sorted(times, reverse=True)
+    # The same records whatever the order.
+    assert canon(got) == canon(forge().fake.records(APP, ENV, start, end) + [json.loads(raw) for raw in raws])
+
+
+@pytest.mark.parametrize("status", [400, 404, 410, 500])
+def test_it_refuses_a_cursor_after_its_ttl_with_the_configured_status(forge, status):
+    h = forge(page_size=5, cursor_ttl=30, stale_cursor_status=status)
+    first = h.get().json()
+    h.clock.advance(29.999)
+    second = h.get(cursor=first["cursor"])  # just inside its lifetime
+    assert second.status_code == 200 and second.json()["cursor"]
+    h.clock.advance(0.001)
+    assert refused(stale := h.get(cursor=first["cursor"]), status)
+    assert stale.json() == {"code": status, "message": "Cursor expired"}
+    assert h.get(cursor=second.json()["cursor"]).status_code == 200  # each cursor has its own lifetime
+    h.clock.advance(30)
+    assert refused(h.get(cursor=second.json()["cursor"]), status)
+    bad = base64.b64encode(b"x" * 40).decode()
+    assert refused(h.get(cursor=bad), 400)  # a forged cursor is still "invalid", not "expired"
+    assert h.get().status_code == 200  # a fresh query starts over
+
+
+def test_it_accepts_cursors_forever_by_default(forge):
+    h = forge(page_size=5)
+    cursor = h.get().json()["cursor"]
+    h.clock.advance(13 * 86_400)  # the window itself is still within the 14 days
+    assert h.get(cursor=cursor).status_code == 200
+
+
+def test_it_pages_through_expiring_cursors_when_quick_enough(forge):
+    h = forge(page_size=7, cursor_ttl=1)
+    pages, cursor = [], None
+    while True:
+        page = h.get(startDate=format_date(NOW - timedelta(minutes=20)), cursor=cursor).json()
+        pages.append(page)
+        h.clock.advance(0.9)
+        if "cursor" not in page:
+            break
+        cursor = page["cursor"]
+    assert len(pages) > 10
+    assert served(pages) == h.fake.records(APP, ENV, NOW - timedelta(minutes=20), NOW, now=T0)
+
+
+@pytest.mark.parametrize("every", [2, 3, 5])
+def test_it_serves_empty_pages_with_cursors_and_loses_nothing(forge, every):
+    window = {"startDate": format_date(NOW - timedelta(minutes=7)), "endDate": format_date(NOW - timedelta(minutes=2))}
+    n = len(forge().fake.records(APP, ENV, NOW - timedelta(minutes=7), NOW - timedelta(minutes=2)))
+    assert n > 50
+    for page_size in (1, 9, n - 1, n, n + 1):
+        h = forge(page_size=page_size, empty_pages=every)
+        pages = h.all_pages(**window)
+        got = served(pages)
+        assert got == h.fake.records(APP, ENV, NOW - timedelta(minutes=7), NOW - timedelta(minutes=2))
+        assert len(got) == n and len({(r["timeUnixNano"], r["spanId"]) for r in got}) == n
+        full = [p for p in pages if p["appLogs"]]
+        assert len(full) == math.ceil(n / page_size)
+        for number, page in enumerate(pages, start=1):
+            if number % every == 0:
+                assert page["appLogs"] == [] and page["cursor"], (page_size, number)
+            else:
+                assert page["appLogs"], (page_size, number)
+                assert len(page["appLogs"]) == page_size or page is pages[-1]
+        assert pages[-1]["appLogs"] and "cursor" not in pages[-1]
+
+
+def test_it_ends_an_empty_result_without_an_empty_page_switch_in_the_way(forge):
+    h = forge(page_size=5, empty_pages=2)
+    assert h.get(message="no record says this").json() == {"appLogs": []}
+
+
+@pytest.mark.parametrize("form", [True, "seconds"])
+def test_it_sends_retry_after_in_seconds(forge, form):
+    h = forge(rate_limit=1, retry_after=form)
+    assert h.get().status_code == 200
+    h.clock.advance(20.5)
+    assert h.get().headers["Retry-After"] == "40"
+
+
+def test_it_sends_retry_after_as_an_http_date_rounded_up(forge):
+    h = forge(rate_limit=2, retry_after="date", clock=Clock(T0 + 0.25))
+    assert h.get().status_code == 200
+    h.clock.advance(10)
+    assert h.get().status_code == 200
+    h.clock.advance(10.5)
+    response = h.get()
+    assert refused(response, 429)
+    header = response.headers["Retry-After"]
+    assert re.fullmatch(r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+                        r"\d{4} \d\d:\d\d:\d\d GMT", header), header
+    told = email.utils.parsedate_to_datetime(header).timestamp()
+    frees = T0 + 0.25 + 60  # the first call leaves the window
+    assert told == math.ceil(frees) > frees  # rounded up: never early
+    h.clock.t = frees - 0.001
+    assert refused(h.get(), 429)
+    h.clock.t = told  # waiting as told is never early
+    assert h.get().status_code == 200
+    h.fake.retry_after = False  # read at every 429
+    assert "Retry-After" not in h.get().headers
+
+
+def visible_set(h: Harness, app_id: str, env: str, start: datetime, end: datetime) -> list[dict]:
+    return served(h.all_pages(app_id=app_id, environmentId=env, startDate=format_date(start), endDate=format_date(end)))
+
+
+def test_it_honours_the_prompt_delay_per_app_and_from_the_constructor(forge):
+    h = forge(prompt_delay_seconds=2)
+    h.fake.add_app("prompt-5", ["p5"], EMAIL, TOKEN, records_per_minute=600, late_fraction=0, prompt_delay_seconds=5)
+    h.fake.add_app("prompt-default", ["pd"], EMAIL, TOKEN, records_per_minute=600, late_fraction=0)
+    h.fake.add_app("prompt-0", ["p0"], EMAIL, TOKEN, records_per_minute=600, late_fraction=0, prompt_delay_seconds=0)
+    start = NOW - timedelta(minutes=2)
+    now_ms = int(T0 * 1000)
+    for app_id, env, delay in (("prompt-5", "p5", 5), ("prompt-default", "pd", 2)):
+        got = visible_set(h, app_id, env, start, NOW)
+        final = h.fake.records(app_id, env, start, NOW, now=T0 + 3600)
+        assert set(canon(got)) < set(canon(final))
+        assert set(canon(got)) >= set(canon([r for r in final if ms_of(r) <= now_ms - delay * 1000]))
+        recent = [r for r in final if ms_of(r) > now_ms - delay * 1000]
+        assert len(recent) > 5
+        shown = set(canon(got)) & set(canon(recent))
+        assert 0 < len(shown) < len(recent)  # some already visible, some not yet
+    final = h.fake.records("prompt-0", "p0", start, NOW, now=T0 + 3600)
+    assert canon(visible_set(h, "prompt-0", "p0", start, NOW)) == canon(final)  # no delay at all
+
+
+RAW_RECORDS = [
+    '{"timeUnixNano":"1","severityText":"INFO","body":{"stringValue":"half a pair \\ud800 here"}}',
+    '{"body":{"stringValue":"x"},"attributes":[{"key":"user","value":{"stringValue":"\\udc00\\ud83d"}}]}',
+    '{"severityNumber":1e400,"severityText":"INFO","body":{"stringValue":"huge"}}',
+    '{"body":{"stringValue":"d"},"attributes":[{"key":"ms","value":{"doubleValue":1e400}}]}',
+    '{"body":{"intValue":"5"}}',
+    '{"body":{"kvlistValue":{"values":[{"key":"a","value":{"boolValue":true}}]}}}',
+    '{"body":{"arrayValue":{"values":[{"intValue":"1"},{"doubleValue":2.5}]}}}',
+    '{"body":"a bare string"}',
+    '{"body":42}',
+    '{"body":{"stringValue":"t"},"attributes":[{"key":"i","value":{"intValue":"9007199254740993"}},'
+    '{"key":"b","value":{"boolValue":false}},{"key":"k","value":{"kvlistValue":{"values":[]}}},'
+    '{"key":"l","value":{"arrayValue":{"values":[{"stringValue":"s"}]}}}]}',
+    '{"body":' + '{"kvlistValue":{"values":[{"key":"k","value":' * 60 + '{"stringValue":"deep"}' + '}]}}' * 60 + '}',
+    '  {"body": {"stringValue": "spaced out"},\n "severityText" : "WARN"}  ',
+]
+
+
+def test_it_serves_injected_raw_records_verbatim_inside_the_window_only(forge):
+    h = forge(page_size=4)
+    start, end = NOW - timedelta(minutes=30), NOW - timedelta(minutes=29)
+    inside = [start + timedelta(seconds=5 * i) for i in range(len(RAW_RECORDS) - 1)] + [start]
+    for ts, raw in zip(inside, RAW_RECORDS):
+        h.fake.inject_raw(APP, ENV, ts, raw)
+    outside = ['{"body":{"stringValue":"too early \\ud800"}}', '{"body":{"stringValue":"too late \\ud800"}}']
+    h.fake.inject_raw(APP, ENV, start - timedelta(milliseconds=1), outside[0])
+    h.fake.inject_raw(APP, ENV, end, outside[1])  # the end is exclusive
+    window = {"startDate": format_date(start), "endDate": format_date(end)}
+    texts, cursor = [], None
+    while True:
+        response = h.get(cursor=cursor, **window)
+        assert response.status_code == 200
+        texts.append(response.text)
+        cursor = json.loads(response.text).get("cursor")
+        if cursor is None:
+            break
+    everything = "".join(texts)
+    for raw in RAW_RECORDS:
+        assert everything.count(raw) == 1, raw  # verbatim, whitespace and all
+    assert "too early" not in everything and "too late" not in everything
+    # A strict parser (orjson) refuses some of these pages; json.loads reads them all.
+    refusals = 0
+    for text in texts:
+        try:
+            orjson.loads(text)
+        except orjson.JSONDecodeError:
+            refusals += 1
+    assert refusals > 0
+    got = [r for text in texts for r in json.loads(text)["appLogs"]]
+    expected = h.fake.records(APP, ENV, start, end)
+    assert canon(got) == canon(expected)
+    parsed = [json.loads(raw) for raw in RAW_RECORDS]
+    assert all(p in expected for p in parsed[:2] + parsed[4:])  # (1e400 parses to inf, equal to itself)
+    assert expected[[json.dumps(r) for r in expected].index(json.dumps(parsed[2]))]["severityNumber"] == math.inf
+    assert any(r.get("body") == {"stringValue": "half a pair \ud800 here"} for r in expected)
+    # Outside the window only where they belong.
+    before = h.all_pages(startDate=format_date(start - timedelta(minutes=1)), endDate=format_date(start))
+    after = h.all_pages(startDate=format_date(end), endDate=format_date(end + timedelta(minutes=1)))
+    strays = lambda pages: [r["body"]["stringValue"] for r in served(pages)  # noqa: E731
+                            if r["body"]["stringValue"].startswith("too ")]
+    assert strays(before) == ["too early \ud800"] and strays(after) == ["too late \ud800"]
+
+
+def test_it_applies_visibility_filters_and_snapshots_to_injected_records(forge):
+    h = forge(page_size=3)
+    start, end = NOW - timedelta(minutes=10), NOW - timedelta(minutes=9)
+    window = {"startDate": format_date(start), "endDate": format_date(end)}
+    site = h.fake.installation_contexts(APP)[0]
+    later = '{"body":{"stringValue":"needle later"}}'
+    h.fake.inject_raw(APP, ENV, start + timedelta(seconds=1), later, visible_at=T0 + 100)
+    error = ('{"body":{"stringValue":"needle error"},"attributes":[{"key":"installationContext",'
+             '"value":{"stringValue":"%s"}}]}' % site)
+    h.fake.inject_raw(APP, ENV, start + timedelta(seconds=2), error, level="ERROR")
+    h.fake.inject_raw(APP, ENV, start + timedelta(seconds=3), '{"body":{"intValue":"7"}}', level="ERROR")
+    assert "needle later" not in json.dumps(served(h.all_pages(**window)))
+    assert "needle error" in json.dumps(served(h.all_pages(**window, level="ERROR")))
+    assert "needle error" not in json.dumps(served(h.all_pages(**window, level="INFO")))
+    assert [r["body"] for r in served(h.all_pages(**window, message="needle"))] == [{"stringValue": "needle error"}]
+    assert "needle error" in json.dumps(served(h.all_pages(**window, installationContext=site)))
+    assert {"intValue": "7"} in [r["body"] for r in served(h.all_pages(**window, level="ERROR"))]
+    # A paging session started before an injection keeps its snapshot.
+    first = h.get(**window).json()
+    h.fake.inject_raw(APP, ENV, start + timedelta(seconds=4), '{"body":{"stringValue":"needle mid-way"}}')
+    rest, cursor = [], first["cursor"]
+    while cursor:
+        page = h.get(cursor=cursor, **window).json()
+        rest += page["appLogs"]
+        cursor = page.get("cursor")
+    assert "needle mid-way" not in json.dumps(first["appLogs"] + rest)
+    assert canon(first["appLogs"] + rest) == canon(
+        [r for r in h.fake.records(APP, ENV, start, end) if r.get("body") != {"stringValue": "needle mid-way"}])
+    assert "needle mid-way" in json.dumps(served(h.all_pages(**window)))  # a fresh query sees it
+    h.clock.advance(100)
+    assert "needle later" in json.dumps(served(h.all_pages(**window)))
+
+
+def test_it_refuses_raw_records_it_could_not_serve(forge):
+    h = forge()
+    for bad in ('{"body":', '{"a":1} {"b":2}', '{"body":{"stringValue":"\ud800"}}'):  # last: a real surrogate
+        with pytest.raises(ValueError):
+            h.fake.inject_raw(APP, ENV, NOW - timedelta(minutes=1), bad)
+    with pytest.raises(ValueError):
+        h.fake.inject_raw(APP, ENV, NOW - timedelta(minutes=1), "{}", level="info")
+    with pytest.raises(KeyError):
+        h.fake.inject_raw(APP, OTHER_ENV, NOW - timedelta(minutes=1), "{}")
+
+
+def kind_of(record: dict) -> str | None:
+    body = record.get("body")
+    text = json.dumps(record)
+    attributes = {a["key"]: a["value"] for a in record["attributes"]}
+    if isinstance(body, str):
+        return "bare_string_body"
+    if isinstance(body, (int, float)):
+        return "bare_number_body"
+    if "intValue" in body:
+        return "int_body"
+    if "arrayValue" in body:
+        return "array_body"
+    if "kvlistValue" in body:
+        return "deep_body" if text.count("kvlistValue") >= 40 else "kvlist_body"
+    if math.isinf(record["severityNumber"]):
+        return "huge_severity"
+    if "durationMs" in attributes and math.isinf(attributes["durationMs"]["doubleValue"]):
+        return "huge_double"
+    if "retries" in attributes:
+        return "typed_attributes"
+    if re.search(r"[\ud800-\udfff]", body["stringValue"]):
+        return "surrogate_body"
+    if re.search(r"[\ud800-\udfff]", attributes.get("userName", {}).get("stringValue", "")):
+        return "surrogate_attribute"
+    return None
+
+
+def test_it_makes_a_deterministic_fraction_of_generated_records_awkward(forge):
+    awkward, again, plain = forge(page_size=1000), forge(page_size=1000), forge(page_size=1000)
+    for h, fraction in ((awkward, 0.3), (again, 0.3), (plain, 0.0)):
+        h.fake.add_app("loud-app", ["loud-env"], EMAIL, TOKEN, records_per_minute=100, awkward_fraction=fraction)
+    start, end = NOW - timedelta(hours=1), NOW
+    window = {"app_id": "loud-app", "environmentId": "loud-env"}
+    texts, cursor = [], None
+    while True:
+        text = awkward.get(cursor=cursor, **window).text
+        texts.append(text)
+        cursor = json.loads(text).get("cursor")
+        if cursor is None:
+            break
+    got = [r for text in texts for r in json.loads(text)["appLogs"]]
+    records = awkward.fake.records("loud-app", "loud-env", start, end)
+    assert canon(got) == canon(records) and len(records) > 5000
+    assert canon(records) == canon(again.fake.records("loud-app", "loud-env", start, end))
+    baseline = plain.fake.records("loud-app", "loud-env", start, end)
+    # The same records (times, ids, order, visibility), a fraction of them rewritten.
+    assert [(r["timeUnixNano"], r["spanId"]) for r in records] == [(r["timeUnixNano"], r["spanId"]) for r in baseline]
+    kinds = collections.Counter(kind_of(r) for r in records)
+    assert set(kinds) == set(AWKWARD_KINDS) | {None}
+    changed = sum(json.dumps(a) != json.dumps(b) for a, b in zip(records, baseline))
+    assert changed == len(records) - kinds[None]
+    assert 0.25 < changed / len(records) < 0.35
+    assert all(kind_of(r) is None for r in baseline)
+    assert any(_refused_by_orjson(text) for text in texts)
+
+
+def _refused_by_orjson(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return True
+    return False
+
+
+def test_it_keeps_up_with_a_busy_app(forge):
+    h = forge(page_size=1000)
+    h.fake.add_app("busy", ["busy-env"], EMAIL, TOKEN, records_per_minute=5000, awkward_fraction=0.01)
+    start, end = NOW - timedelta(minutes=6), NOW - timedelta(minutes=1)
+    started = time.monotonic()
+    pages = h.all_pages(app_id="busy", environmentId="busy-env", startDate=format_date(start), endDate=format_date(end))
+    elapsed = time.monotonic() - started
+    assert sum(len(p["appLogs"]) for p in pages) > 20_000
+    assert elapsed < 20, elapsed  # five minutes of a 5,000/min app: a few seconds at most, even on a busy machine
+
+
+def test_it_runs_as_a_demo_server_with_its_switches():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.forge", "--port", "0", "--app-id", APP, "--environment", ENV,
+         "--email", EMAIL, "--api-token", TOKEN, "--records-per-minute", "50", "--page-size", "100",
+         "--order", "oldest", "--empty-pages", "2", "--cursor-ttl", "600", "--stale-cursor-status", "410",
+         "--retry-after", "date", "--rate-limit", "2", "--prompt-delay-seconds", "0", "--awkward-fraction", "0.5"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        url = process.stdout.readline().strip()
+        end = datetime.now(timezone.utc) - timedelta(minutes=1)
+        params = {"environmentId": ENV, "startDate": format_date(end - timedelta(minutes=10)),
+                  "endDate": format_date(end)}
+        first = requests.get(f"{url}/v1/app/logs/{APP}", auth=(EMAIL, TOKEN), timeout=10, params=params)
+        page = json.loads(first.text)
+        times = [int(r["timeUnixNano"]) for r in page["appLogs"]]
+        assert len(times) == 100 and times == sorted(times)
+        assert _refused_by_orjson(first.text)
+        second = requests.get(f"{url}/v1/app/logs/{APP}", auth=(EMAIL, TOKEN), timeout=10,
+                              params={**params, "cursor": page["cursor"]}).json()
+        assert second["appLogs"] == [] and second["cursor"]
+        third = requests.get(f"{url}/v1/app/logs/{APP}", auth=(EMAIL, TOKEN), timeout=10, params=params)
+        assert third.status_code == 429 and third.headers["Retry-After"].endswith(" GMT")
     finally:
         process.terminate()
         process.wait(timeout=10)

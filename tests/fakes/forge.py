@@ -2,7 +2,9 @@
 
 What Atlassian documents (seed page "Export app logs"; research otlp-syslog-forge.md §4.1) is
 implemented and enforced; where the docs are silent (§4.2) the fake makes a choice, written
-down here, that is at least as hard on a client as any plausible real behaviour.
+down here, that is at least as hard on a client as any plausible real behaviour. Where several
+silent choices are plausible, a switch picks one (see "Switches" below): a client must cope
+with every setting.
 
 Request checks, in this order (every refusal is JSON ``{"code": <status>, "message": ...}``;
 Atlassian documents no error body, this mimics its API gateway's usual shape):
@@ -15,9 +17,9 @@ Atlassian documents no error body, this mimics its API gateway's usual shape):
 3. Rate limit, sliding window per appId: a call is refused **429** when ``rate_limit`` calls
    were already *accepted* for that appId within the last ``rate_period`` seconds. Every call
    that gets this far and is not itself answered 429 counts, whatever it is answered later
-   (200, 400, 404 for the environment, injected failures); 429s do not count, so a client that
-   waits as told always recovers. ``retry_after=True`` adds ``Retry-After: <int seconds>`` =
-   ceil(oldest counted call + rate_period − now), at least 1: the moment a slot frees.
+   (200, 400, 404 for the environment, stale cursors, injected failures); 429s do not count,
+   so a client that waits as told always recovers. ``retry_after`` (see Switches) adds a
+   ``Retry-After`` header naming the moment a slot frees (oldest counted call + rate_period).
    Without it there is no header (Atlassian documents none).
 4. Injected failures (``fail()``) answer here: they model faults behind the gateway, so they
    only hit calls that are authenticated, name a visible app and are under the rate limit.
@@ -32,17 +34,20 @@ Atlassian documents no error body, this mimics its API gateway's usual shape):
 6. ``environmentId`` not an environment of the app → **404**.
 7. ``cursor``: must be one this fake issued (HMAC-signed) for the *same* query — same appId,
    environment, dates, level set, context set, message — else **400** (tampered, truncated,
-   from another query, or empty).
+   from another query, or empty). A genuine cursor older than ``cursor_ttl`` is then refused
+   with ``stale_cursor_status`` (see Switches).
 
 Responses: ``{"appLogs": [...], "cursor": "..."}`` while more records remain; the last page
 (or an empty result) has **no ``cursor`` key at all**. A full last page carries no cursor.
 Cursors are standard base64 and deliberately always contain ``+``, ``/`` and ``=``: a client
 that pastes them into a URL without encoding sends a corrupted cursor and gets 400.
-The first page fixes a snapshot time (the clock at that call); later pages serve that same
-snapshot, so paging to the end returns exactly ``records(..., now=<first call's time>)``.
+The first page fixes a snapshot (the clock at that call, and the records injected so far);
+later pages serve that same snapshot, so paging to the end returns exactly
+``records(..., now=<first call's time>)`` as it was then (``records()`` sees every injection
+made so far). Pages are built as text by joining each record's JSON text, which is what lets
+``inject_raw`` serve JSON that ``json.dumps`` would never write.
 
 Window: ``startDate <= timeUnixNano < endDate`` (start inclusive, end exclusive; ms precision).
-Order inside a window: a deterministic shuffle (not by time, not stable per bucket).
 
 Records are generated deterministically from (seed, appId, environmentId, minute bucket) and
 look like the documented sample. severityNumber keeps the sample's non-OTLP scale (INFO → 30,
@@ -51,9 +56,72 @@ Awkward cases occur at steady small rates: multi-line stack traces (JS and Pytho
 CRLF), non-ASCII text incl. an astral-plane emoji, empty bodies, ANSI escapes and tabs,
 long (8-16 KB) bodies, records without installationContext or arguments, 16-hex traceIds,
 invocations with several records sharing one invocationId (and sometimes one millisecond).
+Generation is cached per (app, environment, minute bucket), so an app logging ~5,000
+records/minute is served without the fake being the bottleneck.
 
-Late delivery: each record has a delay (0-30 s normally; ``late_fraction`` of records get
-30 s - ``max_delay_seconds``); it is visible only to a query made at clock ≥ timestamp + delay.
+Late delivery: each record has a delay, U(0, ``prompt_delay_seconds``) normally (30 s unless
+set); ``late_fraction`` of records get U(``prompt_delay_seconds``, ``max_delay_seconds``). A
+record is visible only to a query made at clock ≥ timestamp + delay.
+
+Switches
+--------
+Atlassian documents none of page size, order within a window, cursor lifetime, the answer to a
+stale cursor, the form of ``Retry-After``, how late records land or what an app may log. Each
+is a switch; the defaults are the fake's historical behaviour.
+
+``ForgeFake(...)`` keyword arguments (and ``main()`` flags):
+
+* ``page_size: int = 100`` (``--page-size``): records per page, ≥ 1.
+* ``order: str = "shuffled"`` (``--order``): order of records within a window's pages.
+  ``"shuffled"``: a deterministic shuffle (not by time, not stable per bucket);
+  ``"oldest"``: by timestamp ascending; ``"newest"``: by timestamp descending (ties within a
+  millisecond: the shuffle). ``records()`` returns the order the pages serve.
+* ``cursor_ttl: float | None = None`` (``--cursor-ttl``): seconds, by ``clock``, for which a
+  cursor is accepted after the call that issued it (each page's cursor has its own lifetime):
+  accepted while ``clock < issued + cursor_ttl``, refused from then on. ``None``: forever.
+* ``stale_cursor_status: int = 400`` (``--stale-cursor-status``): the status of that refusal,
+  400..599, body ``{"code": <status>, "message": "Cursor expired"}``. 400 is the documented
+  "bad request"; 404, 410, 500 … test a client against an undocumented answer.
+* ``empty_pages: int = 0`` (``--empty-pages``): 0 = off; N ≥ 2 = every Nth page of a paging
+  session (the first page is page 1) is ``{"appLogs": [], "cursor": ...}``. The empty page's
+  cursor points at the same offset, so every record is still served exactly once; the last
+  page is never an extra empty one. (N = 1 would never progress and is refused.)
+* ``retry_after: bool | str = False`` (``--retry-after [seconds|date]``): ``False`` no header;
+  ``True`` or ``"seconds"``: ``Retry-After: <int>`` = ceil(seconds until a slot frees), ≥ 1;
+  ``"date"``: an HTTP date (``Tue, 13 Feb 2024 12:01:00 GMT``) of the moment a slot frees,
+  rounded *up* to the next whole second, so a client that waits until then is never early.
+  Read at every 429, so it may be changed on a live fake.
+* ``prompt_delay_seconds: float = 30.0`` (``--prompt-delay-seconds``): upper bound of the
+  normal visibility delay, for apps that don't set their own.
+* ``latency: float = 0.0``: seconds every call sleeps (outside the lock).
+
+``add_app(...)`` keyword arguments, per app: ``records_per_minute=20.0``,
+``late_fraction=0.05``, ``max_delay_seconds=600.0``, ``prompt_delay_seconds=None`` (None =
+the constructor's), ``awkward_fraction=0.0`` (``--awkward-fraction``): that fraction of the
+generated records, chosen deterministically from the seed by a separate random stream (the
+records themselves — times, ids, order, visibility — are the same as with 0), is rewritten
+into one of the awkward shapes below (``AWKWARD_KINDS``, equally likely). A rewritten record
+whose body is no longer a ``stringValue`` no longer matches a ``message`` filter. For load
+tests of a client's tolerance.
+
+Awkward records (``inject_raw`` and ``awkward_fraction``): JSON text spliced *verbatim* into
+pages, the kind real JavaScript apps produce and strict parsers (orjson) refuse: a lone
+surrogate escape (``"\\ud800"``) in the body or in an attribute; ``1e400`` (beyond float
+range) as severityNumber or as an attribute's ``doubleValue``; a non-string body
+(``{"intValue": "5"}``, ``{"kvlistValue": …}``, ``{"arrayValue": …}``, a bare JSON string or
+number); typed attribute values (intValue, doubleValue, boolValue, kvlistValue, arrayValue);
+deeply nested bodies (a few hundred JSON levels). ``inject_raw(app_id, environment_id, ts,
+raw_json, level="INFO", *, visible_at=None)`` adds one: it obeys windows (by ``ts``, not by
+whatever the text says), filters (``level`` as given; installationContext read from the
+text's attributes; a ``message`` filter matches only a ``body.stringValue``), visibility
+(``visible_at`` on the fake's clock; None = the clock at injection: "visible at once"),
+order, pagination, empty pages and snapshots (a session started before the injection does
+not see it). ``raw_json`` is served byte for byte (whitespace included) and must be one
+JSON value that ``json.loads`` accepts (else ValueError: it would break the page), written as
+text that is valid UTF-8 (write lone surrogates as the escape ``\\ud800``, never as a
+character). ``records()`` parses every record with ``json.loads`` — the tolerant parse:
+lone surrogate escapes become lone surrogate characters in ``str``, ``1e400`` becomes
+``float('inf')``.
 """
 
 from __future__ import annotations
@@ -61,6 +129,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import email.utils
 import hashlib
 import hmac
 import json
@@ -74,7 +143,8 @@ import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable
+from operator import attrgetter
+from typing import Callable, Iterable, NamedTuple
 
 from flask import Flask, Response, g, request
 
@@ -87,10 +157,20 @@ MAX_AGE_MS = 14 * 86_400_000
 MAX_CONTEXTS = 50
 BUCKET_MS = 60_000
 NORMAL_DELAY_S = 30.0
+ORDERS = ("shuffled", "oldest", "newest")
+RETRY_AFTER_FORMS = ("seconds", "date")
+AWKWARD_KINDS = ("surrogate_body", "surrogate_attribute", "huge_severity", "huge_double", "int_body",
+                 "kvlist_body", "array_body", "bare_string_body", "bare_number_body", "typed_attributes",
+                 "deep_body")
 DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z", re.ASCII)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MALFORMED_BODY = '{"appLogs": [{"timeUnixNano": "17078214449'  # a page cut off mid-way
 NON_ASCII = "Ünïcødé ✓ 日本語 — Grüße aus Zürich 🚀"
+MAX_CACHED_BUCKETS = 20_000
+MAX_CACHED_CHARS = 512 * 1024 * 1024  # of record JSON text across cached buckets
+SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# A placeholder json.dumps writes as "\u0000raw:<text>\u0000"; replaced by <text> verbatim.
+RAW_RE = re.compile(r'"\\u0000raw:([^"\\]*)\\u0000"')
 
 FUNCTIONS = (
     ("updateStatusTitle", "core:function"),
@@ -165,17 +245,20 @@ class _App:
     max_delay_seconds: float
     sites: list[str]
     versions: list[str]
+    prompt_delay_seconds: float = NORMAL_DELAY_S
+    awkward_fraction: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Record:
     ts_ms: int
     visible_at: float
     order: int
     level: str
     context: str | None
-    body: str
-    data: dict = field(compare=False, hash=False)
+    body: str | None            # what a message filter searches; None: not a string body
+    text: str = field(compare=False, hash=False, repr=False)  # the record's JSON text, as served
+    seq: int = -1               # injection number (snapshots see seq < their count); -1: generated
 
 
 @dataclass(frozen=True)
@@ -201,7 +284,7 @@ class _Query:
         return (self.start_ms <= r.ts_ms < self.end_ms
                 and (not self.levels or r.level in self.levels)
                 and (not self.contexts or r.context in self.contexts)
-                and (not self.message or self.message in r.body))
+                and (not self.message or (r.body is not None and self.message in r.body)))
 
 
 class _Refusal(Exception):
@@ -211,20 +294,48 @@ class _Refusal(Exception):
         self.message = message
 
 
+_SORT_KEYS: dict[str, Callable[[_Record], object]] = {
+    "shuffled": attrgetter("order"),
+    "oldest": lambda r: (r.ts_ms, r.order),
+    "newest": lambda r: (-r.ts_ms, r.order),
+}
+
+
 class ForgeFake:
-    """State of the fake; ``wsgi()`` serves it. All public methods are thread-safe."""
+    """State of the fake; ``wsgi()`` serves it. All public methods are thread-safe.
+
+    Every keyword argument is a switch described in the module docstring."""
 
     def __init__(self, seed: int = 1, *, rate_limit: int = 30, rate_period: float = 60.0,
-                 page_size: int = 100, latency: float = 0.0, retry_after: bool = False,
+                 page_size: int = 100, latency: float = 0.0, retry_after: bool | str = False,
+                 order: str = "shuffled", cursor_ttl: float | None = None,
+                 stale_cursor_status: int = 400, empty_pages: int = 0,
+                 prompt_delay_seconds: float = NORMAL_DELAY_S,
                  clock: Callable[[], float] = time.time):
         if page_size < 1 or rate_limit < 1 or rate_period <= 0:
             raise ValueError("page_size and rate_limit must be >= 1, rate_period > 0")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}")
+        if cursor_ttl is not None and cursor_ttl < 0:
+            raise ValueError("cursor_ttl must be None or >= 0")
+        if not 400 <= stale_cursor_status <= 599:
+            raise ValueError("stale_cursor_status must be an error status, 400..599")
+        if empty_pages < 0 or empty_pages == 1:
+            raise ValueError("empty_pages must be 0 (off) or >= 2 (every page empty never progresses)")
+        if prompt_delay_seconds < 0:
+            raise ValueError("prompt_delay_seconds must be >= 0")
+        _retry_after_form(retry_after)
         self.seed = seed
         self.rate_limit = rate_limit
         self.rate_period = rate_period
         self.page_size = page_size
         self.latency = latency
         self.retry_after = retry_after
+        self.order = order
+        self.cursor_ttl = cursor_ttl
+        self.stale_cursor_status = stale_cursor_status
+        self.empty_pages = empty_pages
+        self.prompt_delay_seconds = prompt_delay_seconds
         self.clock = clock
         self.calls: list[Call] = []
         self._lock = threading.RLock()
@@ -235,6 +346,10 @@ class ForgeFake:
         self._failures: deque[list] = deque()    # [status, remaining, malformed]
         self._key = secrets.token_bytes(32)
         self._buckets: OrderedDict[tuple, list[_Record]] = OrderedDict()
+        self._bucket_chars: dict[tuple, int] = {}
+        self._cached_chars = 0
+        self._injected: dict[tuple, list[_Record]] = {}  # (app, env, bucket) -> injected records
+        self._injections = 0
         self._selections: OrderedDict[tuple, list[_Record]] = OrderedDict()
         self._app: Flask | None = None
 
@@ -242,9 +357,14 @@ class ForgeFake:
 
     def add_app(self, app_id: str, environments: list[str], email: str, api_token: str,
                 records_per_minute: float = 20.0, late_fraction: float = 0.05,
-                max_delay_seconds: float = 600.0) -> None:
+                max_delay_seconds: float = 600.0, prompt_delay_seconds: float | None = None,
+                awkward_fraction: float = 0.0) -> None:
         if not environments:
             raise ValueError("an app needs at least one environment")
+        if prompt_delay_seconds is not None and prompt_delay_seconds < 0:
+            raise ValueError("prompt_delay_seconds must be >= 0")
+        if not 0 <= awkward_fraction <= 1:
+            raise ValueError("awkward_fraction must be within 0..1")
         rng = _rng(self.seed, "app", app_id)
         sites = [f"ari:cloud:{product}::site/{_uuid(rng)}"
                  for product in ("jira", "confluence", "jira", "jira", "confluence", "jira")]
@@ -254,8 +374,10 @@ class ForgeFake:
         with self._lock:
             if app_id in self._apps:
                 raise ValueError(f"app {app_id!r} already added")
+            prompt = self.prompt_delay_seconds if prompt_delay_seconds is None else prompt_delay_seconds
             self._apps[app_id] = _App(app_id, list(environments), records_per_minute,
-                                      late_fraction, max_delay_seconds, sites, versions)
+                                      late_fraction, max_delay_seconds, sites, versions,
+                                      prompt, awkward_fraction)
             self._tokens.setdefault(email, set()).add(api_token)
             self._access.setdefault(email, set()).add(app_id)
 
@@ -270,36 +392,74 @@ class ForgeFake:
         with self._lock:
             self._failures.append([200 if malformed else status, times, malformed])
 
+    def inject_raw(self, app_id: str, environment_id: str, ts: datetime, raw_json: str,
+                   level: str = "INFO", *, visible_at: float | None = None) -> None:
+        """Add one record whose JSON text ``raw_json`` is served verbatim (module doc,
+        "Awkward records"). ``ts`` places it in windows; ``level`` is what level filters see;
+        ``visible_at`` (fake clock) defaults to the clock now."""
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {', '.join(LEVELS)}")
+        try:
+            raw_json.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("raw_json must be valid UTF-8: write lone surrogates as the escape \\ud800") from None
+        parsed = json.loads(raw_json)  # ValueError if not one JSON value: it would break the page
+        context = body = None
+        if isinstance(parsed, dict):
+            for attribute in parsed.get("attributes") or ():
+                if isinstance(attribute, dict) and attribute.get("key") == "installationContext":
+                    value = attribute.get("value")
+                    if isinstance(value, dict) and isinstance(value.get("stringValue"), str):
+                        context = value["stringValue"]
+            if isinstance(parsed.get("body"), dict) and isinstance(parsed["body"].get("stringValue"), str):
+                body = parsed["body"]["stringValue"]
+        ts_ms = _to_ms(ts)
+        with self._lock:
+            if environment_id not in self._apps[app_id].environments:
+                raise KeyError(f"{environment_id!r} is not an environment of {app_id!r}")
+            seq = self._injections
+            self._injections += 1
+            record = _Record(ts_ms, self.clock() if visible_at is None else visible_at,
+                             _digest_int(self.seed, "raw", app_id, environment_id, seq) >> 192,
+                             level, context, body, raw_json, seq)
+            self._injected.setdefault((app_id, environment_id, ts_ms // BUCKET_MS), []).append(record)
+
     # --------------------------------------------------------------- records
 
     def records(self, app_id: str, environment_id: str, start: datetime, end: datetime, *,
                 levels: Iterable[str] | None = None, contexts: Iterable[str] | None = None,
                 message: str | None = None, now: float | None = None) -> list[dict]:
         """Exactly the records a query made at ``now`` (default: the clock) returns over all
-        its pages, in the order the pages return them. Deep copies."""
+        its pages, in the order the pages return them, each parsed from the JSON text served
+        with ``json.loads`` (fresh objects on every call)."""
         query = _Query(app_id, environment_id, _to_ms(start), _to_ms(end),
                        frozenset(levels) if levels else None,
                        frozenset(contexts) if contexts else None, message or None)
         with self._lock:
             if environment_id not in self._apps[app_id].environments:
                 raise KeyError(f"{environment_id!r} is not an environment of {app_id!r}")
-            selected = self._select(query, self.clock() if now is None else now)
-            text = json.dumps([r.data for r in selected], ensure_ascii=False)
-        return json.loads(text)  # a deep copy, several times faster than copy.deepcopy
+            selected = self._select(query, self.clock() if now is None else now, self._injections)
+            text = "[" + ",".join([r.text for r in selected]) + "]"
+        return json.loads(text)
 
-    def _select(self, query: _Query, asof: float) -> list[_Record]:
-        key = (query, asof)
+    def _select(self, query: _Query, asof: float, injections: int) -> list[_Record]:
+        """The records of ``query`` visible at ``asof`` (with the first ``injections``
+        injected ones), in serving order. Cached: pages of one snapshot share one list."""
+        key = (query, asof, injections, self.order)
         cached = self._selections.get(key)
         if cached is not None:
             self._selections.move_to_end(key)
             return cached
         app = self._apps[query.app_id]
+        env = query.environment_id
+        matches = query.matches
         out = []
         for bucket in range(query.start_ms // BUCKET_MS, (query.end_ms - 1) // BUCKET_MS + 1):
-            for r in self._bucket(app, query.environment_id, bucket):
-                if r.visible_at <= asof and query.matches(r):
+            out.extend(r for r in self._bucket(app, env, bucket) if r.visible_at <= asof and matches(r))
+            for r in self._injected.get((app.app_id, env, bucket), ()):
+                if r.seq < injections and r.visible_at <= asof and matches(r):
                     out.append(r)
-        out.sort(key=lambda r: r.order)
+        out.sort(key=_SORT_KEYS[self.order])
         self._selections[key] = out
         while len(self._selections) > 64:
             self._selections.popitem(last=False)
@@ -312,9 +472,14 @@ class ForgeFake:
             self._buckets.move_to_end(key)
             return cached
         records = _generate(self.seed, app, env, bucket)
+        chars = sum(len(r.text) for r in records)
         self._buckets[key] = records
-        while len(self._buckets) > 20_000:
-            self._buckets.popitem(last=False)
+        self._bucket_chars[key] = chars
+        self._cached_chars += chars
+        while len(self._buckets) > 1 and (len(self._buckets) > MAX_CACHED_BUCKETS
+                                          or self._cached_chars > MAX_CACHED_CHARS):
+            old, _ = self._buckets.popitem(last=False)
+            self._cached_chars -= self._bucket_chars.pop(old)
         return records
 
     # ------------------------------------------------------------------- HTTP
@@ -391,29 +556,41 @@ class ForgeFake:
                 query = _parse_query(app, args, now)
                 if query.environment_id not in app.environments:
                     raise _Refusal(404, "Environment not found")
-                asof, offset = now, 0
+                snapshot = _Snapshot(now, 0, 1, self._injections)
                 if "cursor" in args:
-                    asof, offset = self._open_cursor(args.getlist("cursor"), query)
+                    snapshot = self._open_cursor(args.getlist("cursor"), query, now)
             except _Refusal as refusal:
                 return _error(refusal.status, refusal.message)
-            selected = self._select(query, asof)
-            page = selected[offset:offset + self.page_size]
-            body: dict = {"appLogs": [r.data for r in page]}
-            if offset + self.page_size < len(selected):
-                body["cursor"] = self._issue_cursor(query, offset + self.page_size, asof)
-            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+            selected = self._select(query, snapshot.asof, snapshot.injections)
+            offset, page_number = snapshot.offset, snapshot.page
+            if self.empty_pages and page_number % self.empty_pages == 0:
+                # Only ever reached through a cursor, i.e. while records remain: same offset.
+                page, next_offset = [], offset
+            else:
+                page, next_offset = selected[offset:offset + self.page_size], offset + self.page_size
+            parts = ['{"appLogs":[', ",".join([r.text for r in page]), "]"]
+            if next_offset < len(selected):
+                cursor = self._issue_cursor(query, snapshot._replace(offset=next_offset, page=page_number + 1), now)
+                parts.append(f',"cursor":"{cursor}"')  # base64: nothing to escape
+            parts.append("}")
+            text = "".join(parts)
         return Response(text, 200, mimetype="application/json")
 
     def _too_many(self, window: deque[float], now: float) -> Response:
         response = _error(429, "Rate limit exceeded")
-        if self.retry_after:
-            wait = math.ceil(window[0] + self.rate_period - now) if window else 1
-            response.headers["Retry-After"] = str(max(1, wait))
+        form = _retry_after_form(self.retry_after)
+        free_at = window[0] + self.rate_period if window else now + 1
+        if form == "seconds":
+            response.headers["Retry-After"] = str(max(1, math.ceil(free_at - now)))
+        elif form == "date":
+            moment = datetime.fromtimestamp(math.ceil(free_at), timezone.utc)
+            response.headers["Retry-After"] = email.utils.format_datetime(moment, usegmt=True)
         return response
 
-    def _issue_cursor(self, query: _Query, offset: int, asof: float) -> str:
+    def _issue_cursor(self, query: _Query, snapshot: "_Snapshot", now: float) -> str:
         for n in range(10_000):
-            payload = json.dumps({"q": query.fingerprint(), "o": offset, "a": asof, "n": n},
+            payload = json.dumps({"q": query.fingerprint(), "o": snapshot.offset, "a": snapshot.asof,
+                                  "p": snapshot.page, "g": snapshot.injections, "i": now, "n": n},
                                  separators=(",", ":")).encode()
             mac = hmac.new(self._key, payload, hashlib.sha256).digest()[:16]
             token = base64.b64encode(mac + payload).decode()
@@ -421,7 +598,7 @@ class ForgeFake:
                 return token
         return token  # pragma: no cover - practically unreachable
 
-    def _open_cursor(self, values: list[str], query: _Query) -> tuple[float, int]:
+    def _open_cursor(self, values: list[str], query: _Query, now: float) -> "_Snapshot":
         if len(values) != 1 or not values[0]:
             raise _Refusal(400, "Invalid cursor")
         try:
@@ -435,7 +612,17 @@ class ForgeFake:
         data = json.loads(payload)
         if data["q"] != query.fingerprint():
             raise _Refusal(400, "Cursor does not match the query")
-        return float(data["a"]), int(data["o"])
+        if self.cursor_ttl is not None and now >= float(data["i"]) + self.cursor_ttl:
+            raise _Refusal(self.stale_cursor_status, "Cursor expired")
+        return _Snapshot(float(data["a"]), int(data["o"]), int(data["p"]), int(data["g"]))
+
+
+class _Snapshot(NamedTuple):
+    """Where a paging session stands: its snapshot (clock, injections) and its next page."""
+    asof: float
+    offset: int
+    page: int         # 1-based number of the page this cursor fetches (for empty_pages)
+    injections: int
 
 
 # ------------------------------------------------------------------- helpers
@@ -547,10 +734,84 @@ def _body(rng, level: str, fn: str) -> tuple[str, str]:
     return level, template.format(n=rng.randrange(1, 100_000), fn=fn, hex=f"{rng.getrandbits(64):016x}")
 
 
+def _retry_after_form(value: bool | str | None) -> str | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "seconds"
+    if isinstance(value, str) and value in RETRY_AFTER_FORMS:
+        return value
+    raise ValueError(f"retry_after must be False, True, {' or '.join(map(repr, RETRY_AFTER_FORMS))}")
+
+
+def _raw(text: str) -> str:
+    """A placeholder that ``_awkward`` swaps for ``text`` verbatim after json.dumps."""
+    return f"\x00raw:{text}\x00"
+
+
+def _awkward(rng, data: dict, body: str) -> tuple[str, str | None]:
+    """(JSON text, message-filter body) of ``data`` rewritten into one awkward shape."""
+    kind = rng.choice(AWKWARD_KINDS)
+    data = dict(data)
+    attributes = data["attributes"] = list(data["attributes"])
+    filter_body: str | None = body
+    if kind == "surrogate_body":  # a JS string cut inside a surrogate pair, or a reversed pair
+        filter_body = body + " " + rng.choice(("\ud800", "\udfff", "\udc00\ud83d", "cut \ud83d"))
+        data["body"] = {"stringValue": filter_body}
+    elif kind == "surrogate_attribute":
+        attributes.append({"key": "userName", "value": {"stringValue": f"Jos\u00e9 \ud83d{rng.randrange(100)}"}})
+    elif kind == "huge_severity":
+        data["severityNumber"] = _raw(rng.choice(("1e400", "-1e400", "1E+999")))
+    elif kind == "huge_double":
+        attributes.append({"key": "durationMs", "value": {"doubleValue": _raw("1e400")}})
+    elif kind == "int_body":
+        data["body"] = {"intValue": str(rng.randrange(-2**63, 2**63))}
+        filter_body = None
+    elif kind == "kvlist_body":
+        data["body"] = {"kvlistValue": {"values": [
+            {"key": "event", "value": {"stringValue": body}},
+            {"key": "count", "value": {"intValue": str(rng.randrange(1000))}},
+            {"key": "ok", "value": {"boolValue": rng.random() < 0.5}}]}}
+        filter_body = None
+    elif kind == "array_body":
+        data["body"] = {"arrayValue": {"values": [
+            {"stringValue": body}, {"intValue": str(rng.randrange(1000))}, {"doubleValue": 0.5},
+            {"boolValue": False}]}}
+        filter_body = None
+    elif kind == "bare_string_body":
+        data["body"] = body
+        filter_body = None
+    elif kind == "bare_number_body":
+        data["body"] = rng.choice((42, -1, 0, 3.25, 1e300))
+        filter_body = None
+    elif kind == "typed_attributes":
+        attributes += [
+            {"key": "retries", "value": {"intValue": str(rng.randrange(10))}},
+            {"key": "ratio", "value": {"doubleValue": rng.random()}},
+            {"key": "cached", "value": {"boolValue": rng.random() < 0.5}},
+            {"key": "labels", "value": {"arrayValue": {"values": [{"stringValue": "a"}, {"intValue": "2"}]}}},
+            {"key": "user", "value": {"kvlistValue": {"values": [{"key": "id", "value": {"intValue": "7"}}]}}},
+        ]
+    else:  # deep_body: 4 JSON levels per kvlist level
+        value: dict = {"stringValue": body}
+        depth = rng.randrange(40, 80)
+        for i in range(depth):
+            value = {"kvlistValue": {"values": [{"key": f"level{depth - i}", "value": value}]}}
+        data["body"] = value
+        filter_body = None
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    text = SURROGATE_RE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return RAW_RE.sub(lambda m: m.group(1), text), filter_body
+
+
 def _generate(seed: int, app: _App, env: str, bucket: int) -> list[_Record]:
     rng = _rng(seed, app.app_id, env, bucket)
+    # A stream of its own: awkward_fraction changes which records are awkward, nothing else.
+    awkward = _rng(seed, "awkward", app.app_id, env, bucket) if app.awkward_fraction > 0 else None
     count = _poisson(rng, app.records_per_minute)
     start_ms = bucket * BUCKET_MS
+    low = min(app.prompt_delay_seconds, app.max_delay_seconds)
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     records: list[_Record] = []
     while len(records) < count:
         size = min(count - len(records), rng.choices((1, 2, 3, 5, 8), (50, 20, 15, 10, 5))[0])
@@ -586,10 +847,13 @@ def _generate(seed: int, app: _App, env: str, bucket: int) -> list[_Record]:
                 "attributes": [{"key": k, "value": {"stringValue": v}} for k, v in attributes],
             }
             late = rng.random() < app.late_fraction
-            low = min(NORMAL_DELAY_S, app.max_delay_seconds)
             delay = rng.uniform(low, app.max_delay_seconds) if late else rng.uniform(0, low)
             order = _digest_int(seed, app.app_id, env, bucket, len(records)) >> 192
-            records.append(_Record(ts, ts / 1000 + delay, order, level, context, body, data))
+            if awkward is not None and awkward.random() < app.awkward_fraction:
+                text, filter_body = _awkward(awkward, data, body)
+            else:
+                text, filter_body = dumps(data), body
+            records.append(_Record(ts, ts / 1000 + delay, order, level, context, filter_body, text))
     return records
 
 
@@ -606,16 +870,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-token", required=True)
     parser.add_argument("--records-per-minute", type=float, default=20.0)
     parser.add_argument("--late-fraction", type=float, default=0.05)
+    parser.add_argument("--max-delay-seconds", type=float, default=600.0)
+    parser.add_argument("--prompt-delay-seconds", type=float, default=NORMAL_DELAY_S,
+                        help="upper bound of the normal visibility delay")
+    parser.add_argument("--awkward-fraction", type=float, default=0.0,
+                        help="fraction of records served in an awkward JSON shape")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--page-size", type=int, default=100)
+    parser.add_argument("--order", choices=ORDERS, default="shuffled")
+    parser.add_argument("--cursor-ttl", type=float, default=None, help="seconds a cursor is accepted")
+    parser.add_argument("--stale-cursor-status", type=int, default=400)
+    parser.add_argument("--empty-pages", type=int, default=0, help="every Nth page is empty (N >= 2)")
     parser.add_argument("--rate-limit", type=int, default=30)
-    parser.add_argument("--retry-after", action="store_true")
+    parser.add_argument("--retry-after", nargs="?", const="seconds", default=False, choices=RETRY_AFTER_FORMS,
+                        help="send Retry-After on 429, in seconds (the default form) or as an HTTP date")
     opts = parser.parse_args(argv)
 
     fake = ForgeFake(opts.seed, page_size=opts.page_size, rate_limit=opts.rate_limit,
-                     retry_after=opts.retry_after)
+                     retry_after=opts.retry_after, order=opts.order, cursor_ttl=opts.cursor_ttl,
+                     stale_cursor_status=opts.stale_cursor_status, empty_pages=opts.empty_pages,
+                     prompt_delay_seconds=opts.prompt_delay_seconds)
     fake.add_app(opts.app_id, opts.environment, opts.email, opts.api_token,
-                 records_per_minute=opts.records_per_minute, late_fraction=opts.late_fraction)
+                 records_per_minute=opts.records_per_minute, late_fraction=opts.late_fraction,
+                 max_delay_seconds=opts.max_delay_seconds, awkward_fraction=opts.awkward_fraction)
     server = make_server(opts.host, opts.port, fake.wsgi(), threaded=True)
     url = f"http://{opts.host}:{server.server_port}"
     end = datetime.now(timezone.utc) - timedelta(minutes=1)
