@@ -400,9 +400,9 @@ class Poller:
         return {"checkpoint": checkpoint, "settled": settled, "density": density, "capacity": capacity,
                 "over": over}
 
-    def _shrink(self, source: dict, window: tuple[datetime, datetime], exc: forge.ForgeError,
+    def _shrink(self, source: dict, window: tuple[datetime, datetime], exc: forge.ForgeError | None,
                 outcome: Outcome) -> None:
-        """The window's cursor failed: keep what was read, read its first half again from the start."""
+        """The window cannot finish: keep what was read, read its first half again from the start."""
         start, end = window
         pages, records = source["window_pages"], source["window_records"]
         density = source["density_per_minute"]
@@ -412,8 +412,10 @@ class Poller:
             density = max(density or 0.0, pages * per_page / _minutes(end - start))
         half = _to_millis(start + max((end - start) / 2, MIN_WINDOW))
         new_end = min(end, half)
-        message = (f"cursor refused after {pages} page(s) ({exc}); window "
-                   f"{start:%Y-%m-%d %H:%M:%S}–{end:%H:%M:%S} UTC cut to end {new_end:%H:%M:%S}, nothing lost")
+        why = f"cursor refused after {pages} page(s) ({exc})" if exc is not None \
+            else f"window needed more than {pages} pages"
+        message = (f"{why}; window {start:%Y-%m-%d %H:%M:%S}–{end:%H:%M:%S} UTC cut to end "
+                   f"{new_end:%H:%M:%S} and read again, nothing lost")
         with self.connect() as conn, conn.transaction():
             self._fenced(conn, source)
             conn.execute(
@@ -427,8 +429,10 @@ class Poller:
         source.update(window_start=start, window_end=new_end, window_cursor=None, window_opened_at=None,
                       window_pages=0, window_records=0, density_per_minute=density)
         outcome.shrunk += 1
-        outcome.errors.append(f"{exc.kind}: {exc}")
-        log.info("poll source=%s shrank its window after %d pages: %s", source["id"], pages, exc.kind)
+        if exc is not None:
+            outcome.errors.append(f"{exc.kind}: {exc}")
+        log.info("poll source=%s shrank its window after %d pages: %s", source["id"], pages,
+                 exc.kind if exc is not None else "too many pages")
 
     def _record_gap(self, source: dict, gap_from: datetime, gap_until: datetime) -> None:
         with self.connect() as conn, conn.transaction():
@@ -483,6 +487,7 @@ class Poller:
         # Fixed for the whole poll: catching up chases where "now" was at the
         # claim, not a target that moves with every call.
         target_end = _to_millis(db_now - self.settings.lag)
+        cursor_faults = 0
         try:
             while True:
                 elapsed = self.clock() - began
@@ -496,17 +501,19 @@ class Poller:
                     self._release(source, plan.poll_interval_seconds, from_claim=True)
                     outcome.result = "caught-up"
                     return outcome
+                window, horizon = planned
                 box = self.settings.window_box_seconds if resuming else self.settings.time_box_seconds
                 if elapsed > box:
+                    self._interrupted(source, window, outcome)
                     self._release(source, 0)  # still behind: due again at once
                     outcome.result = "time-box"
                     return outcome
-                window, horizon = planned
                 wait = self._budget_wait(source, free, window, horizon)
                 call_id = None
                 if wait == 0:
                     wait, call_id = self._take_budget(app_id)
                 if wait > 0:
+                    self._interrupted(source, window, outcome)
                     self._release(source, wait)
                     outcome.result = "no-budget"
                     return outcome
@@ -518,8 +525,11 @@ class Poller:
                 try:
                     page = _as_page(client.fetch_page(credentials, query, cursor))
                 except forge.ForgeError as exc:
-                    if cursor is not None and self._cursor_failed(exc, source):
+                    if cursor is not None and self._cursor_failed(exc, cursor_faults):
                         self._shrink(source, window, exc, outcome)
+                        continue
+                    if cursor is not None and not isinstance(exc, (forge.AuthError, forge.RateLimited)):
+                        cursor_faults += 1  # once more with the same cursor, then it is cut
                         continue
                     raise
                 finally:
@@ -531,6 +541,17 @@ class Poller:
             return outcome
         except forge.ForgeError as exc:
             return self._failed(source, exc, outcome)
+
+    def _interrupted(self, source: dict, window: tuple[datetime, datetime], outcome: Outcome) -> None:
+        """A poll ends with a window open: keep its cursor, unless the window has outgrown any budget.
+
+        The next poll resumes with the cursor if Atlassian still takes it (and
+        shrinks the window if not). A window that has taken more pages than
+        two polls' worth was badly sized (a probe of a very busy app): waiting
+        on a cursor to live that long would be a hope, so it is cut now.
+        """
+        if source["window_cursor"] is not None and source["window_pages"] >= 2 * MAX_WINDOW_PAGES:
+            self._shrink(source, window, None, outcome)
 
     def _free_pages(self, source: dict) -> int:
         return self.limiter.free(source["app_id"])
@@ -589,18 +610,18 @@ class Poller:
         return wait, call_id
 
     @staticmethod
-    def _cursor_failed(exc: forge.ForgeError, source: dict) -> bool:
+    def _cursor_failed(exc: forge.ForgeError, faults: int) -> bool:
         """Whether a failed call with a cursor means the cursor is no good.
 
         Atlassian documents neither how long a cursor lives nor what a stale one
         answers: any 4xx but auth and rate limiting means it, and so does a
-        second failure in a row of the same cursor.
+        second failure in a row (5xx, network, a malformed page) within a poll.
         """
         if isinstance(exc, (forge.AuthError, forge.RateLimited)):
             return False
         if exc.status is not None and 400 <= exc.status < 500:
             return True
-        return source["consecutive_failures"] >= 1
+        return faults >= 1
 
     def _failed(self, source: dict, exc: forge.ForgeError, outcome: Outcome) -> Outcome:
         outcome.errors.append(f"{exc.kind}: {exc}")
