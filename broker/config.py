@@ -120,7 +120,8 @@ EXPECTED = {
     "FORGE_RATE_LIMIT": "expected calls allowed per period per Forge app, 1 to 30 (Atlassian's limit is 30/min)",
     "FORGE_RATE_PERIOD_SECONDS": "expected the rate-limit period in seconds, 0.1 to 3600",
     "FORGE_POLL_LAG_SECONDS": "expected seconds a window ends before now, 0 to 3600",
-    "FORGE_POLL_OVERLAP_SECONDS": "expected seconds each window re-reads before the checkpoint, 0 to 3600",
+    "FORGE_POLL_OVERLAP_SECONDS": "expected seconds after which each stretch of log is read once more "
+                                  "for late records, 0 to 3600",
     "FORGE_POLL_THREADS": "expected sources one poll job works on at once, 1 to 256",
     "FORGE_POLL_BATCHES": "expected poll jobs kept queued while sources are due, 1 to 64",
     "OUTBOX_REPLAY_HOURS": "expected whole hours (0 to 168) that delivered batches stay for replay",
@@ -280,8 +281,8 @@ def load(env: Mapping[str, str] | None = None, *, testing: bool = False) -> Sett
         forge_rate_limit=r.parse("FORGE_RATE_LIMIT", "25", _int_range(1, 30)),
         forge_rate_period_seconds=r.parse("FORGE_RATE_PERIOD_SECONDS", "60", _float_range(0.1, 3600)),
         # Atlassian's own sample stops a minute short of now: records land late.
-        poll_lag_seconds=r.parse("FORGE_POLL_LAG_SECONDS", "120", _int_range(0, 3600)),
-        poll_overlap_seconds=r.parse("FORGE_POLL_OVERLAP_SECONDS", "300", _int_range(0, 3600)),
+        poll_lag_seconds=r.parse("FORGE_POLL_LAG_SECONDS", "10", _int_range(0, 3600)),
+        poll_overlap_seconds=r.parse("FORGE_POLL_OVERLAP_SECONDS", "600", _int_range(0, 3600)),
         poll_threads=r.parse("FORGE_POLL_THREADS", "32", _int_range(1, 256)),
         poll_batches=r.parse("FORGE_POLL_BATCHES", "2", _int_range(1, 64)),
         outbox_replay_hours=r.parse("OUTBOX_REPLAY_HOURS", "24", _int_range(0, 168)),
