@@ -62,7 +62,9 @@ def test_it_follows_the_cursor_to_the_last_page_and_gets_every_record(client, fa
     query = window(clock)
     pages = list(client.pages(CREDS, query, now=at(clock)))
     assert len(pages) > 3
-    got = [r for page in pages for r in page]
+    assert all(isinstance(page, forge.Page) and page.unreadable == 0 and page.sample is None for page in pages)
+    assert [page.cursor is None for page in pages] == [False] * (len(pages) - 1) + [True]
+    got = [r for page in pages for r in page.records]
     expected = fake.records(APP, ENV, query.start, query.end, now=clock.now)
     assert len(got) == len(expected) > 100
     assert sorted(map(fingerprint, got)) == sorted(map(fingerprint, expected))
@@ -91,7 +93,7 @@ def test_it_builds_the_request_exactly_as_documented(client, fake, clock):
 def test_filters_reach_the_fake_and_narrow_the_records(client, fake, clock):
     query = window(clock)
     only_errors = Query(query.app_id, query.environment_id, query.start, query.end, levels=("ERROR",))
-    got = [r for page in client.pages(CREDS, only_errors, now=at(clock)) for r in page]
+    got = [r for page in client.pages(CREDS, only_errors, now=at(clock)) for r in page.records]
     assert got and {r["severityText"] for r in got} == {"ERROR"}
 
 
@@ -217,11 +219,41 @@ def test_verify_makes_one_small_call(client, fake, clock):
     assert at(clock) - end == timedelta(minutes=2)
 
 
-@pytest.mark.parametrize("value, expected", [("7", 7.0), (" 30 ", 30.0), ("", None), ("soon", None),
-                                             ("Sat, 21 Nov 2026 12:00:10 GMT", 10.0)])
+@pytest.mark.parametrize("value, expected", [
+    ("7", 7.0), (" 30 ", 30.0), ("0", 0.0), ("900", 900.0), ("", None), (None, None), ("soon", None),
+    ("-5", None), ("1.5", None), ("7 seconds", None), ("٣", None),
+    ("Sat, 21 Nov 2026 12:00:10 GMT", 10.0),
+    ("Sat, 21 Nov 2026 13:00:00 +0100", 0.0),    # the same moment as now, another zone
+    ("Sat, 21 Nov 2026 11:59:00 GMT", 0.0),      # a date in the past: go now
+    ("Sat, 21 Nov 2026 12:14:59 GMT", 899.0),
+    ("Sat, 21 Nov 2026 12:00:10 -0000", 10.0),   # no zone given: UTC
+    ("Sun, 32 Nov 2026 12:00:10 GMT", None),
+])
 def test_retry_after_is_read_as_seconds_or_a_date(value, expected):
     now = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc).timestamp()
     assert forge.parse_retry_after(value, now) == expected
+
+
+@pytest.mark.parametrize("value", ["901", "86400", "99999999999999999999999", "Sat, 21 Nov 2026 12:15:01 GMT",
+                                   "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_retry_after_is_capped_at_15_minutes_and_the_cap_is_logged(value, caplog):
+    now = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc).timestamp()
+    with caplog.at_level("WARNING", logger="broker.forge"):
+        assert forge.parse_retry_after(value, now) == forge.RETRY_AFTER_CAP_SECONDS == 900
+    (logged,) = [r for r in caplog.records if r.name == "broker.forge"]
+    assert logged.levelname == "WARNING" and "900" in logged.getMessage()
+
+
+def test_a_capped_retry_after_reaches_the_rate_limited_error(clock):
+    from flask import Flask
+
+    app = Flask("capped")
+    app.get("/v1/app/logs/<app_id>")(lambda app_id: ("slow down", 429, {"Retry-After": "604800"}))
+    with LocalServer(app) as server, requests.Session() as session:
+        client = ForgeClient(server.url, session, timeout=(2, 5))
+        with pytest.raises(forge.RateLimited) as info:
+            client.fetch_page(CREDS, window(clock))
+    assert info.value.retry_after == 900
 
 
 def test_credentials_never_show_the_token():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -371,3 +372,80 @@ def test_a_severity_number_outside_int64_is_kept_as_text(number):
     assert attributes["forge.severity_number"] == {"stringValue": str(number)}
     decoded = ExportLogsServiceRequest.FromString(otlp.protobuf_request([rec], ORIGIN, 1))
     assert decoded == ExportLogsServiceRequest.FromString(otlp.to_protobuf(export))
+
+
+# --- typed bodies and attributes (issue 12: AnyValue, not JSON text) --------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=JSON_VALUES, values=st.dictionaries(st.text(min_size=1, max_size=8), JSON_VALUES, max_size=4))
+def test_any_typed_body_or_attribute_encodes_alike_in_otlp_json_and_both_protobuf_paths(body, values):
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    rec = record("x")
+    rec["body"] = fields.any_value(body) if body is not None else None
+    rec["attributes"] += [{"key": key, "value": fields.any_value(value)} for key, value in values.items()]
+    export = otlp.request([rec], ORIGIN, 1707821500000000000)
+    check_otlp_json(export)
+    text = otlp.to_json(export)  # orjson writes it: nothing unwritable got through
+    parsed = json_format.ParseDict(otlp.hex_ids_to_base64(orjson.loads(text)), ExportLogsServiceRequest())
+    assert ExportLogsServiceRequest.FromString(otlp.to_protobuf(export)) == parsed
+    assert ExportLogsServiceRequest.FromString(otlp.protobuf_request([rec], ORIGIN, 1707821500000000000)) == parsed
+    log = parsed.resource_logs[0].scope_logs[0].log_records[0]
+    if isinstance(body, dict) and body and not (len(body) == 1 and set(body) <= fields.ANY_KEYS):
+        assert log.body.WhichOneof("value") == "kvlist_value"
+    elif isinstance(body, list):
+        assert log.body.WhichOneof("value") == "array_value"
+    elif isinstance(body, bool):
+        assert log.body.bool_value is body
+    elif isinstance(body, int) and -2**63 <= body < 2**63:
+        assert log.body.int_value == body
+    elif isinstance(body, float):
+        assert log.body.double_value == body
+    # line-based formats: one frame a strict reader accepts, the body as compact JSON of its plain value
+    data, count = logplex.batch([rec], WHO)
+    assert len(read_logplex(data, count)) >= 1
+    plain = fields.plain(rec["body"]) if rec["body"] is not None else ""
+    expected = "" if plain is None else plain if isinstance(plain, str) else orjson.dumps(plain).decode()
+    assert fields.body_text(rec) == expected
+    (message,) = read_octet_counted(syslog5424.stream([rec], STRICT))
+    assert read_5424(message)["message"] == expected.encode()
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("s", {"stringValue": "s"}), (True, {"boolValue": True}), (5, {"intValue": "5"}),
+    (2**63, {"stringValue": "9223372036854775808"}),
+    (0.5, {"doubleValue": 0.5}), (float("inf"), {"stringValue": "Infinity"}), (None, {}), ({}, {}),
+    ([1], {"arrayValue": {"values": [{"intValue": "1"}]}}),
+    ({"a": "b"}, {"kvlistValue": {"values": [{"key": "a", "value": {"stringValue": "b"}}]}}),
+    ({"a": "b", "stringValue": "c"}, {"kvlistValue": {"values": [
+        {"key": "a", "value": {"stringValue": "b"}}, {"key": "stringValue", "value": {"stringValue": "c"}}]}}),
+    ({"arrayValue": {}}, {"arrayValue": {"values": []}}),
+    ({"arrayValue": [1]}, {"arrayValue": {"values": [{"intValue": "1"}]}}),
+    ({"kvlistValue": {"a": 1}}, {"kvlistValue": {"values": [{"key": "a", "value": {"intValue": "1"}}]}}),
+    ({"kvlistValue": {"values": [{"key": 1, "value": "x"}, "junk", {"value": 2}]}},
+     {"kvlistValue": {"values": [{"key": "1", "value": {"stringValue": "x"}}]}}),
+    ({"doubleValue": "2.5"}, {"doubleValue": 2.5}), ({"doubleValue": "Infinity"}, {"stringValue": "Infinity"}),
+    ({"intValue": 3.0}, {"intValue": "3"}), ({"intValue": 3.5}, {"stringValue": "3.5"}),
+    ({"boolValue": "yes"}, {"stringValue": "yes"}), ({"stringValue": None}, {}),
+])
+def test_any_value_normalises_as_documented(value, expected):
+    assert fields.any_value(value) == expected
+    assert fields.any_value(expected) == expected  # idempotent
+
+
+def test_nesting_beyond_the_limit_becomes_text_and_stays_writable():
+    deep: list = ["bottom"]
+    for _ in range(300):
+        deep = [deep]
+    value = fields.any_value(deep)
+    orjson.dumps([{"body": value}])
+    assert fields.any_value(value) == value
+    assert "bottom" in fields.value_text(value)

@@ -6,7 +6,9 @@ length that counts the UTF-8 bytes of everything after the space, LF included.
 Receivers such as Vector's ``heroku_logs`` split the body on LF and read eight
 space-separated fields, so a message never holds a raw line break: a
 multi-line body (a stack trace) becomes one frame per line. A frame's message
-part over 10,000 bytes is split, as Heroku splits long dyno lines.
+part over 10,000 bytes is split, as Heroku splits long dyno lines. A
+structured body (kvlist, array, number, bool) is written as the compact JSON
+of its plain value: ``{"a":1}`` (:func:`fields.body_text`).
 """
 
 from __future__ import annotations

@@ -22,6 +22,13 @@ the source opts in. A severity number outside 1..24 is rewritten and the
 original kept as ``forge.severity_number``; invalid ids are dropped from the
 record and kept as attributes, since one bad id makes a Collector refuse the
 whole request.
+
+Bodies and attribute values keep their OTLP type (issue 12): a structured body
+is a ``kvlistValue`` or ``arrayValue``, a typed attribute an ``intValue``,
+``doubleValue``, ``boolValue`` or ``bytesValue``, in both encodings — never
+their JSON text. Whatever a record holds is read through
+:func:`fields.any_value`, so values the Forge client did not normalise
+(records stored earlier) encode too.
 """
 
 from __future__ import annotations
@@ -76,11 +83,22 @@ def _span_id(value) -> str | None:
     return value.lower() if isinstance(value, str) and HEX16.match(value) and value.strip("0") else None
 
 
-def _body_text(record: dict) -> str:
+_EMPTY_BODY = {"stringValue": ""}
+
+
+def _body(record: dict) -> dict:
+    """The body as an AnyValue: a stringValue as is (the common case), anything else normalised.
+    A missing body is an empty string, as before."""
     body = record.get("body")
     if type(body) is dict and len(body) == 1 and type(body.get("stringValue")) is str:
-        return body["stringValue"]
-    return fields.body_text(record)
+        return body
+    if body is None:
+        return _EMPTY_BODY
+    return fields.any_value(body)
+
+
+def _text(value: str | dict) -> str:
+    return value if type(value) is str else fields.value_text(value)
 
 
 def _nanos(value) -> int:
@@ -93,12 +111,13 @@ def _nanos(value) -> int:
 
 def _parts(record: dict, origin: Origin) -> tuple:
     """What a LogRecord says about one record, whichever encoding carries it:
-    (resource key, time, severity number, severity text, body, trace id, span id, attributes),
-    attributes as (name, value) pairs, an ``int`` value being an intValue."""
-    attrs = fields.attributes(record)
+    (resource key, time, severity number, severity text, body AnyValue, trace id, span id, attributes),
+    attributes as (name, value) pairs: a ``str`` value is a stringValue, an ``int`` an intValue,
+    a ``dict`` any other AnyValue (kept typed: kvlist, array, int, double, bool, bytes)."""
+    attrs = fields.attribute_values(record)
     number, _ = severity.of(record)
     text = record.get("severityText")
-    pairs: list[tuple[str, str | int]] = []
+    pairs: list[tuple[str, str | int | dict]] = []
     for key, value in attrs.items():
         if key in RESOURCE_KEYS:
             continue
@@ -124,20 +143,22 @@ def _parts(record: dict, origin: Origin) -> tuple:
             pairs.append(("syslog.facility", heroku["pri"] // 8))
         key = ("heroku", str(heroku.get("app") or "-"), None, None)
     else:
-        key = ("forge", attrs.get("appId") or origin.app_id, attrs.get("environmentId") or origin.environment_id,
-               attrs.get("appVersion"))
+        app_id, environment_id, version = attrs.get("appId"), attrs.get("environmentId"), attrs.get("appVersion")
+        key = ("forge", (_text(app_id) if app_id is not None else "") or origin.app_id,
+               (_text(environment_id) if environment_id is not None else "") or origin.environment_id,
+               (_text(version) or None) if version is not None else None)
     if len({name for name, _ in pairs}) != len(pairs):
         seen: set[str] = set()
         pairs = [p for p in pairs if not (p[0] in seen or seen.add(p[0]))]
     return (key, _nanos(record.get("timeUnixNano")), number, text if isinstance(text, str) and text else None,
-            _body_text(record), trace, span, pairs)
+            _body(record), trace, span, pairs)
 
 
 def log_record(record: dict, origin: Origin, observed_nanos: int) -> tuple[tuple, dict]:
     """(resource key, OTLP LogRecord JSON) for one Forge or Heroku record."""
     key, nanos, number, text, body, trace, span, pairs = _parts(record, origin)
     out: dict = {"timeUnixNano": str(nanos), "observedTimeUnixNano": str(observed_nanos),
-                 "severityNumber": number, "body": {"stringValue": body}}
+                 "severityNumber": number, "body": body}
     if text:
         out["severityText"] = text
     if trace:
@@ -145,8 +166,9 @@ def log_record(record: dict, origin: Origin, observed_nanos: int) -> tuple[tuple
     if span:
         out["spanId"] = span
     if pairs:
-        out["attributes"] = [{"key": name, "value": {"intValue": str(value)} if type(value) is int
-                              else {"stringValue": value}} for name, value in pairs]
+        out["attributes"] = [{"key": name, "value": {"stringValue": value} if type(value) is str
+                              else {"intValue": str(value)} if type(value) is int else value}
+                             for name, value in pairs]
     return key, out
 
 
@@ -199,9 +221,6 @@ def protobuf_request(records: list[dict], origin: Origin, observed_nanos: int) -
     varint = _varint
     for record in records:
         key, nanos, number, text, body, trace, span, pairs = _parts(record, origin)
-        encoded = body.encode("utf-8", "replace")
-        size = len(encoded)
-        inner = varint(size)
         out = [b"\x09", _FIXED64(nanos), _SEVERITY[number] if 0 <= number < 128 else b"\x10" + varint(number)]
         if text:
             field = texts.get(text)
@@ -209,8 +228,20 @@ def protobuf_request(records: list[dict], origin: Origin, observed_nanos: int) -
                 raw = text.encode("utf-8", "replace")
                 field = texts[text] = b"\x1a" + varint(len(raw)) + raw
             out.append(field)
-        out += (b"\x2a", varint(size + 1 + len(inner)), b"\x0a", inner, encoded)
+        plain_text = body.get("stringValue") if len(body) == 1 else None
+        if type(plain_text) is str:
+            encoded = plain_text.encode("utf-8", "replace")
+            size = len(encoded)
+            inner = varint(size)
+            out += (b"\x2a", varint(size + 1 + len(inner)), b"\x0a", inner, encoded)
+        else:
+            encoded = _any_value(body)
+            out += (b"\x2a", varint(len(encoded)), encoded)
         for pair in pairs:
+            if type(pair[1]) is dict:  # a typed AnyValue: not hashable, rare
+                kv = _key_value(*pair)
+                out.append(b"\x32" + varint(len(kv)) + kv)
+                continue
             field = pairs_cache.get(pair)
             if field is None:
                 kv = _key_value(*pair)
@@ -257,12 +288,41 @@ def _bytes_field(data: bytes) -> tuple[bytes, bytes]:
     return _varint(len(data)), data
 
 
-def _key_value(name: str, value: str | int) -> bytes:
-    """A KeyValue: key (1), value (2) an AnyValue of string_value (1) or int_value (3)."""
+def _key_value(name: str, value: str | int | dict) -> bytes:
+    """A KeyValue: key (1), value (2) an AnyValue (a str is a string_value, an int an int_value)."""
     any_value = (b"\x18" + _varint(value)) if type(value) is int else (
-        b"\x0a" + b"".join(_bytes_field(value.encode("utf-8", "replace"))))
+        b"\x0a" + b"".join(_bytes_field(value.encode("utf-8", "replace")))) if type(value) is str else _any_value(value)
     return b"\x0a" + b"".join(_bytes_field(name.encode("utf-8", "replace"))) + b"\x12" + b"".join(
         _bytes_field(any_value))
+
+
+_DOUBLE = struct.Struct("<d").pack
+
+
+def _any_value(value: dict) -> bytes:
+    """The fields of a normalised AnyValue (:func:`fields.any_value`), protobuf wire format:
+    string_value 1, bool_value 2, int_value 3, double_value 4, array_value 5 (ArrayValue:
+    values 1), kvlist_value 6 (KeyValueList: values 1), bytes_value 7. Inside a oneof a
+    default (false, 0, "") is still written, as the generated classes do."""
+    if not value:
+        return b""
+    (kind, inner), = value.items()
+    if kind == "stringValue":
+        return b"\x0a" + b"".join(_bytes_field(inner.encode("utf-8", "replace")))
+    if kind == "boolValue":
+        return b"\x10\x01" if inner else b"\x10\x00"
+    if kind == "intValue":
+        return b"\x18" + _varint(int(inner))
+    if kind == "doubleValue":
+        return b"\x21" + _DOUBLE(inner)
+    if kind == "bytesValue":
+        return b"\x3a" + b"".join(_bytes_field(base64.b64decode(inner + "=" * (-len(inner) % 4))))
+    if kind == "arrayValue":
+        items = b"".join(b"\x0a" + b"".join(_bytes_field(_any_value(item))) for item in inner["values"])
+        return b"\x2a" + b"".join(_bytes_field(items))
+    items = b"".join(b"\x0a" + b"".join(_bytes_field(_key_value(item["key"], item["value"])))
+                     for item in inner["values"])
+    return b"\x32" + b"".join(_bytes_field(items))
 
 
 def to_json(export: dict) -> bytes:
@@ -313,14 +373,27 @@ def _fill_attributes(target, attributes: list[dict]) -> None:
 
 
 def _fill_value(target, value: dict) -> None:
+    """One normalised AnyValue into a generated ``AnyValue`` (an empty one is still marked present)."""
     if "stringValue" in value:
         target.string_value = value["stringValue"]
     elif "intValue" in value:
         target.int_value = int(value["intValue"])
-    else:  # not built by this module today; keep the general path for any other AnyValue
-        from google.protobuf import json_format
-
-        json_format.ParseDict(value, target)
+    elif "boolValue" in value:
+        target.bool_value = value["boolValue"]
+    elif "doubleValue" in value:
+        target.double_value = value["doubleValue"]
+    elif "bytesValue" in value:
+        inner = value["bytesValue"]
+        target.bytes_value = base64.b64decode(inner + "=" * (-len(inner) % 4))
+    elif "arrayValue" in value:
+        target.array_value.SetInParent()
+        for item in value["arrayValue"]["values"]:
+            _fill_value(target.array_value.values.add(), item)
+    elif "kvlistValue" in value:
+        target.kvlist_value.SetInParent()
+        _fill_attributes(target.kvlist_value.values, value["kvlistValue"]["values"])
+    else:
+        target.SetInParent()
 
 
 def hex_ids_to_base64(export: dict) -> dict:

@@ -9,7 +9,8 @@ A message over 8,192 bytes is split into several frames: RFC 5425 §4.3.1 asks
 receivers to take 8,192 octets, and rsyslog's default ``maxMessageSize`` is
 8 KiB, so a longer message would be cut by a receiver left at its defaults.
 Structured data is held to 4,096 bytes (the longest values are shortened) so
-the body always has room.
+the body always has room. A structured body, like a typed SD-PARAM value, is
+the compact JSON of its plain value: ``{"a":1}`` (:func:`fields.body_text`).
 """
 
 from __future__ import annotations
