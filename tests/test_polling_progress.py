@@ -182,3 +182,48 @@ def test_a_source_that_catches_up_clears_over_capacity(conn, database_url, redis
     assert outcome.result == "caught-up"
     row = source_row(conn, source_id)
     assert row["over_capacity_since"] is None and row["capacity_per_minute"] == pytest.approx(10_000 * 100)
+
+
+AWKWARD = {
+    "lone surrogate in the body": '{"timeUnixNano":"%d","severityText":"INFO","body":{"stringValue":"half \\ud800 a pair"}}',
+    "lone surrogate in an attribute": '{"timeUnixNano":"%d","severityText":"WARN","body":{"stringValue":"ok"},'
+                                      '"attributes":[{"key":"user","value":{"stringValue":"\\udfff"}}]}',
+    "severityNumber beyond float range": '{"timeUnixNano":"%d","severityNumber":1e400,"severityText":"ERROR",'
+                                         '"body":{"stringValue":"huge"}}',
+    "doubleValue beyond float range": '{"timeUnixNano":"%d","severityText":"INFO","body":{"stringValue":"d"},'
+                                      '"attributes":[{"key":"ratio","value":{"doubleValue":1e400}}]}',
+    "a bare string body": '{"timeUnixNano":"%d","severityText":"INFO","body":"plain text body"}',
+    "a structured body": '{"timeUnixNano":"%d","severityText":"INFO","body":{"kvlistValue":{"values":'
+                         '[{"key":"order","value":{"intValue":"42"}},{"key":"paid","value":{"boolValue":true}}]}}}',
+    "typed attributes": '{"timeUnixNano":"%d","severityText":"DEBUG","body":{"stringValue":"t"},"attributes":'
+                        '[{"key":"n","value":{"intValue":"7"}},{"key":"tags","value":{"arrayValue":{"values":'
+                        '[{"stringValue":"a"},{"stringValue":"b"}]}}}]}',
+    "not an object": '42',
+}
+
+
+def test_a_page_with_every_undecodable_case_completes_its_window(conn, database_url, redis_url, vault):
+    fake = ForgeFake(seed=45, page_size=5, rate_limit=10_000)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=2, late_fraction=0)
+    source_id, first = start_source(conn, vault, timedelta(minutes=40))
+    base = first + timedelta(minutes=5)
+    for n, raw in enumerate(AWKWARD.values()):
+        ts = base + timedelta(seconds=n)
+        text = raw % (int(ts.timestamp() * 1000) * 1_000_000) if "%d" in raw else raw
+        fake.inject_raw(APP, ENV, ts, text, visible_at=0)
+    with LocalServer(fake.wsgi()) as server:
+        poller = make_poller(database_url, redis_url, server.url, vault)
+        outcome = poller.poll(polling.claim(conn, 1, 180)[0])
+    assert outcome.result == "caught-up", outcome
+    row = source_row(conn, source_id)
+    assert row["checkpoint"] > base + timedelta(minutes=5)
+    assert row["consecutive_failures"] == 0 and row["state"] == "active"
+    stored = outbox_records(conn, source_id)
+    bodies = [r.get("body") for r in stored]
+    # Every record that can be read with repair is stored; only the non-object is unreadable.
+    assert row["unreadable"] == 1 and row["unreadable_sample"]
+    assert len(stored) == len(fake.records(APP, ENV, first, row["checkpoint"], now=fake.clock() + 86_400)) - 1
+    assert {"kvlistValue": {"values": [{"key": "order", "value": {"intValue": "42"}},
+                                       {"key": "paid", "value": {"boolValue": True}}]}} in bodies
+    assert {"stringValue": "plain text body"} in bodies
+    assert any(b == {"stringValue": "half \ufffd a pair"} for b in bodies)
