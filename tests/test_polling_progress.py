@@ -114,6 +114,21 @@ def test_a_two_hour_backlog_arrives_complete_and_once_whatever_the_pages(
     assert row["over_capacity_since"] is None
 
 
+def test_empty_pages_that_carry_a_cursor_lose_nothing(conn, database_url, redis_url, vault):
+    clock = FastClock()
+    fake = ForgeFake(seed=46, page_size=20, order="newest", cursor_ttl=30, empty_pages=3, clock=clock,
+                     retry_after=True)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=15, late_fraction=0)
+    source_id, first = start_source(conn, vault, timedelta(hours=1))
+    with LocalServer(fake.wsgi()) as server:
+        poller = make_poller(database_url, redis_url, server.url, vault, limit=BUDGET, period=PERIOD, lag=10)
+        drive(conn, poller, source_id)
+    row = source_row(conn, source_id)
+    assert_complete_and_once(conn, fake, source_id, first, row["checkpoint"])
+    assert row["page_records"] == 20  # an empty page with a cursor does not pass for the page size
+    assert not [c for c in fake.calls if c.status == 429]
+
+
 def test_the_busy_app_that_never_arrived_now_does(conn, database_url, redis_url, vault):
     """The measured case: ~60 records a minute, 50-record pages, newest first, cursors live a minute."""
     clock = FastClock()

@@ -64,7 +64,7 @@ def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
     # connections serve many threads; Heroku's small plans allow 20 in all.
     pool = batch.job_pool(settings.database_url, f"forgedrain-poll-{slot}", min(threads, MAX_CONNECTIONS) + 1)
     poller = poller_for(settings, pool.connection, redisconn.connect(settings.redis_url))
-    totals = {"polls": 0, "calls": 0, "stored": 0, "errors": 0}
+    totals = {"polls": 0, "calls": 0, "stored": 0, "windows": 0, "shrunk": 0, "unreadable": 0, "errors": 0}
 
     def claim(free: int) -> list[dict]:
         with pool.connection() as conn:
@@ -77,6 +77,9 @@ def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
         totals["polls"] += 1
         totals["calls"] += outcome.calls
         totals["stored"] += outcome.stored
+        totals["windows"] += outcome.windows
+        totals["shrunk"] += outcome.shrunk
+        totals["unreadable"] += outcome.unreadable
         totals["errors"] += len(outcome.errors)
 
     try:
@@ -84,8 +87,9 @@ def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
                          tally=tally, idle_wait=lambda deadline: _soon_due(pool, deadline), name=f"poll-{slot}")
     finally:
         pool.close()
-    log.info("poll batch slot=%d polls=%d calls=%d stored=%d errors=%d", slot, totals["polls"],
-             totals["calls"], totals["stored"], totals["errors"])
+    log.info("poll batch slot=%d polls=%d calls=%d stored=%d windows=%d shrunk=%d unreadable=%d errors=%d",
+             slot, totals["polls"], totals["calls"], totals["stored"], totals["windows"], totals["shrunk"],
+             totals["unreadable"], totals["errors"])
     return totals
 
 
