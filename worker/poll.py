@@ -5,10 +5,12 @@ batches and polls them on a bounded thread pool, each poll fenced by its own
 lease (:mod:`broker.polling`). It keeps claiming until nothing is due or its
 time budget is spent, then exits; the clock's next tick enqueues it again.
 
-Timeouts nest: HTTP read (30 s) < a source's time box (20 s of starting
-calls, plus the call in flight) < this job's claiming budget (45 s) plus one
-time box < ``job_timeout`` (150 s) < the lease (180 s). A job killed outright
-leaves leases that expire and are claimed again by a later job.
+Timeouts nest: a source's poll starts new windows for 20 s and reads an open
+window's pages for 40 s at most, plus the call in flight (HTTP read 30 s);
+this job's claiming budget (45 s) plus one such poll < ``job_timeout``
+(150 s) < the lease (180 s). A job killed outright leaves leases that expire
+and are claimed again by a later job, which resumes an open window with its
+cursor or, if Atlassian refuses it, shrinks the window.
 """
 
 from __future__ import annotations
