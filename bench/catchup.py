@@ -133,8 +133,8 @@ class BoundedFake(ForgeFake):
             self._buckets.popitem(last=False)
         return records
 
-    def _select(self, query, asof):
-        selected = super()._select(query, asof)
+    def _select(self, *args):
+        selected = super()._select(*args)
         while len(self._selections) > self.SELECTIONS:
             self._selections.popitem(last=False)
         return selected
@@ -224,19 +224,24 @@ def verify(conn: psycopg.Connection, fake: ForgeFake, run: Run, app_id: str, sou
     count = min(hours, span)
     for k in range(count):
         hour = start + timedelta(hours=k * span // count)
-        until = hour + timedelta(hours=1)
-        expected = {polling.fingerprint(r) for r in fake.records(app_id, ENVIRONMENT, hour, until)}
-        stored = Counter()
-        rows = conn.execute("SELECT payload FROM outbox WHERE source_id = %s AND max_ts >= %s AND min_ts < %s",
-                            (source_id, hour, until)).fetchall()
-        for row in rows:
-            for record in polling.decode_batch(bytes(row["payload"])):
-                if hour <= polling.record_time(record, hour) < until:
-                    stored[polling.fingerprint(record)] += 1
-        run.verified += len(expected)
-        run.missing += len(expected - stored.keys())
-        run.duplicates += sum(n - 1 for n in stored.values())
-        run.unexpected += len(stored.keys() - expected)
+        verify_span(conn, fake, run, app_id, source_id, hour, hour + timedelta(hours=1))
+
+
+def verify_span(conn: psycopg.Connection, fake: ForgeFake, run, app_id: str, source_id,
+                start: datetime, until: datetime) -> None:
+    """Every record the fake serves for ``[start, until)`` is in the outbox once, and nothing else is."""
+    expected = {polling.fingerprint(r) for r in fake.records(app_id, ENVIRONMENT, start, until)}
+    stored = Counter()
+    rows = conn.execute("SELECT payload FROM outbox WHERE source_id = %s AND max_ts >= %s AND min_ts < %s",
+                        (source_id, start, until)).fetchall()
+    for row in rows:
+        for record in polling.decode_batch(bytes(row["payload"])):
+            if start <= polling.record_time(record, start) < until:
+                stored[polling.fingerprint(record)] += 1
+    run.verified += len(expected)
+    run.missing += len(expected - stored.keys())
+    run.duplicates += sum(n - 1 for n in stored.values())
+    run.unexpected += len(stored.keys() - expected)
 
 
 def run_one(args: argparse.Namespace, server_url: str, redis_url: str, fake: ForgeFake, forge_url: str,
@@ -451,24 +456,362 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
               f"{r.statuses.get(429, 0)} 429s vs ≥ {TARGET_USE:.2f} and 0: {verdict}")
 
 
+# --- the dense, awkward profile (issue 12) ------------------------------------------------
+
+
+@dataclass
+class DenseRun:
+    """One catch-up of a finite stretch of an over-capacity app's log."""
+
+    density: float = 0.0                 # records per minute of log time, as generated (compressed)
+    start_behind: timedelta = timedelta(0)
+    stretch: timedelta = timedelta(0)    # log time to read: first checkpoint → goal
+    expected: int = 0                    # records the fake serves for the stretch
+    reached: bool = False
+    first_call: float | None = None      # fake clock (wall) of the first call
+    reached_at: float | None = None      # wall time the checkpoint was first seen at or past the goal
+    first_window_at: float | None = None  # wall time the checkpoint first moved (a window completed)
+    first_window_checkpoint: datetime | None = None
+    steady_expected: int = 0             # records from that checkpoint to the goal
+    calls_before_first_window: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    calls_ok: int = 0                    # answered 200, whole run
+    calls_to_goal: int = 0               # answered 200 from the first call to reaching the goal
+    refused_cursors: int = 0             # answered the stale-cursor status
+    stored: int = 0                      # records in the outbox, whole run
+    outbox_rows: int = 0
+    over_seen_after: float | None = None  # seconds from the first call to over_capacity_since set
+    over_at_end: bool = False
+    density_seen: float | None = None    # sources.density_per_minute when last sampled
+    capacity_seen: float | None = None   # sources.capacity_per_minute when last sampled
+    shrinks: Counter = field(default_factory=Counter)  # reason -> count, from the worker's log
+    job_spans: list[tuple[float, float, int, int]] = field(default_factory=list)  # start, end, calls, stored
+    worker_cpu: float | None = None
+    split: dict[str, float] = field(default_factory=dict)  # step -> CPU s per million records
+    verified: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    unexpected: int = 0
+    gaps: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def deployed_poll_settings(env: dict[str, str]) -> tuple[int, int]:
+    """FORGE_POLL_LAG_SECONDS and FORGE_POLL_OVERLAP_SECONDS as deployed (broker/config.py's defaults)."""
+    from broker import config
+    settings = config.load({k: v for k, v in env.items()
+                            if k not in ("FORGE_POLL_LAG_SECONDS", "FORGE_POLL_OVERLAP_SECONDS")})
+    return settings.poll_lag_seconds, settings.poll_overlap_seconds
+
+
+def job_summaries(log_text: str) -> list[tuple[float, float, int, int]]:
+    """(start, end, calls, stored) of each poll job, from the worker's log."""
+    spans, began = [], None
+    for line in log_text.splitlines():
+        stamp = LOG_TIME.match(line)
+        if not stamp:
+            continue
+        moment = datetime.fromisoformat(stamp.group(1)).replace(tzinfo=timezone.utc).timestamp()
+        if "poll: worker.poll.run_batch(" in line:
+            began = moment
+        elif began is not None and "poll batch slot=" in line:
+            calls, stored = re.search(r" calls=(\d+)", line), re.search(r" stored=(\d+)", line)
+            spans.append((began, moment, int(calls.group(1)) if calls else 0, int(stored.group(1)) if stored else 0))
+            began = None
+    return spans
+
+
+def cpu_split(records: list[dict], page_size: int) -> dict[str, float]:
+    """CPU s per million records of what the poller does per page, on this run's records re-paged as
+    the fake served them: decode (``forge.decode_page``), fingerprints, encode (``encode_batch``)."""
+    import orjson
+    from broker import forge
+    if not records:
+        return {}
+    pages = [orjson.dumps({"appLogs": records[i:i + page_size], "cursor": "c"})
+             for i in range(0, len(records), page_size)]
+    decode = getattr(forge, "decode_page", None) or orjson.loads
+
+    def timed(step, items) -> float:
+        best = float("inf")
+        for _ in range(3):
+            began = time.process_time()
+            for item in items:
+                step(item)
+            best = min(best, time.process_time() - began)
+        return best * 1_000_000 / len(records)
+
+    decoded = [orjson.loads(p)["appLogs"] for p in pages]
+    return {"decode": timed(decode, pages), "fingerprint": timed(polling.fingerprint, records),
+            "encode": timed(polling.encode_batch, decoded), "orjson.loads": timed(orjson.loads, pages)}
+
+
+def run_dense(args: argparse.Namespace, server_url: str, redis_url: str, fake: ForgeFake, forge_url: str,
+              app_id: str, workdir: Path) -> DenseRun:
+    scale = 60 / args.period            # deployed seconds per real second
+    run = DenseRun(density=args.records_per_minute * scale)
+    fake.add_app(app_id, [ENVIRONMENT], EMAIL, API_TOKEN, records_per_minute=run.density,
+                 late_fraction=0.05, max_delay_seconds=600 / scale)
+    database = create_database(server_url)
+    database_url = with_database(server_url, database)
+    redis = redisconn.connect(redis_url)
+    clear_redis(redis)
+    fernet_key = Fernet.generate_key().decode()
+    worker = clock = None
+    worker_log = workdir / "worker-dense.log"
+    rusage_file = workdir / "rusage-dense.json"
+    base_env = process_env(database_url, redis_url, forge_url, fernet_key, {
+        "FORGE_RATE_LIMIT": str(OUR_LIMIT),
+        "FORGE_RATE_PERIOD_SECONDS": str(args.period),
+        "CLOCK_TICK_SECONDS": str(args.tick),
+        "BENCH_RUSAGE_FILE": str(rusage_file),
+    })
+    lag, overlap = deployed_poll_settings(base_env)
+    args.lag, args.overlap = lag, overlap
+    env = {**base_env, "FORGE_POLL_LAG_SECONDS": str(lag), "FORGE_POLL_OVERLAP_SECONDS": str(overlap)}
+    # Behind by more than the overlap (each read settles its window at once: catching up reads every
+    # record once) and by more than the poller's 5 minutes (it calls a source over capacity only while
+    # that far behind); the stretch read is the log's oldest part, so the source stays that far behind.
+    run.start_behind = timedelta(seconds=lag + max(overlap, 300) + 60)
+    run.stretch = timedelta(minutes=args.log_minutes / scale)
+    try:
+        with db.connect(database_url, "forgedrain-bench") as conn:
+            migrate.migrate(conn)
+            resource_id = uuid.uuid4()
+            with conn.transaction():
+                conn.execute("INSERT INTO resources (id, partner_id, plan, api_token_hash) "
+                             "VALUES (%s, 'forgedrain', 'pro', %s)", (resource_id, tokens.digest(str(resource_id))))
+                row = conn.execute(
+                    "INSERT INTO sources (resource_id, app_id, environment_id, email, api_token_enc, checkpoint) "
+                    "VALUES (%s, %s, %s, %s, %s, date_trunc('milliseconds', now() - %s)) "
+                    "RETURNING id, checkpoint",
+                    (resource_id, app_id, ENVIRONMENT, EMAIL, Vault([fernet_key]).encrypt(API_TOKEN),
+                     run.start_behind),
+                ).fetchone()
+                conn.execute("INSERT INTO drains (resource_id, kind, url_enc, token, enabled) "
+                             "VALUES (%s, 'logplex', %s, %s, false)",
+                             (resource_id, Vault([fernet_key]).encrypt("https://logs.example.com/"),
+                              f"d.{uuid.uuid4()}"))
+            source_id, first_checkpoint = row["id"], row["checkpoint"]
+            goal = first_checkpoint + run.stretch
+            goal = goal.replace(microsecond=goal.microsecond // 1000 * 1000)
+            run.expected = len(fake.records(app_id, ENVIRONMENT, first_checkpoint, goal))
+            calls_before = len(fake.calls)
+            worker = start(["-c", WORKER], env, worker_log)
+            clock = start(["-m", "worker.clock"], env, workdir / "clock-dense.log")
+            deadline = time.monotonic() + args.max_minutes * 60
+            while time.monotonic() < deadline:
+                state = conn.execute("SELECT checkpoint, over_capacity_since, density_per_minute, "
+                                     "capacity_per_minute FROM sources WHERE id = %s", (source_id,)).fetchone()
+                if run.first_call is None:
+                    mine = [c for c in fake.calls[calls_before:] if c.path.endswith("/" + app_id)]
+                    run.first_call = mine[0].time if mine else None
+                if state["density_per_minute"] is not None:
+                    run.density_seen = float(state["density_per_minute"])
+                if state["capacity_per_minute"] is not None:
+                    run.capacity_seen = float(state["capacity_per_minute"])
+                run.over_at_end = state["over_capacity_since"] is not None
+                if run.over_at_end and run.over_seen_after is None and run.first_call is not None:
+                    run.over_seen_after = time.time() - run.first_call
+                if run.first_window_at is None and state["checkpoint"] > first_checkpoint:
+                    run.first_window_at, run.first_window_checkpoint = time.time(), state["checkpoint"]
+                if state["checkpoint"] >= goal:
+                    run.reached, run.reached_at = True, time.time()
+                    break
+                if worker.poll() is not None or clock.poll() is not None:
+                    run.errors.append("dense: the worker or the clock exited early (see its log)")
+                    break
+                time.sleep(0.2)
+            log_end = worker_log.stat().st_size
+            stop(clock, 5)
+            stop(worker, 30)
+            calls = [c for c in fake.calls[calls_before:] if c.path.endswith("/" + app_id)]
+            run.statuses = Counter(c.status for c in calls)
+            run.refused_cursors = sum(1 for c in calls if c.status == fake.stale_cursor_status)
+            run.calls_ok = sum(1 for c in calls if c.status == 200)
+            if run.first_window_at is not None:
+                run.calls_before_first_window = sum(1 for c in calls if c.status == 200
+                                                    and c.time <= run.first_window_at)
+                run.steady_expected = len(fake.records(app_id, ENVIRONMENT, min(run.first_window_checkpoint, goal),
+                                                       goal))
+            if run.reached_at is not None:
+                run.calls_to_goal = sum(1 for c in calls if c.status == 200 and c.time <= run.reached_at)
+            totals = conn.execute("SELECT count(*) AS rows, coalesce(sum(record_count), 0) AS records "
+                                  "FROM outbox WHERE source_id = %s", (source_id,)).fetchone()
+            run.outbox_rows, run.stored = totals["rows"], int(totals["records"])
+            run.gaps = conn.execute("SELECT count(*) AS n FROM source_gaps").fetchone()["n"]
+            if not run.reached:
+                run.errors.append(f"dense: the checkpoint did not reach the goal within {args.max_minutes:g} min")
+            if run.gaps:
+                run.errors.append(f"dense: {run.gaps} gaps recorded")
+            # Every record of the stretch, record by record, in one-minute spans.
+            moment = first_checkpoint
+            while moment < goal:
+                until = min(goal, moment + timedelta(minutes=1))
+                verify_span(conn, fake, run, app_id, source_id, moment, until)
+                moment = until
+            if run.duplicates:
+                run.errors.append(f"dense: {run.duplicates} records stored twice")
+            if run.missing:
+                run.errors.append(f"dense: {run.missing} of {run.verified} records missing")
+            if run.unexpected:
+                run.errors.append(f"dense: {run.unexpected} records stored that the fake does not serve")
+            run.split = cpu_split(fake.records(app_id, ENVIRONMENT, first_checkpoint,
+                                               min(goal, first_checkpoint + timedelta(minutes=1))), args.page_size)
+    finally:
+        if clock is not None and clock.poll() is None:
+            stop(clock, 5)
+        if worker is not None and worker.poll() is None:
+            stop(worker, 5)
+        clear_redis(redis)
+        redis.close()
+        try:
+            drop_database(server_url, database)
+        except psycopg.Error as exc:
+            print(f"could not drop database {database}: {exc}", file=sys.stderr)
+    if rusage_file.exists():
+        usage = json.loads(rusage_file.read_text())
+        run.worker_cpu = usage["self_cpu"] + usage["children_cpu"]
+    with open(worker_log, "rb") as f:
+        log_text = f.read(log_end).decode(errors="replace")
+    run.job_spans = job_summaries(log_text)
+    for line in log_text.splitlines():
+        found = re.search(r"shrank its window after \d+ pages: ([^\"]+)", line)
+        if found:
+            run.shrinks[found.group(1).strip()] += 1
+    bad = [line for line in log_text.splitlines() if re.search(r"level=error|poll crashed", line)]
+    if bad:
+        run.errors.append(f"dense: {len(bad)} error lines in the worker's log, the first: "
+                          + " | ".join(line[:300] for line in bad[:3]))
+    unexpected = {s: n for s, n in run.statuses.items() if s not in (200, 429, fake.stale_cursor_status)}
+    if unexpected:
+        run.errors.append(f"dense: the fake answered {unexpected}")
+    return run
+
+
+def report_dense(run: DenseRun, args: argparse.Namespace) -> None:
+    scale = 60 / args.period
+    page = args.page_size
+    capacity_deployed = OUR_LIMIT * page
+    print()
+    print(f"dense profile: one app logging {args.records_per_minute:,.0f} records per (deployed) minute against "
+          f"a budget that reads {OUR_LIMIT} × {page} = {capacity_deployed:,} a minute "
+          f"({args.records_per_minute / capacity_deployed:.2f}× over capacity); time compressed {scale:g}×, so "
+          f"the log holds {run.density:,.0f} records per minute of its own (the poller's) time")
+    print(f"stretch read: {args.log_minutes:g} deployed minutes of log ({run.stretch.total_seconds():.0f} s of "
+          f"log time, {run.expected:,} records, {-(-run.expected // page):,} pages), starting "
+          f"{run.start_behind.total_seconds() / 60:.1f} min behind (the issue's 6-hour backlog would be "
+          f"{6 * 60 * args.records_per_minute / page:,.0f} pages, {6 * 60 * args.records_per_minute / page / OUR_LIMIT * args.period / 60:.0f} "
+          f"min here); done when the checkpoint passes the stretch's end")
+    min_seconds = -(-run.expected // page) / OUR_LIMIT * args.period
+    took = (run.reached_at - run.first_call) if run.reached_at and run.first_call else float("nan")
+    allowed = OUR_LIMIT * took / args.period
+    goodput = run.stored / run.calls_ok / page if run.calls_ok else float("nan")
+    print()
+    print(f"{'figure':<46} {'measured':>12} {'baseline':>12} {'ratio':>7} {'target':>8}")
+
+    def line(name, measured, baseline, ratio, target):
+        print(f"{name:<46} {measured:>12} {baseline:>12} {ratio:>7} {target:>8}")
+    line("goodput: new records per call / page size", f"{run.stored / run.calls_ok if run.calls_ok else 0:.1f}",
+         f"{page}", f"{goodput:.2f}", "≥ 0.80")
+    line("catch-up time (s) / theoretical minimum", f"{took:.1f}", f"{min_seconds:.1f}",
+         f"{took / min_seconds:.2f}" if min_seconds else "n/a", "≤ 1.25")
+    line("calls used / allowed (first call → goal)", f"{run.calls_to_goal}", f"{allowed:.0f}",
+         f"{run.calls_to_goal / allowed:.2f}" if allowed else "n/a", "≥ 0.90")
+    line("429s", f"{run.statuses.get(429, 0)}", "0", "", "0")
+    if run.first_window_at is not None and run.reached_at is not None and run.first_call is not None:
+        start_up = run.first_window_at - run.first_call
+        steady = run.reached_at - run.first_window_at
+        steady_min = -(-run.steady_expected // page) / OUR_LIMIT * args.period
+        line("  start-up: first call → first window done (s)", f"{start_up:.1f}",
+             f"{run.calls_before_first_window} calls", "", "")
+        if steady_min:
+            line("  then: catch-up time (s) / its minimum", f"{steady:.1f}", f"{steady_min:.1f}",
+                 f"{steady / steady_min:.2f}", "≤ 1.25")
+            six_hours = 6 * 60 * args.records_per_minute / page / OUR_LIMIT * args.period
+            projected = start_up + steady / steady_min * six_hours
+            line("  projected for a 6-hour backlog (s) / minimum", f"{projected:.0f}", f"{six_hours:.0f}",
+                 f"{projected / six_hours:.2f}", "≤ 1.25")
+    print("(baseline of the catch-up: the stretch's pages ÷ 25 calls per period × the period; of the calls: "
+          "25 per period over the same time. Start-up: the source's first windows, before any completes, read "
+          "the newest pages of a window sized without a density estimate; then: from the first completed window "
+          "to the goal; projected: start-up once plus the steady ratio over the issue's 6 hours, an extrapolation)")
+    print()
+    print(f"calls: {dict(sorted(run.statuses.items()))} (200s {run.calls_ok} in the whole run, of which "
+          f"{run.refused_cursors} refused cursors answered {args.stale_cursor_status}); records stored "
+          f"{run.stored:,} in {run.outbox_rows:,} outbox rows ({run.stored - run.verified:+,} beyond the stretch, "
+          "read by windows past the goal before the run stopped)")
+    shrinks = ", ".join(f"{n} {why}" for why, n in run.shrinks.most_common()) or "none"
+    print(f"windows shrunk: {shrinks}")
+    spans = run.job_spans
+    if spans:
+        per_job = [s / c / page for *_, c, s in spans if c]
+        idle = [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+        print(f"poll jobs: {len(spans)}, calls per job p50 {pct([c for *_, c, _ in spans], 50):.0f}, goodput per job "
+              f"min {pct(per_job, 0.0001):.2f} p50 {pct(per_job, 50):.2f}; idle between jobs p50 {pct(idle, 50):.2f} s "
+              f"max {pct(idle, 100):.2f} s")
+    over = "yes" if run.over_seen_after is not None else "no"
+    when = f", {run.over_seen_after:.1f} s after the first call" if run.over_seen_after is not None else ""
+    density = "n/a" if run.density_seen is None else f"{run.density_seen:,.0f}"
+    capacity = "n/a" if run.capacity_seen is None else f"{run.capacity_seen:,.0f}"
+    print(f"over capacity shown (sources.over_capacity_since): {over}{when}; at the end "
+          f"{'set' if run.over_at_end else 'clear'}; density_per_minute {density}, capacity_per_minute {capacity} "
+          f"(generated: {run.density:,.0f}; the poller's minutes are real ones, {scale:g} deployed minutes each: "
+          f"÷ {scale:g} = {run.density_seen / scale if run.density_seen else float('nan'):,.0f} and "
+          f"{run.capacity_seen / scale if run.capacity_seen else float('nan'):,.0f} deployed)")
+    if run.worker_cpu is not None and run.stored:
+        per_million = run.worker_cpu * 1_000_000 / run.stored
+        print(f"poll side CPU: worker and its work horses {run.worker_cpu:.1f} CPU s for {run.stored:,} records = "
+              f"{per_million:.1f} CPU s per million records (target ≤ 18; the whole worker: HTTP, SQL, RQ, re-reads)")
+    if run.split:
+        s = run.split
+        print(f"  per step, this run's records as {page}-record pages, in this process (CPU s per million): decode "
+              f"{s['decode']:.2f} (orjson.loads {s['orjson.loads']:.2f}), fingerprints {s['fingerprint']:.2f}, encode "
+              f"{s['encode']:.2f}; sum {s['decode'] + s['fingerprint'] + s['encode']:.2f}")
+    print(f"verified record by record: {run.verified:,} records of the stretch, {run.missing} missing, "
+          f"{run.duplicates} stored twice, {run.unexpected} unexpected")
+
+
 # --- main --------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=("backlog", "dense"), default="backlog",
+                        help="backlog: a 14-day backlog per --backlogs (default); dense: an app logging "
+                             "beyond capacity, newest-first pages, cursors living 60 s (issue 12)")
     parser.add_argument("--backlogs", default="100000,1000000",
                         help="records in the 14 days, one run each (100000,1000000)")
-    parser.add_argument("--period", type=float, default=4.0,
-                        help="the rate-limit period in seconds, Atlassian's and ours (4; deployed: 60)")
+    parser.add_argument("--period", type=float, default=None,
+                        help="the rate-limit period in seconds, Atlassian's and ours (4; dense 12; deployed: 60)")
     parser.add_argument("--tick", type=int, default=1, help="CLOCK_TICK_SECONDS (1; deployed: 5)")
-    parser.add_argument("--page-size", type=int, default=1000, help="records per page of the fake (1000)")
+    parser.add_argument("--page-size", type=int, default=None, help="records per page of the fake (1000; dense 50)")
+    parser.add_argument("--records-per-minute", type=float, default=3000.0,
+                        help="dense: records the app logs per deployed minute (3000: 2.4x the 1,250 a minute's "
+                             "budget reads at 50-record pages)")
+    parser.add_argument("--log-minutes", type=float, default=12.0,
+                        help="dense: deployed minutes of that log to catch up (12: ~6 min at --period 12)")
+    parser.add_argument("--order", choices=("newest", "oldest", "shuffled"), default="newest",
+                        help="dense: order of records in the fake's pages (newest)")
+    parser.add_argument("--cursor-ttl", type=float, default=60.0,
+                        help="dense: deployed seconds a cursor lives (60), compressed like the period")
+    parser.add_argument("--stale-cursor-status", type=int, default=400,
+                        help="dense: what the fake answers a stale cursor (400)")
     parser.add_argument("--latency", type=float, default=None,
                         help="the fake's answer latency in seconds (0.3 × period / 60)")
-    parser.add_argument("--max-minutes", type=float, default=6.0, help="give up a backlog after this long (6)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="give up a backlog after this long (6; dense 9)")
     parser.add_argument("--verify-hours", type=int, default=12,
                         help="hours of the backlog checked record by record against the fake (12)")
     parser.add_argument("--logs", type=Path, default=None, help="keep the worker's and clock's logs here")
     args = parser.parse_args(argv)
+    dense = args.profile == "dense"
+    if args.period is None:
+        args.period = 12.0 if dense else 4.0
+    if args.page_size is None:
+        args.page_size = 50 if dense else 1000
+    if args.max_minutes is None:
+        args.max_minutes = 9.0 if dense else 6.0
     try:
         args.sizes = [int(n) for n in args.backlogs.split(",") if n.strip()]
     except ValueError:
@@ -480,6 +823,46 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def main_dense(args: argparse.Namespace, argv: list[str], server_url: str, redis_url: str) -> int:
+    scale = 60 / args.period
+    # Time compressed: the rate-limit period, the cursor's lifetime, the answer latency and the records'
+    # visibility delays all shrink by the same factor, on the fake's (wall) clock, the poller's clock.
+    fake = BoundedFake(seed=11, rate_limit=ATLASSIAN_LIMIT, rate_period=args.period, page_size=args.page_size,
+                       latency=args.latency, order=args.order, cursor_ttl=args.cursor_ttl / scale,
+                       stale_cursor_status=args.stale_cursor_status, prompt_delay_seconds=30 / scale)
+    fake.BUCKETS = 40  # minutes of ~15,000 records each
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    workdir = tempfile.TemporaryDirectory(prefix="forgedrain-bench-")
+    logdir = Path(workdir.name)
+    if args.logs is not None:
+        args.logs.mkdir(parents=True, exist_ok=True)
+        logdir = args.logs
+    try:
+        with LocalServer(fake.wsgi()) as server:
+            print(f"catch-up bench, dense profile: ./scripts/bench catchup {' '.join(argv)}".rstrip())
+            print(f"the fake: {ATLASSIAN_LIMIT} calls per {args.period:g} s per app, {args.order}-first pages of "
+                  f"{args.page_size}, cursors living {args.cursor_ttl / scale:g} s (deployed {args.cursor_ttl:g} s), "
+                  f"stale cursor answered {args.stale_cursor_status}, latency {args.latency * 1000:.0f} ms; ours: "
+                  f"FORGE_RATE_LIMIT={OUR_LIMIT} FORGE_RATE_PERIOD_SECONDS={args.period:g} "
+                  f"CLOCK_TICK_SECONDS={args.tick}; time compressed {scale:g}x (deployed: 60 s period, 5 s tick)")
+            print(f"one `python -m worker` and one `python -m worker.clock`; {os.cpu_count()} cores shared with "
+                  f"the fake (this process) and PostgreSQL; Python {platform.python_version()}", flush=True)
+            began = time.monotonic()
+            run = run_dense(args, server_url, redis_url, fake, server.url, f"dense-{uuid.uuid4().hex[:6]}", logdir)
+            print(f"FORGE_POLL_LAG_SECONDS={args.lag} FORGE_POLL_OVERLAP_SECONDS={args.overlap} (deployed defaults); "
+                  f"{'goal reached' if run.reached else 'goal NOT reached'} in {time.monotonic() - began:.0f} s "
+                  "with set-up and checks")
+        report_dense(run, args)
+        for error in run.errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 1 if run.errors else 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        workdir.cleanup()
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     found = servers("catchup")
@@ -487,6 +870,8 @@ def main(argv: list[str]) -> int:
         return 2
     server_url, redis_url = found
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log line per fake call
+    if args.profile == "dense":
+        return main_dense(args, argv, server_url, redis_url)
     fake = BoundedFake(seed=11, rate_limit=ATLASSIAN_LIMIT, rate_period=args.period,
                        page_size=args.page_size, latency=args.latency)
     prefix = f"catchup-{uuid.uuid4().hex[:6]}"  # app ids (and so budget keys) of this invocation only
