@@ -75,8 +75,8 @@ from broker.vault import Vault
 log = logging.getLogger(__name__)
 
 MAX_WINDOW = forge.MAX_WINDOW
-# The shortest window: below a second the API's millisecond dates leave no room to halve.
-MIN_WINDOW = timedelta(seconds=1)
+# The shortest window: the API's dates are in milliseconds.
+MIN_WINDOW = timedelta(milliseconds=1)
 # A source whose density is unknown reads this much first, then sizes from what it saw.
 PROBE_WINDOW = timedelta(minutes=10)
 # A window's expected pages fill this share of the calls free for it: Poisson
@@ -89,6 +89,10 @@ MAX_WINDOW_PAGES = 20
 DENSITY_WEIGHT = 0.5
 # Stay this far inside the API's 14 days so clock skew never earns a 400.
 AGE_MARGIN = timedelta(minutes=5)
+# A 400 for a window ending this close to now is taken for the API's clock
+# being behind ours (the end in its future): the window is shortened, not the
+# source paused.
+CLOCK_SKEW_SUSPECT = timedelta(minutes=5)
 # Waiting this long for budget is cheaper than giving the source back.
 MAX_BUDGET_WAIT_SECONDS = 1.0
 FAILURE_BACKOFF_BASE_SECONDS = 15
@@ -285,7 +289,9 @@ class Poller:
         prints, times, keep = [], [], []
         for record in records:
             prints.append(fingerprint(record))
-            times.append(record_time(record, start))
+            # A record without a time is filed at the window's end: its print must
+            # outlive every window that can serve it again.
+            times.append(record_time(record, end))
         done = cursor is None
         if done:
             progress = self._completion(source, window, asked_at, returned, target_end, interval)
@@ -333,6 +339,7 @@ class Poller:
                      "id": source["id"]},
                 )
             else:
+                progress["over"] = self._over_capacity(conn, source, progress)
                 conn.execute(
                     """
                     UPDATE sources SET checkpoint = %(checkpoint)s, settled_until = %(settled)s,
@@ -379,22 +386,35 @@ class Poller:
         settled = source["settled_until"]
         if start <= settled:
             # Read at ``opened``: records up to ``overlap`` late were all visible before this.
-            settled = max(settled, min(end, opened - self.settings.overlap))
+            settled = max(settled, _to_millis(min(end, opened - self.settings.overlap)))
         settled = min(settled, checkpoint)
         sample = (source["window_records"] + returned) / _minutes(end - start)
         density = source["density_per_minute"]
         density = sample if density is None else DENSITY_WEIGHT * sample + (1 - DENSITY_WEIGHT) * density
         capacity = self.calls_per_minute * source["page_records"] if source["page_records"] else None
         behind = target_end - checkpoint > max(2 * interval, timedelta(minutes=5))
-        threshold = 0.9 if source["over_capacity_since"] is not None else 1.0  # hysteresis
-        over = capacity is not None and behind and density > threshold * capacity
         return {"checkpoint": checkpoint, "settled": settled, "density": density, "capacity": capacity,
-                "over": over}
+                "behind": behind, "over": False}
+
+    def _over_capacity(self, conn: psycopg.Connection, source: dict, progress: dict) -> bool:
+        """Whether the app logs more than its budget can export, counting every source that shares it."""
+        if progress["capacity"] is None or not progress["behind"]:
+            return False
+        others = conn.execute(
+            "SELECT COALESCE(sum(density_per_minute), 0) AS d FROM sources "
+            "WHERE app_id = %s AND id <> %s AND state = 'active'",
+            (source["app_id"], source["id"]),
+        ).fetchone()["d"]
+        threshold = 0.9 if source["over_capacity_since"] is not None else 1.0  # hysteresis
+        return progress["density"] + float(others) > threshold * progress["capacity"]
 
     def _shrink(self, source: dict, window: tuple[datetime, datetime], exc: forge.ForgeError | None,
                 outcome: Outcome) -> None:
         """The window cannot finish: keep what was read, read its first half again from the start."""
         start, end = window
+        if end - start <= MIN_WINDOW:
+            self._skip(source, window, exc, outcome)
+            return
         pages, records = source["window_pages"], source["window_records"]
         density = source["density_per_minute"]
         if pages:
@@ -403,8 +423,12 @@ class Poller:
             density = max(density or 0.0, pages * per_page / _minutes(end - start))
         half = _to_millis(start + max((end - start) / 2, MIN_WINDOW))
         new_end = min(end, half)
-        why = f"cursor refused after {pages} page(s) ({exc})" if exc is not None \
-            else f"window needed more than {pages} pages"
+        if exc is None:
+            why = f"window needed more than {pages} pages"
+        elif source["window_cursor"] is not None:
+            why = f"cursor refused after {pages} page(s) ({exc})"
+        else:
+            why = f"window refused ({exc})"
         message = (f"{why}; window {start:%Y-%m-%d %H:%M:%S}–{end:%H:%M:%S} UTC cut to end "
                    f"{new_end:%H:%M:%S} and read again, nothing lost")
         with self.connect() as conn, conn.transaction():
@@ -424,6 +448,38 @@ class Poller:
             outcome.errors.append(f"{exc.kind}: {exc}")
         log.info("poll source=%s shrank its window after %d pages: %s", source["id"], pages,
                  exc.kind if exc is not None else "too many pages")
+
+    def _skip(self, source: dict, window: tuple[datetime, datetime], exc: forge.ForgeError | None,
+              outcome: Outcome) -> None:
+        """Last resort: a millisecond of log that no poll can read to its end is a recorded gap.
+
+        What its pages gave is stored already; the rest cannot be had while
+        Atlassian's cursors die before the budget returns. Without this the
+        source would spend its budget on that millisecond until it fell past
+        the API's 14 days.
+        """
+        start, end = window
+        reason = (f"more records in {start:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC than one poll can read "
+                  f"before Atlassian's cursor expires ({exc.kind if exc is not None else 'too many pages'})")
+        checkpoint = max(source["checkpoint"], end)
+        settled = min(max(source["settled_until"], end) if start <= source["settled_until"]
+                      else source["settled_until"], checkpoint)
+        with self.connect() as conn, conn.transaction():
+            self._fenced(conn, source)
+            conn.execute(
+                "INSERT INTO source_gaps (source_id, gap_from, gap_until, reason) VALUES (%s, %s, %s, %s)",
+                (source["id"], start, end, reason),
+            )
+            conn.execute(
+                "UPDATE sources SET checkpoint = %(checkpoint)s, settled_until = %(settled)s, window_start = NULL, "
+                "window_end = NULL, window_cursor = NULL, window_opened_at = NULL, window_pages = 0, "
+                "window_records = 0, last_error = %(reason)s WHERE id = %(id)s",
+                {"checkpoint": checkpoint, "settled": settled, "reason": reason, "id": source["id"]},
+            )
+        log.warning("gap source=%s: %s", source["id"], reason)
+        source.update(checkpoint=checkpoint, settled_until=settled, window_start=None, window_end=None,
+                      window_cursor=None, window_opened_at=None, window_pages=0, window_records=0)
+        outcome.shrunk += 1
 
     def _record_gap(self, source: dict, gap_from: datetime, gap_until: datetime) -> None:
         with self.connect() as conn, conn.transaction():
@@ -478,6 +534,10 @@ class Poller:
         # Fixed for the whole poll: catching up chases where "now" was at the
         # claim, not a target that moves with every call.
         target_end = _to_millis(db_now - self.settings.lag)
+        # The API speaks milliseconds: a horizon with microseconds would be read
+        # from its floor, past fingerprints already pruned.
+        source["checkpoint"] = _to_millis(source["checkpoint"])
+        source["settled_until"] = _to_millis(source["settled_until"])
         cursor_faults = 0
         try:
             while True:
@@ -522,16 +582,26 @@ class Poller:
                     if cursor is not None and not isinstance(exc, (forge.AuthError, forge.RateLimited)):
                         cursor_faults += 1  # once more with the same cursor, then it is cut
                         continue
+                    if cursor is None and isinstance(exc, forge.BadWindow) and self._near_now(window, now):
+                        # A window the poller chose, refused: most likely the API's clock is
+                        # behind ours and the end lies in its future. A shorter one will do.
+                        self._shrink(source, window, exc, outcome)
+                        continue
                     raise
                 finally:
                     self.limiter.done(app_id, call_id)
                 self._store_page(source, page, window, asked_at, target_end, interval, outcome)
+                cursor_faults = 0
         except LostLease:
             outcome.result = "lost-lease"
             log.warning("poll source=%s lost its lease; result discarded", source["id"])
             return outcome
         except forge.ForgeError as exc:
             return self._failed(source, exc, outcome)
+
+    @staticmethod
+    def _near_now(window: tuple[datetime, datetime], now: datetime) -> bool:
+        return window[1] - window[0] > MIN_WINDOW and window[1] > now - CLOCK_SKEW_SUSPECT
 
     def _interrupted(self, source: dict, window: tuple[datetime, datetime], outcome: Outcome) -> None:
         """A poll ends with a window open: keep its cursor, unless the window has outgrown any budget.
@@ -541,7 +611,8 @@ class Poller:
         two polls' worth was badly sized (a probe of a very busy app): waiting
         on a cursor to live that long would be a hope, so it is cut now.
         """
-        if source["window_cursor"] is not None and source["window_pages"] >= 2 * MAX_WINDOW_PAGES:
+        if (source["window_cursor"] is not None and source["window_pages"] >= 2 * MAX_WINDOW_PAGES
+                and window[1] - window[0] > MIN_WINDOW):
             self._shrink(source, window, None, outcome)
 
     def _free_pages(self, source: dict) -> int:
@@ -587,7 +658,7 @@ class Poller:
             # A quiet source: sweep and fresh window together still fit one page.
             if density * _minutes(target_end - settled) <= WINDOW_FILL * (page_records or 20):
                 return (settled, target_end), target_end
-        if sweep_end - settled >= min(interval, self.settings.overlap):
+        if sweep_end - settled >= max(min(interval, self.settings.overlap), MIN_WINDOW):
             return (settled, min(_to_millis(settled + length), sweep_end)), sweep_end
         if fresh:
             return (checkpoint, min(_to_millis(checkpoint + length), target_end)), target_end

@@ -222,7 +222,8 @@ def start_backfill(conn: psycopg.Connection, source_id: uuid.UUID | str, start: 
         f"""
         UPDATE sources SET backfill_from = LEAST(%(start)s, checkpoint),
             backfill_until = GREATEST(COALESCE(backfill_until, checkpoint), checkpoint),
-            checkpoint = LEAST(%(start)s, checkpoint), settled_until = NULL,
+            checkpoint = LEAST(%(start)s, checkpoint),
+            settled_until = LEAST(%(start)s, COALESCE(settled_until, checkpoint)),
             window_start = NULL, window_end = NULL, window_cursor = NULL, window_opened_at = NULL,
             window_pages = 0, window_records = 0,
             lease_token = NULL, lease_expires_at = NULL,
