@@ -277,3 +277,41 @@ def test_a_database_clock_ahead_of_the_api_does_not_pause_the_source(conn, datab
         outcome = poller.poll(claim_one(conn))
     row = source_row(conn, source_id)
     assert (row["state"], row["pause_reason"]) == ("active", None), (outcome, row["last_error"])
+
+
+def test_a_millisecond_no_poll_can_read_becomes_a_recorded_gap_and_the_rest_arrives(
+        conn, database_url, redis_url, vault):
+    """1,000 records in one millisecond (50 pages of 20) while cursors live 30 s and the budget is 25
+    calls a minute: no poll can read that millisecond to its end. What was read is kept, the
+    millisecond is recorded as a gap the owner sees, and everything around it is delivered."""
+    clock = FastClock()
+    fake = ForgeFake(seed=68, page_size=20, order="newest", cursor_ttl=30, clock=clock, retry_after=True,
+                     prompt_delay_seconds=0)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=2, late_fraction=0)
+    source_id = add_source(conn, vault, add_resource(conn), checkpoint_ago=timedelta(minutes=20))
+    first = source_row(conn, source_id)["checkpoint"]
+    burst = (first + timedelta(minutes=5)).replace(microsecond=0)
+    for n in range(1000):
+        fake.inject_raw(APP, ENV, burst, raw_record(nanos(burst), f"crowd {n}"), visible_at=0)
+    with LocalServer(fake.wsgi()) as server:
+        poller = make_poller(database_url, redis_url, server.url, vault, limit=BUDGET, period=PERIOD, lag=10)
+        deadline = time.monotonic() + 120
+        result = None
+        while time.monotonic() < deadline and result != "caught-up":
+            claimed = polling.claim(conn, 1, 180)
+            if not claimed:
+                time.sleep(0.02)  # not due yet: it yielded for budget
+                continue
+            result = poller.poll(claimed[0]).result
+    assert result == "caught-up"
+    gaps = conn.execute("SELECT gap_from, gap_until, reason FROM source_gaps WHERE source_id = %s",
+                        (source_id,)).fetchall()
+    assert [(g["gap_from"], g["gap_until"]) for g in gaps] == [(burst, burst + timedelta(milliseconds=1))]
+    assert "than one poll can read" in gaps[0]["reason"]
+    crowd = {body: n for body, n in stored_bodies(conn, source_id).items() if body and body.startswith("crowd")}
+    assert 400 <= len(crowd) < 1000 and max(crowd.values()) == 1  # what the pages gave is kept, once
+    row = source_row(conn, source_id)
+    around = [r for r in fake.records(APP, ENV, first, row["checkpoint"], now=clock() + 86_400)
+              if polling.record_time(r, first) != burst]
+    stored = {identity(r) for r in outbox_records(conn, source_id)}
+    assert around and all(identity(r) in stored for r in around)
