@@ -12,7 +12,10 @@ on) and Redis:
   app, pages of ``--page-size`` records (50), cursors living 60 s; one app logging
   ``--records-per-minute`` (60), each record visible in the API U(0,
   ``--prompt-delay``) s after its timestamp (3 s), and ``--late-fraction`` of them
-  (5 %) late, visible U(prompt, ``--max-delay``) s after it (180 s);
+  (5 %) late, visible U(prompt, ``--max-delay``) s after it (0.9 × the overlap:
+  540 s as deployed, so that late records of the minutes before the start
+  reach the API only after the first poll read their minute, and only the sweep
+  can deliver them);
 - one source of that app on plan ``pro`` (a poll a minute), its checkpoint
   ``--history`` minutes back (9): a source that has been running, so the
   sweep that re-reads each stretch of log at FORGE_POLL_OVERLAP_SECONDS old has
@@ -147,6 +150,11 @@ def figures(delays: list[float]) -> str:
 
 
 def run(args: argparse.Namespace, server_url: str, redis_url: str) -> int:
+    probe = config.load(process_env("postgresql://x/y", "redis://x", "http://x", Fernet.generate_key().decode(),
+                                    {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}))
+    overlap_default = args.overlap if args.overlap is not None else probe.poll_overlap_seconds
+    if args.max_delay is None:
+        args.max_delay = 0.9 * overlap_default
     fake = ForgeFake(seed=7, rate_limit=30, rate_period=60.0,
                      page_size=args.page_size, order=args.order, cursor_ttl=60.0,
                      prompt_delay_seconds=args.prompt_delay, clock=time.time)
@@ -279,6 +287,10 @@ def run(args: argparse.Namespace, server_url: str, redis_url: str) -> int:
         else []
     late = [r for r in late_all if args.prompt_delay < r[1] - r[0] < overlap]
     late_delays, late_missing = match(late)
+    # Of those, the ones that reached the API only after the run began: no poll could have read them
+    # on its first pass over their minute, so the sweep (or a later fresh window) had to.
+    swept = [r for r in late if r[1] > began + 5]
+    swept_delays, _ = match(swept)
     late_window = [r for r in logged if r[1] - r[0] > args.prompt_delay]
     window_late_delays, _ = match(late_window)
     everything = generated(fake, app_id, first_checkpoint, datetime.fromtimestamp(ended, timezone.utc))
@@ -297,6 +309,8 @@ def run(args: argparse.Namespace, server_url: str, redis_url: str) -> int:
     print(f"{'late, logged in these minutes':<34} {len(late_window):>6}  {figures(window_late_delays)}  "
           f"({len(window_late_delays)} arrived by the end; the rest wait for the sweep at {overlap} s old)")
     print(f"{'late, in the settled stretch':<34} {len(late):>6}  {figures(late_delays)}")
+    print(f"{'  visible only after the start':<34} {len(swept):>6}  {figures(swept_delays)}  (the sweep's "
+          f"work: up to overlap + interval after their time; the rest were visible to the first poll)")
     print(f"{'  delivered / expected':<34} {len(late) - late_missing:>6} / {len(late)}  (every record late by less "
           f"than the overlap, timestamps {first_checkpoint:%H:%M:%S}–{settled['settled']:%H:%M:%S} UTC, swept by the end)")
     print()
@@ -342,7 +356,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--prompt-delay", type=float, default=3.0,
                         help="seconds within which a prompt record is visible in the API (3)")
     parser.add_argument("--late-fraction", type=float, default=0.05, help="share of records that arrive late (0.05)")
-    parser.add_argument("--max-delay", type=float, default=180.0, help="seconds a late record may take (180)")
+    parser.add_argument("--max-delay", type=float, default=None,
+                        help="seconds a late record may take (0.9 × FORGE_POLL_OVERLAP_SECONDS: 540 as deployed)")
     parser.add_argument("--page-size", type=int, default=50, help="records per page of the fake (50)")
     parser.add_argument("--order", choices=("newest", "oldest", "shuffled"), default="newest",
                         help="order of records in the fake's pages (newest)")
