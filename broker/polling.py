@@ -85,14 +85,20 @@ WINDOW_FILL = 0.75
 # At most this many pages are planned for one window, whatever the budget: a
 # page every ~0.5 s from Atlassian finishes it well inside a 30 s cursor.
 MAX_WINDOW_PAGES = 20
-# Weight of the newest window in the density estimate.
+# Weight of the newest window in the density estimate, for a window of at least
+# DENSITY_SPAN of log; shorter windows weigh in proportion.
 DENSITY_WEIGHT = 0.5
+DENSITY_SPAN = timedelta(minutes=5)
 # Stay this far inside the API's 14 days so clock skew never earns a 400.
 AGE_MARGIN = timedelta(minutes=5)
 # A 400 for a window ending this close to now is taken for the API's clock
 # being behind ours (the end in its future): the window is shortened, not the
 # source paused.
 CLOCK_SKEW_SUSPECT = timedelta(minutes=5)
+# A source caught up is due again one interval after its claim, less this: the
+# clock's tick that falls on the due time runs a moment after it, and would
+# otherwise find the source not yet due and leave it a whole tick.
+DUE_EARLY_SECONDS = 2.0
 # Waiting this long for budget is cheaper than giving the source back.
 MAX_BUDGET_WAIT_SECONDS = 1.0
 FAILURE_BACKOFF_BASE_SECONDS = 15
@@ -390,7 +396,15 @@ class Poller:
         settled = min(settled, checkpoint)
         sample = (source["window_records"] + returned) / _minutes(end - start)
         density = source["density_per_minute"]
-        density = sample if density is None else DENSITY_WEIGHT * sample + (1 - DENSITY_WEIGHT) * density
+        if density is None:
+            density = sample
+        else:
+            # A window weighs by what it could show: a few seconds of a quiet log say little,
+            # but a window sized to many pages that came back nearly empty says the
+            # estimate is too high (after a burst, say), however short it was.
+            expected_pages = density * _minutes(end - start) / (source["page_records"] or 20)
+            weight = DENSITY_WEIGHT * min(1.0, max((end - start) / DENSITY_SPAN, expected_pages))
+            density = weight * sample + (1 - weight) * density
         capacity = self.calls_per_minute * source["page_records"] if source["page_records"] else None
         behind = target_end - checkpoint > max(2 * interval, timedelta(minutes=5))
         return {"checkpoint": checkpoint, "settled": settled, "density": density, "capacity": capacity,
@@ -433,6 +447,16 @@ class Poller:
                    f"{new_end:%H:%M:%S} and read again, nothing lost")
         with self.connect() as conn, conn.transaction():
             self._fenced(conn, source)
+            # The records of the window already stored tell its density better than a bound
+            # when the API served them in time order (a stretch read end to end); served
+            # shuffled, they span the window and the bound stands.
+            seen = conn.execute(
+                "SELECT count(*) AS n, min(ts) AS lo, max(ts) AS hi FROM forge_seen "
+                "WHERE source_id = %s AND ts >= %s AND ts < %s",
+                (source["id"], start, end),
+            ).fetchone()
+            if seen["n"] >= 2 and seen["hi"] > seen["lo"]:
+                density = max(density or 0.0, seen["n"] / _minutes(seen["hi"] - seen["lo"]))
             conn.execute(
                 """
                 UPDATE sources SET window_end = %(end)s, window_cursor = NULL, window_opened_at = NULL,
@@ -545,24 +569,20 @@ class Poller:
                 now = db_now + timedelta(seconds=elapsed)
                 resuming = source["window_cursor"] is not None
                 free = None if resuming else self._free_pages(source)
-                planned = self._next_window(source, now, target_end, interval, free)
-                if planned is None:
+                window = self._next_window(source, now, target_end, interval, free)
+                if window is None:
                     # Due one interval after this poll began, not after it ended:
                     # otherwise every cycle drifts by the poll's own length.
-                    self._release(source, plan.poll_interval_seconds, from_claim=True)
+                    self._release(source, max(plan.poll_interval_seconds - DUE_EARLY_SECONDS, 0), from_claim=True)
                     outcome.result = "caught-up"
                     return outcome
-                window, horizon = planned
                 box = self.settings.window_box_seconds if resuming else self.settings.time_box_seconds
                 if elapsed > box:
                     self._interrupted(source, window, outcome)
                     self._release(source, 0)  # still behind: due again at once
                     outcome.result = "time-box"
                     return outcome
-                wait = self._budget_wait(source, free, window, horizon)
-                call_id = None
-                if wait == 0:
-                    wait, call_id = self._take_budget(app_id)
+                wait, call_id = self._take_budget(app_id)
                 if wait > 0:
                     self._interrupted(source, window, outcome)
                     self._release(source, wait)
@@ -618,32 +638,19 @@ class Poller:
     def _free_pages(self, source: dict) -> int:
         return self.limiter.free(source["app_id"])
 
-    def _budget_wait(self, source: dict, free: int | None, window: tuple[datetime, datetime],
-                     horizon: datetime) -> float:
-        """Seconds to wait before starting a new window, so windows are not cut to scraps.
-
-        A source that is behind sizes its windows to the calls free now; with
-        only a few free, its windows would be a page or two long and each
-        would waste most of its last page. Better to wait for a few more.
-        """
-        if free is None or window[1] >= horizon:
-            return 0.0  # resuming, or the window is all there is to read
-        least = max(1, min(MAX_WINDOW_PAGES, self.limiter.limit) // 4)
-        return 0.0 if free >= least else self.limiter.wait_for(source["app_id"], least)
-
     def _next_window(self, source: dict, now: datetime, target_end: datetime, interval: timedelta,
-                     free: int | None) -> tuple[tuple[datetime, datetime], datetime] | None:
-        """The window to read next and how far it would reach with budget to spare; None when caught up."""
+                     free: int | None) -> tuple[datetime, datetime] | None:
+        """The window to read next; None when caught up."""
         oldest = now - forge.MAX_AGE + AGE_MARGIN
         pages = min(MAX_WINDOW_PAGES, free if free is not None else MAX_WINDOW_PAGES) * WINDOW_FILL
         length = window_length(source["density_per_minute"], source["page_records"], max(pages, WINDOW_FILL))
         if source["window_start"] is not None:
             start, end = source["window_start"], source["window_end"]
             if source["window_cursor"] is not None:
-                return (start, end), end  # resume an open window where its cursor left it
+                return start, end  # resume an open window where its cursor left it
             if start >= oldest:
                 # A planned (perhaps shrunk) window: sized again from what is known now.
-                return (start, max(min(end, _to_millis(start + length)), _to_millis(start + MIN_WINDOW))), end
+                return start, max(min(end, _to_millis(start + length)), _to_millis(start + MIN_WINDOW))
             source.update(window_start=None, window_end=None, window_opened_at=None, window_pages=0,
                           window_records=0)
         if source["checkpoint"] < oldest:
@@ -657,11 +664,11 @@ class Poller:
         if fresh and settled < checkpoint and target_end - settled <= MAX_WINDOW and density is not None:
             # A quiet source: sweep and fresh window together still fit one page.
             if density * _minutes(target_end - settled) <= WINDOW_FILL * (page_records or 20):
-                return (settled, target_end), target_end
+                return settled, target_end
         if sweep_end - settled >= max(min(interval, self.settings.overlap), MIN_WINDOW):
-            return (settled, min(_to_millis(settled + length), sweep_end)), sweep_end
+            return settled, min(_to_millis(settled + length), sweep_end)
         if fresh:
-            return (checkpoint, min(_to_millis(checkpoint + length), target_end)), target_end
+            return checkpoint, min(_to_millis(checkpoint + length), target_end)
         return None
 
     def _take_budget(self, app_id: str) -> tuple[float, str | None]:

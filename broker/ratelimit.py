@@ -103,21 +103,6 @@ class RateLimiter:
             return 0
         return max(0, self.limit - self.used(app_id))
 
-    def wait_for(self, app_id: str, calls: int) -> float:
-        """Seconds until ``calls`` calls are free, if nobody else takes any meanwhile."""
-        blocked = self.connection.pttl(BLOCK_KEY.format(app=app_id))
-        blocked_s = blocked / 1000 if blocked and blocked > 0 else 0.0
-        key = KEY.format(app=app_id)
-        now_s, now_us = self.connection.time()
-        now = now_s * 1_000_000 + now_us
-        entries = self.connection.zrangebyscore(key, now - self.period_us, "+inf", withscores=True)
-        short = len(entries) + calls - self.limit  # this many of the oldest calls must age out first
-        if short <= 0:
-            return blocked_s
-        short = min(short, len(entries))
-        freed_at = entries[short - 1][1] + self.period_us
-        return max(blocked_s, max(freed_at - now, 1) / 1_000_000)
-
     def used(self, app_id: str) -> int:
         """Calls recorded in the current period (for metrics and tests)."""
         key = KEY.format(app=app_id)

@@ -22,7 +22,7 @@ from datetime import timedelta
 
 import requests
 
-from broker import polling, redisconn
+from broker import jobs, polling, redisconn
 from broker.forge import ForgeClient
 from broker.polling import PollSettings, Poller
 from broker.ratelimit import RateLimiter
@@ -72,10 +72,15 @@ def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
         with pool.connection() as conn:
             return polling.claim(conn, free, poller.settings.lease_seconds)
 
+    redis_connection = redisconn.connect(settings.redis_url)
+
     def tally(outcome) -> None:
         if outcome is None:
             totals["errors"] += 1
             return
+        if outcome.stored:
+            # Fresh records go out now, not at the next tick (a no-op while a delivery job is queued).
+            jobs.enqueue_delivery_batch(redis_connection, 0, settings.clock_tick_seconds)
         totals["polls"] += 1
         totals["calls"] += outcome.calls
         totals["stored"] += outcome.stored
