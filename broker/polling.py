@@ -99,6 +99,12 @@ CLOCK_SKEW_SUSPECT = timedelta(minutes=5)
 # clock's tick that falls on the due time runs a moment after it, and would
 # otherwise find the source not yet due and leave it a whole tick.
 DUE_EARLY_SECONDS = 2.0
+# A sweep that re-read at least LAG_SAMPLE records adjusts the source's lag: up
+# when more than LAG_RAISE_AT of them had been missed by the fresh window, back
+# down when fewer than LAG_EASE_AT had.
+LAG_SAMPLE = 20
+LAG_RAISE_AT = 0.1
+LAG_EASE_AT = 0.02
 # Waiting this long for budget is cheaper than giving the source back.
 MAX_BUDGET_WAIT_SECONDS = 1.0
 FAILURE_BACKOFF_BASE_SECONDS = 15
@@ -154,7 +160,7 @@ WHERE s.id = due.id AND r.id = s.resource_id
 RETURNING s.id, s.resource_id, s.app_id, s.environment_id, s.email, s.api_token_enc, s.levels,
           s.installation_contexts, s.checkpoint, COALESCE(s.settled_until, s.checkpoint) AS settled_until,
           s.window_start, s.window_end, s.window_cursor, s.window_opened_at, s.window_pages,
-          s.window_records, s.density_per_minute, s.page_records, s.over_capacity_since,
+          s.window_records, s.density_per_minute, s.page_records, s.over_capacity_since, s.lag_seconds, s.lag_changed_at,
           s.lease_token, s.consecutive_failures, r.plan, now() AS db_now
 """
 
@@ -299,8 +305,7 @@ class Poller:
             # outlive every window that can serve it again.
             times.append(record_time(record, end))
         done = cursor is None
-        if done:
-            progress = self._completion(source, window, asked_at, returned, target_end, interval)
+        swept = source.setdefault("swept", [0, 0])  # this window's, in this poll
         with self.connect() as conn, conn.transaction():
             self._fenced(conn, source)
             fresh: set[bytes] = set()
@@ -312,10 +317,14 @@ class Poller:
                     (source["id"], prints, times),
                 ).fetchall()
                 fresh = {bytes(r["fingerprint"]) for r in rows}
+            checkpoint = source["checkpoint"]
             for record, fp, ts in zip(records, prints, times):
-                if fp in fresh:
+                new = fp in fresh
+                if new:
                     fresh.discard(fp)  # a twin later in the same page is a duplicate
                     keep.append((record, ts))
+                if ts < checkpoint:  # re-read by the sweep: was it there for the fresh window?
+                    swept[new] += 1
             if keep:
                 lock_for_append(conn, source["resource_id"])  # held to the commit: ids in commit order
                 conn.execute(
@@ -345,13 +354,16 @@ class Poller:
                      "id": source["id"]},
                 )
             else:
+                progress = self._completion(source, window, asked_at, returned, target_end, interval, swept)
                 progress["over"] = self._over_capacity(conn, source, progress)
                 conn.execute(
                     """
                     UPDATE sources SET checkpoint = %(checkpoint)s, settled_until = %(settled)s,
                         window_start = NULL, window_end = NULL, window_cursor = NULL, window_opened_at = NULL,
                         window_pages = 0, window_records = 0, density_per_minute = %(density)s,
-                        capacity_per_minute = %(capacity)s,
+                        capacity_per_minute = %(capacity)s, lag_seconds = %(lag)s,
+                        lag_changed_at = CASE WHEN lag_seconds IS DISTINCT FROM %(lag)s THEN %(asked)s
+                                              ELSE lag_changed_at END,
                         over_capacity_since = CASE WHEN %(over)s THEN COALESCE(over_capacity_since, now()) END,
                         consecutive_failures = 0, last_error = NULL, last_success_at = now(),
                         backfill_from = CASE WHEN backfill_until <= %(checkpoint)s THEN NULL ELSE backfill_from END,
@@ -371,8 +383,14 @@ class Poller:
             source.update(checkpoint=progress["checkpoint"], settled_until=progress["settled"],
                           window_start=None, window_end=None, window_cursor=None, window_opened_at=None,
                           window_pages=0, window_records=0, density_per_minute=progress["density"],
-                          over_capacity_since=(source["over_capacity_since"] or asked_at) if progress["over"] else None)
+                          over_capacity_since=(source["over_capacity_since"] or asked_at) if progress["over"] else None,
+                          swept=[0, 0])
             outcome.windows += 1
+            if progress["lag"] != source["lag_seconds"]:
+                log.info("source=%s lag=%s s (the sweep found %d of %d records new)", source["id"],
+                         progress["lag"], swept[1], sum(swept))
+                source["lag_seconds"] = progress["lag"]
+                source["lag_changed_at"] = asked_at
             if progress["over"] != was_over:
                 log.warning("source=%s over_capacity=%s density=%.1f/min capacity=%s/min", source["id"],
                             progress["over"], progress["density"], progress["capacity"])
@@ -384,7 +402,7 @@ class Poller:
                           page_records=max(source["page_records"] or 0, returned))
 
     def _completion(self, source: dict, window: tuple[datetime, datetime], asked_at: datetime, returned: int,
-                    target_end: datetime, interval: timedelta) -> dict:
+                    target_end: datetime, interval: timedelta, swept: list[int]) -> dict:
         """Where a finished window leaves the source: checkpoint, settled horizon, density, capacity."""
         start, end = window
         opened = source["window_opened_at"] or asked_at
@@ -408,7 +426,31 @@ class Poller:
         capacity = self.calls_per_minute * source["page_records"] if source["page_records"] else None
         behind = target_end - checkpoint > max(2 * interval, timedelta(minutes=5))
         return {"checkpoint": checkpoint, "settled": settled, "density": density, "capacity": capacity,
-                "behind": behind, "over": False}
+                "behind": behind, "over": False, "lag": self._adapted_lag(source, window, swept),
+                "asked": asked_at}
+
+    def _adapted_lag(self, source: dict, window: tuple[datetime, datetime], swept: list[int]) -> float | None:
+        """The source's lag after a sweep: longer when most records reached the API after it.
+
+        Atlassian documents no ingestion delay. A fresh window that ends before
+        records are visible leaves them to the sweep, an overlap later; so when
+        the sweep finds that most of what it re-read was new to it, fresh windows
+        end earlier before now (twice the lag, up to half the overlap), and
+        when it finds almost nothing new, the lag eases back towards the
+        configured one. A late tail of a few per cent moves nothing: a longer
+        lag would not catch it either.
+        """
+        base = self.settings.lag.total_seconds()
+        lag = source["lag_seconds"] if source["lag_seconds"] is not None else base
+        seen, missed = swept
+        changed = source["lag_changed_at"]
+        if seen + missed < LAG_SAMPLE or (changed is not None and window[0] < changed):
+            return source["lag_seconds"]  # too few, or read fresh before the lag last changed
+        if missed > LAG_RAISE_AT * (seen + missed):
+            lag = min(max(lag * 2, 1.0), max(base, self.settings.overlap.total_seconds() / 2))
+        elif missed < LAG_EASE_AT * (seen + missed):
+            lag = max(base, lag * 0.75)
+        return None if lag <= base else lag
 
     def _over_capacity(self, conn: psycopg.Connection, source: dict, progress: dict) -> bool:
         """Whether the app logs more than its budget can export, counting every source that shares it."""
@@ -557,7 +599,8 @@ class Poller:
         app_id = source["app_id"]
         # Fixed for the whole poll: catching up chases where "now" was at the
         # claim, not a target that moves with every call.
-        target_end = _to_millis(db_now - self.settings.lag)
+        lag = max(self.settings.lag, timedelta(seconds=source["lag_seconds"] or 0))
+        target_end = _to_millis(db_now - lag)
         # The API speaks milliseconds: a horizon with microseconds would be read
         # from its floor, past fingerprints already pruned.
         source["checkpoint"] = _to_millis(source["checkpoint"])

@@ -119,6 +119,7 @@ service_name, environment_label, include_arguments, state, pause_reason, last_er
 verified_at, created_at, updated_at, checkpoint, next_poll_at, last_poll_at, last_success_at,
 consecutive_failures, backfill_from, backfill_until, window_start IS NOT NULL AS window_open,
 density_per_minute, page_records, over_capacity_since, capacity_per_minute,
+COALESCE(settled_until, checkpoint) AS settled_until, lag_seconds,
 unreadable, unreadable_sample, unreadable_at
 """
 
@@ -188,7 +189,8 @@ def update(conn: psycopg.Connection, source_id: uuid.UUID | str, values: dict,
                         "window_opened_at = NULL", "window_pages = 0", "window_records = 0",
                         "backfill_from = NULL", "backfill_until = NULL",
                         "density_per_minute = NULL", "page_records = NULL",
-                        "over_capacity_since = NULL", "capacity_per_minute = NULL"]
+                        "over_capacity_since = NULL", "capacity_per_minute = NULL", "lag_seconds = NULL",
+                        "lag_changed_at = NULL"]
         conn.execute("DELETE FROM forge_seen WHERE source_id = %s", (source_id,))
     assignments.append("updated_at = now()")
     return conn.execute(

@@ -15,6 +15,12 @@ ALTER TABLE sources
     -- density when the window cannot finish).
     ADD COLUMN window_pages           integer NOT NULL DEFAULT 0,
     ADD COLUMN window_records         integer NOT NULL DEFAULT 0,
+    -- How long before now fresh windows end for this source, when the API has
+    -- been seen to show records later than FORGE_POLL_LAG_SECONDS (NULL: that).
+    ADD COLUMN lag_seconds            double precision,
+    -- When lag_seconds last changed: only log read fresh after it tells
+    -- whether the new lag is long enough.
+    ADD COLUMN lag_changed_at         timestamptz,
     -- Records per minute of log time, a moving estimate from windows read.
     ADD COLUMN density_per_minute     double precision,
     -- The most records seen on a page that carried a cursor: the API's page

@@ -262,3 +262,36 @@ def test_a_call_counts_for_a_period_from_its_completion_not_its_start(redis_url)
     limiter.done("app-x", call)
     time.sleep(0.2)  # 0.6 s after the take, 0.2 s after completion
     assert limiter.try_take("app-x") > 0.2  # still counted
+
+
+@pytest.mark.parametrize("visible_within, lag_grows", [(60, True), (3, False)])
+def test_a_source_whose_records_reach_the_api_late_polls_with_a_longer_lag(
+        conn, database_url, redis_url, vault, visible_within, lag_grows):
+    """Atlassian documents no ingestion delay. When the sweep finds most records new (the fresh
+    window ended before they were visible), the source's lag doubles, up to half the overlap;
+    records that show up within seconds leave it at the configured lag. Nothing is lost either way."""
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
+    clock = SimClock(start)
+    fake = ForgeFake(seed=20, page_size=100, clock=clock, rate_limit=10_000)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=60, late_fraction=0,
+                 prompt_delay_seconds=visible_within)
+    source_id = add_source(conn, vault, add_resource(conn))
+    first = start - timedelta(minutes=5)
+    conn.execute("UPDATE sources SET checkpoint = %s", (first,))
+    lags = []
+    with LocalServer(fake.wsgi()) as server:
+        poller = make_poller(database_url, redis_url, server.url, vault, lag=10, overlap=300)
+        for _ in range(40):  # one-minute polls
+            outcome = poller.poll(claim_one(conn, source_id, clock.now))
+            assert outcome.result == "caught-up", outcome
+            lags.append(source_row(conn, source_id)["lag_seconds"])
+            clock.now += timedelta(minutes=1)
+    row = source_row(conn, source_id)
+    if lag_grows:
+        assert row["lag_seconds"] is not None and 20 <= row["lag_seconds"] <= 80, lags
+    else:
+        assert set(lags) == {None}
+    stored = Counter(map(identity, outbox_records(conn, source_id)))
+    assert max(stored.values()) == 1
+    expected = fake.records(APP, ENV, first, row["settled_until"], now=clock() + 86400)
+    assert len(expected) > 500 and set(map(identity, expected)) <= set(stored)

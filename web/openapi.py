@@ -116,6 +116,14 @@ SOURCE = {
             "description": "Where polling stands: every record before `checkpoint` is stored.",
             "properties": {
                 "checkpoint": {"type": "string", "format": "date-time"},
+                "settled_until": {"type": "string", "format": "date-time",
+                                  "description": "Every record before this has been read again once it was "
+                                                 "`FORGE_POLL_OVERLAP_SECONDS` old, so records that reached the "
+                                                 "API late are stored too."},
+                "lag_seconds": {"type": ["number", "null"],
+                                "description": "How long before now this source's fresh windows end, when "
+                                               "Atlassian was seen to show its records later than the "
+                                               "configured lag; null means the configured lag."},
                 "next_poll_at": {"type": "string", "format": "date-time"},
                 "last_poll_at": {"type": ["string", "null"], "format": "date-time"},
                 "last_success_at": {"type": ["string", "null"], "format": "date-time"},

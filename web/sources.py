@@ -41,6 +41,8 @@ def _polling_view(row: dict) -> dict:
                     "progress": round(min(1.0, max(0.0, done / total)), 4) if total > 0 else 1.0}
     return {
         "checkpoint": _iso(row["checkpoint"]),
+        "settled_until": _iso(row["settled_until"]),
+        "lag_seconds": row["lag_seconds"],
         "next_poll_at": _iso(row["next_poll_at"]),
         "last_poll_at": _iso(row["last_poll_at"]),
         "last_success_at": _iso(row["last_success_at"]),
