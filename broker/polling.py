@@ -15,12 +15,14 @@ what it read. One poll of one source, holding its lease:
    long before any plausible cursor lifetime. A source with no estimate yet
    starts with a :data:`PROBE_WINDOW`.
 2. **Shrink, never restart.** A window that cannot finish (its cursor refused
-   with a 4xx, or failing twice in a row with a 5xx) is cut to its first half
-   and read again from its start without a cursor; what was read is already
-   stored, and its fingerprints drop the re-read copies. The pages it did read
-   raise the density estimate, so the next windows are smaller still. A
-   window cut off by the time box or the budget keeps its cursor for the next
-   poll, which resumes it or, if the cursor is refused, shrinks it.
+   with a 4xx, failing twice in a row with a 5xx, or 40 pages read without an
+   end) is cut to its first half and read again from its start without a
+   cursor; what was read is already stored, and its fingerprints drop the
+   re-read copies. The records it stored raise the density estimate, so the
+   next windows are smaller still. A window cut off by the time box or the
+   budget keeps its cursor for the next poll, which resumes it or, if the
+   cursor is refused, shrinks it. Windows halve down to a millisecond; a
+   millisecond no poll can read to its end is recorded as a gap.
 3. **Two passes over the log, each record read about twice at the live edge.**
    A *fresh* window runs from the checkpoint to ``lag`` before now, so records
    reach drains soon after Atlassian has them. Records that reach the API
@@ -30,9 +32,11 @@ what it read. One poll of one source, holding its lease:
    While a source is behind by more than ``overlap``, one read settles a
    window at once: catching up reads every record once. Sweeps come first,
    so an app whose budget cannot pay for two passes falls behind until its
-   fresh windows are settled when read, and degrades to one pass.
-4. **Over capacity is a state.** When a source's density exceeds what the
-   budget can export (calls per minute × records per page) and it is behind,
+   fresh windows are settled when read, and degrades to one pass. Each
+   source learns its lag from the sweep (:meth:`Poller._adapted_lag`).
+4. **Over capacity is a state.** When the app's density (every source of it
+   shares its budget) exceeds what the budget can export (calls per minute ×
+   records per page) and the source is behind,
    ``over_capacity_since`` is set with the figures, shown to the owner; it
    keeps polling as fast as the budget allows, and what falls past the API's
    14 days is recorded as a gap.
@@ -44,7 +48,9 @@ what it read. One poll of one source, holding its lease:
    counted (``unreadable``) and the window completes.
 6. Errors: 429 blocks the app for its (bounded) Retry-After; 5xx, network and
    malformed pages back off with jitter, checkpoint unchanged; 401/403, 404
-   and 400 on a window's first page pause the source with the reason.
+   and 400 on a window's first page pause the source with the reason (but a
+   400 for a window ending near now shortens it: the API's clock may be
+   behind ours).
 
 Every write checks ``lease_token`` and ``state = 'active'``: a poller that
 outlived its lease, or whose source was edited, deleted, paused or
@@ -55,7 +61,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import random
 import time
 import uuid
