@@ -49,8 +49,8 @@ what it read. One poll of one source, holding its lease:
 6. Errors: 429 blocks the app for its (bounded) Retry-After; 5xx, network and
    malformed pages back off with jitter, checkpoint unchanged; 401/403, 404
    and 400 on a window's first page pause the source with the reason (but a
-   400 for a window ending near now shortens it: the API's clock may be
-   behind ours).
+   400 for a window ending near now lengthens the source's lag: the API's
+   clock may be behind ours).
 
 Every write checks ``lease_token`` and ``state = 'active'``: a poller that
 outlived its lease, or whose source was edited, deleted, paused or
@@ -97,8 +97,8 @@ DENSITY_SPAN = timedelta(minutes=5)
 # Stay this far inside the API's 14 days so clock skew never earns a 400.
 AGE_MARGIN = timedelta(minutes=5)
 # A 400 for a window ending this close to now is taken for the API's clock
-# being behind ours (the end in its future): the window is shortened, not the
-# source paused.
+# being behind ours (the end in its future): the source's lag grows, it is not
+# paused.
 CLOCK_SKEW_SUSPECT = timedelta(minutes=5)
 # A source caught up is due again one interval after its claim, less this: the
 # clock's tick that falls on the due time runs a moment after it, and would
@@ -652,9 +652,8 @@ class Poller:
                         continue
                     if cursor is None and isinstance(exc, forge.BadWindow) and self._near_now(window, now):
                         # A window the poller chose, refused: most likely the API's clock is
-                        # behind ours and the end lies in its future. A shorter one will do.
-                        self._shrink(source, window, exc, outcome)
-                        continue
+                        # behind ours and the end lies in its future. Fresh windows end earlier.
+                        return self._lengthen_lag(source, exc, asked_at, outcome)
                     raise
                 finally:
                     self.limiter.done(app_id, call_id)
@@ -669,7 +668,28 @@ class Poller:
 
     @staticmethod
     def _near_now(window: tuple[datetime, datetime], now: datetime) -> bool:
-        return window[1] - window[0] > MIN_WINDOW and window[1] > now - CLOCK_SKEW_SUSPECT
+        return window[1] > now - CLOCK_SKEW_SUSPECT
+
+    def _lengthen_lag(self, source: dict, exc: forge.BadWindow, asked_at: datetime, outcome: Outcome) -> Outcome:
+        """A window ending near now was refused: double the source's lag and poll again at once.
+
+        Up to half the overlap; refused past that, the 400 is about something
+        else, and the source pauses ``bad_request`` as for any refused window.
+        """
+        base = self.settings.lag.total_seconds()
+        lag = max(base, source["lag_seconds"] or 0.0)
+        longer = min(max(lag * 2, 1.0), max(base, self.settings.overlap.total_seconds() / 2))
+        if longer <= lag:
+            return self._failed(source, exc, outcome)
+        with self.connect() as conn, conn.transaction():
+            self._fenced(conn, source)
+            conn.execute("UPDATE sources SET lag_seconds = %s, lag_changed_at = %s WHERE id = %s",
+                         (longer, asked_at, source["id"]))
+        self._release(source, 0, failure=f"{exc}; fresh windows now end {longer:.0f} s before now")
+        outcome.errors.append(f"{exc.kind}: {exc}")
+        outcome.result = "retry"
+        log.warning("poll source=%s window near now refused; lag=%.0f s", source["id"], longer)
+        return outcome
 
     def _interrupted(self, source: dict, window: tuple[datetime, datetime], outcome: Outcome) -> None:
         """A poll ends with a window open: keep its cursor, unless the window has outgrown any budget.

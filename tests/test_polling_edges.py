@@ -267,16 +267,28 @@ def test_a_backfill_from_a_recent_time_keeps_the_sweep_of_what_was_not_yet_settl
 
 def test_a_database_clock_ahead_of_the_api_does_not_pause_the_source(conn, database_url, redis_url, vault):
     """PostgreSQL 15 s ahead of the API puts a fresh window's end (10 s before our now) in the
-    API's future, which it refuses with 400. The window was the poller's choice, so it is
-    shortened and the source stays active."""
+    API's future, which it refuses with 400. The window was the poller's choice: the source's lag
+    grows until its windows end in the API's past, it stays active and loses nothing."""
     fake = ForgeFake(seed=67, rate_limit=10_000, clock=lambda: time.time() - 15)
     fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=5, late_fraction=0)
     source_id = add_source(conn, vault, add_resource(conn), checkpoint_ago=timedelta(minutes=30))
+    first = source_row(conn, source_id)["checkpoint"]
+    results = []
     with LocalServer(fake.wsgi()) as server:
         poller = make_poller(database_url, redis_url, server.url, vault, lag=10)
-        outcome = poller.poll(claim_one(conn))
+        for _ in range(5):
+            make_due(conn, source_id)
+            results.append(poller.poll(claim_one(conn)).result)
+            if results[-1] == "caught-up":
+                break
     row = source_row(conn, source_id)
-    assert (row["state"], row["pause_reason"]) == ("active", None), (outcome, row["last_error"])
+    assert (row["state"], row["pause_reason"]) == ("active", None), (results, row["last_error"])
+    assert results[-1] == "caught-up" and "retry" in results
+    assert row["lag_seconds"] >= 20
+    stored = stored_bodies(conn, source_id)
+    expected = fake.records(APP, ENV, first, row["checkpoint"], now=time.time() + 86_400)
+    assert expected and len(outbox_records(conn, source_id)) == len(expected)
+    assert sum(stored.values()) == len(expected)
 
 
 def test_a_millisecond_no_poll_can_read_becomes_a_recorded_gap_and_the_rest_arrives(
