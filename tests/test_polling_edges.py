@@ -269,7 +269,7 @@ def test_a_database_clock_ahead_of_the_api_does_not_pause_the_source(conn, datab
     """PostgreSQL 15 s ahead of the API puts a fresh window's end (10 s before our now) in the
     API's future, which it refuses with 400. The window was the poller's choice: the source's lag
     grows until its windows end in the API's past, it stays active and loses nothing."""
-    fake = ForgeFake(seed=67, rate_limit=10_000, clock=lambda: time.time() - 15)
+    fake = ForgeFake(seed=67, rate_limit=10_000, clock=lambda: time.time() - 15, prompt_delay_seconds=0)
     fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=5, late_fraction=0)
     source_id = add_source(conn, vault, add_resource(conn), checkpoint_ago=timedelta(minutes=30))
     first = source_row(conn, source_id)["checkpoint"]
