@@ -97,6 +97,11 @@ LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 MAX_CONTEXTS = 50
 # Connect fast; a page of a busy app can take a while to assemble server-side.
 TIMEOUT = (3.05, 30)
+# A page is read whole into memory: bound it. Real pages are a few MB at most;
+# the bound counts bytes after requests un-gzips them.
+MAX_PAGE_BYTES = 64 * 1024 * 1024
+# The read timeout is per socket read: a trickled answer is cut off after this long in all.
+PAGE_DEADLINE_SECONDS = 60.0
 USER_AGENT = "forgedrain/1 (+log-drain broker)"
 # The longest wait a Retry-After may impose: one bogus header must not block an app for days.
 RETRY_AFTER_CAP_SECONDS = 900
@@ -504,17 +509,31 @@ def decode_page(content: bytes, status: int = 200) -> Page:
     return Page(kept, cursor, unreadable, sample, repaired)
 
 
-def _detail(response: requests.Response) -> str:
+def _detail(content: bytes, reason: str | None) -> str:
     """A short, printable reason from an error body (Atlassian documents no error schema)."""
     try:
-        body = orjson.loads(response.content)
+        body = orjson.loads(content)
         text = body.get("message") or body.get("error") if isinstance(body, dict) else None
     except orjson.JSONDecodeError:
         text = None
     if not isinstance(text, str):
-        text = response.reason or ""
+        text = reason or ""
     text = "".join(c if c.isprintable() else " " for c in text)
     return text[:200]
+
+
+def _read_bounded(response: requests.Response) -> bytes:
+    """The body, at most MAX_PAGE_BYTES and PAGE_DEADLINE_SECONDS in all, else NetworkError."""
+    deadline = time.monotonic() + PAGE_DEADLINE_SECONDS
+    chunks, size = [], 0
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > MAX_PAGE_BYTES:
+            raise NetworkError(f"App logs API answered more than {MAX_PAGE_BYTES // (1024 * 1024)} MiB")
+        if time.monotonic() > deadline:
+            raise NetworkError(f"App logs API took more than {PAGE_DEADLINE_SECONDS:.0f} s to answer")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class ForgeClient:
@@ -546,8 +565,10 @@ class ForgeClient:
                 url, params=self._params(query, cursor),
                 auth=(credentials.email, credentials.api_token),
                 headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-                timeout=self.timeout,
+                timeout=self.timeout, stream=True,
             )
+            with response:
+                content = _read_bounded(response)
         except requests.Timeout:
             raise NetworkError("App logs API did not answer in time") from None
         except requests.RequestException as exc:
@@ -558,13 +579,13 @@ class ForgeClient:
         if status == 404:
             raise NotFound("HTTP 404: app or environment not found", status)
         if status == 400:
-            raise BadWindow(f"HTTP 400: {_detail(response)}", status)
+            raise BadWindow(f"HTTP 400: {_detail(content, response.reason)}", status)
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise RateLimited("HTTP 429: rate limited", retry_after)
         if status != 200:
             raise ServerError(f"HTTP {status}", status)
-        return decode_page(response.content, status)
+        return decode_page(content, status)
 
     def pages(self, credentials: Credentials, query: Query, *, now: datetime | None = None,
               before_call: Callable[[], None] | None = None) -> Iterator[Page]:

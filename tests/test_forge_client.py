@@ -258,3 +258,15 @@ def test_a_capped_retry_after_reaches_the_rate_limited_error(clock):
 
 def test_credentials_never_show_the_token():
     assert TOKEN not in repr(CREDS)
+
+
+def test_a_page_larger_than_the_bound_is_a_network_error_not_a_memory_spike(clock, monkeypatch):
+    from flask import Flask
+
+    monkeypatch.setattr(forge, "MAX_PAGE_BYTES", 1024)
+    app = Flask("huge")
+    app.get("/v1/app/logs/<app_id>")(lambda app_id: ('{"appLogs": [' + '{"body": {}},' * 500 + "{}]}", 200))
+    with LocalServer(app) as server, requests.Session() as session:
+        client = ForgeClient(server.url, session, timeout=(2, 5))
+        with pytest.raises(forge.NetworkError, match="more than"):
+            client.fetch_page(CREDS, window(clock))
