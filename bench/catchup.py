@@ -117,7 +117,7 @@ from broker import db, migrate, polling, redisconn, tokens  # noqa: E402
 from broker.vault import Vault  # noqa: E402
 from tests.fakes.forge import ForgeFake  # noqa: E402
 from tests.fakes.server import LocalServer  # noqa: E402
-from common import children, clear_redis, create_database, drop_database, pct, process_env, servers, start, status_kb, stop, with_database  # noqa: E402
+from common import children, clear_redis, create_database, pct, process_env, servers, start, status_kb, stop, tear_down, with_database  # noqa: E402
 
 BIN = Path(sys.executable).parent
 OUR_LIMIT = 25        # FORGE_RATE_LIMIT, the deployed default
@@ -376,16 +376,7 @@ def run_one(args: argparse.Namespace, server_url: str, redis_url: str, fake: For
                 run.errors.append(f"{backlog:,}: {run.unexpected} records stored in the sampled hours that the "
                                   "fake does not serve")
     finally:
-        if clock is not None and clock.poll() is None:
-            stop(clock, 5)
-        if worker is not None and worker.poll() is None:
-            stop(worker, 5)
-        clear_redis(redis)
-        redis.close()
-        try:
-            drop_database(server_url, database)
-        except psycopg.Error as exc:
-            print(f"could not drop database {database}: {exc}", file=sys.stderr)
+        tear_down(server_url, database, redis, clock, worker)
     if rusage_file.exists():
         usage = json.loads(rusage_file.read_text())
         run.parent_maxrss_kb = usage["self_maxrss_kb"]
@@ -691,16 +682,7 @@ def run_dense(args: argparse.Namespace, server_url: str, redis_url: str, fake: F
             run.split = cpu_split(fake.records(app_id, ENVIRONMENT, first_checkpoint,
                                                min(goal, first_checkpoint + timedelta(minutes=1))), args.page_size)
     finally:
-        if clock is not None and clock.poll() is None:
-            stop(clock, 5)
-        if worker is not None and worker.poll() is None:
-            stop(worker, 5)
-        clear_redis(redis)
-        redis.close()
-        try:
-            drop_database(server_url, database)
-        except psycopg.Error as exc:
-            print(f"could not drop database {database}: {exc}", file=sys.stderr)
+        tear_down(server_url, database, redis, clock, worker)
     if rusage_file.exists():
         usage = json.loads(rusage_file.read_text())
         run.worker_cpu = usage["self_cpu"] + usage["children_cpu"]

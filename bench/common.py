@@ -140,6 +140,19 @@ def clear_redis(redis) -> None:
 
 # --- /proc readings and figures ----------------------------------------------------------
 
+def tear_down(server_url: str, database: str, redis, *processes: subprocess.Popen | None) -> None:
+    """Stop the processes still running (5 s each), empty the queues, drop the bench database."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            stop(process, 5)
+    clear_redis(redis)
+    redis.close()
+    try:
+        drop_database(server_url, database)
+    except psycopg.Error as exc:
+        print(f"could not drop database {database}: {exc}", file=sys.stderr)
+
+
 def children(pid: int) -> list[int]:
     found = []
     try:

@@ -74,7 +74,7 @@ from broker import config, db, migrate, plans, redisconn, tokens  # noqa: E402
 from broker.vault import Vault  # noqa: E402
 from tests.fakes.forge import ForgeFake, BUCKET_MS  # noqa: E402
 from tests.fakes.server import LocalServer  # noqa: E402
-from common import clear_redis, create_database, drop_database, pct, process_env, servers, start, stop, with_database  # noqa: E402
+from common import clear_redis, create_database, pct, process_env, servers, start, stop, tear_down, with_database  # noqa: E402
 
 EMAIL = "bench@example.com"
 API_TOKEN = "ATATT-bench-freshness"
@@ -250,16 +250,7 @@ def run(args: argparse.Namespace, server_url: str, redis_url: str) -> int:
             stop(clock, 5)
             stop(worker, 30)
     finally:
-        if clock is not None and clock.poll() is None:
-            stop(clock, 5)
-        if worker is not None and worker.poll() is None:
-            stop(worker, 5)
-        clear_redis(redis)
-        redis.close()
-        try:
-            drop_database(server_url, database)
-        except Exception as exc:  # noqa: BLE001
-            print(f"could not drop database {database}: {exc}", file=sys.stderr)
+        tear_down(server_url, database, redis, clock, worker)
 
     with receiver.lock:
         arrivals = {k: sorted(v) for k, v in receiver.arrivals.items()}

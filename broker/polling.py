@@ -616,7 +616,7 @@ class Poller:
                 elapsed = self.clock() - began
                 now = db_now + timedelta(seconds=elapsed)
                 resuming = source["window_cursor"] is not None
-                free = None if resuming else self._free_pages(source)
+                free = None if resuming else self.limiter.free(app_id)
                 window = self._next_window(source, now, target_end, interval, free)
                 if window is None:
                     # Due one interval after this poll began, not after it ended:
@@ -702,9 +702,6 @@ class Poller:
         if (source["window_cursor"] is not None and source["window_pages"] >= 2 * MAX_WINDOW_PAGES
                 and window[1] - window[0] > MIN_WINDOW):
             self._shrink(source, window, None, outcome)
-
-    def _free_pages(self, source: dict) -> int:
-        return self.limiter.free(source["app_id"])
 
     def _next_window(self, source: dict, now: datetime, target_end: datetime, interval: timedelta,
                      free: int | None) -> tuple[datetime, datetime] | None:

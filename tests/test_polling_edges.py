@@ -19,17 +19,13 @@ from broker import polling, sources
 from broker.vault import Vault
 from tests.fakes.forge import ForgeFake
 from tests.fakes.server import LocalServer
-from tests.support.polling import (APP, EMAIL, ENV, TOKEN, add_resource, add_source, identity,
-                                   make_poller, outbox_records)
+from tests.support.polling import (APP, BUDGET, EMAIL, ENV, PERIOD, TOKEN, FastClock, add_resource, add_source,
+                                   identity, make_poller, outbox_records, source_row)
 
 
 @pytest.fixture
 def vault(settings):
     return Vault(settings.fernet_keys)
-
-
-def source_row(conn, source_id) -> dict:
-    return conn.execute("SELECT * FROM sources WHERE id = %s", (source_id,)).fetchone()
 
 
 def make_due(conn, source_id) -> None:
@@ -149,19 +145,6 @@ def test_a_record_without_a_time_is_not_stored_again_after_the_settled_horizon_p
 
 
 # --- A burst denser than one poll can read within one second of log ---------------------------
-
-SPEED = 30  # the fake's clock runs this many times faster than the wall clock (as in test_polling_progress)
-PERIOD = 60 / SPEED
-BUDGET = 25
-
-
-class FastClock:
-    def __init__(self) -> None:
-        self.origin = time.time()
-
-    def __call__(self) -> float:
-        return self.origin + (time.time() - self.origin) * SPEED
-
 
 def test_a_burst_within_one_second_does_not_stall_the_source_for_good(conn, database_url, redis_url, vault):
     """600 records within 90 ms (30 pages of 20), cursors that live 30 s, 25 calls a minute:

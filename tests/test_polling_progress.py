@@ -21,31 +21,12 @@ from broker import polling
 from broker.vault import Vault
 from tests.fakes.forge import ForgeFake
 from tests.fakes.server import LocalServer
-from tests.support.polling import (APP, EMAIL, ENV, TOKEN, add_resource, add_source, identity,
-                                   make_poller, outbox_records)
-
-SPEED = 30  # the fake's clock runs this many times faster than the wall clock
-PERIOD = 60 / SPEED  # the broker's budget period, compressed the same way
-BUDGET = 25
-
-
-class FastClock:
-    """Wall-clock time that runs ``SPEED`` times faster, from the moment it was made."""
-
-    def __init__(self) -> None:
-        self.origin = time.time()
-
-    def __call__(self) -> float:
-        return self.origin + (time.time() - self.origin) * SPEED
-
+from tests.support.polling import (APP, BUDGET, EMAIL, ENV, PERIOD, TOKEN, FastClock, add_resource, add_source,
+                                   identity, make_poller, outbox_records, source_row)
 
 @pytest.fixture
 def vault(settings):
     return Vault(settings.fernet_keys)
-
-
-def source_row(conn, source_id) -> dict:
-    return conn.execute("SELECT * FROM sources WHERE id = %s", (source_id,)).fetchone()
 
 
 def drive(conn, poller, source_id, deadline_seconds: float = 90) -> list[tuple]:
@@ -76,7 +57,9 @@ def assert_complete_and_once(conn, fake: ForgeFake, source_id, first: datetime, 
     expected = Counter(map(identity, fake.records(APP, ENV, first, final, now=fake.clock() + 86_400)))
     in_range = Counter(identity(r) for r in stored if first <= polling.record_time(r, first) < final)
     missing = set(expected) - set(in_range)
-    assert not missing, f"{len(missing)} of {len(expected)} records were lost"
+    lost = sorted(polling.record_time(r, first).isoformat() for r in fake.records(
+        APP, ENV, first, final, now=fake.clock() + 86_400) if identity(r) in missing)
+    assert not missing, f"{len(missing)} of {len(expected)} records were lost: {lost[:5]}, checkpoint {final}"
     assert in_range == expected, "stored a record the API never served"
     return len(expected)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from datetime import timedelta
 
@@ -62,3 +63,24 @@ def make_poller(database_url: str, redis_url: str, forge_url: str, vault: Vault,
                   RateLimiter(redis.Redis.from_url(redis_url), limit, period), vault,
                   PollSettings(lag=timedelta(seconds=lag), overlap=timedelta(seconds=overlap),
                                time_box_seconds=time_box))
+
+
+# Time compressed for budget and cursor tests: the Forge fake's clock runs SPEED times faster than
+# the wall clock, and the broker's budget period (25 calls per Atlassian minute) shrinks the same way.
+SPEED = 30
+PERIOD = 60 / SPEED
+BUDGET = 25
+
+
+class FastClock:
+    """Wall-clock time that runs ``SPEED`` times faster, from the moment it was made."""
+
+    def __init__(self) -> None:
+        self.origin = time.time()
+
+    def __call__(self) -> float:
+        return self.origin + (time.time() - self.origin) * SPEED
+
+
+def source_row(conn, source_id) -> dict:
+    return conn.execute("SELECT * FROM sources WHERE id = %s", (source_id,)).fetchone()
