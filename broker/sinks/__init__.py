@@ -1,4 +1,4 @@
-"""The wire to drains: HTTP sessions, TLS sockets, retry classes, and the SSRF guard."""
+"""The wire to drains: HTTP sessions, TLS sockets, retry classes, the SSRF guard and the per-send deadline."""
 
 from __future__ import annotations
 
