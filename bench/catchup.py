@@ -78,7 +78,7 @@ completes) and the rest, with a projection for 6 hours; calls used ÷ allowed
 whether ``sources.over_capacity_since`` was set with ``density_per_minute`` and
 ``capacity_per_minute``; the worker's CPU per million records stored, and CPU
 per million records of decode (``forge.decode_page``), fingerprints and encode
-(``encode_batch``) measured in this process on the run's records as 50-record
+(``outbox.forge_payload``) measured in this process on the run's records as 50-record
 pages. Every record of the stretch is checked against the fake: none missing,
 none twice, nothing else.
 
@@ -113,7 +113,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
-from broker import db, migrate, polling, redisconn, tokens  # noqa: E402
+from broker import db, migrate, outbox, polling, redisconn, tokens  # noqa: E402
 from broker.vault import Vault  # noqa: E402
 from tests.fakes.forge import ForgeFake  # noqa: E402
 from tests.fakes.server import LocalServer  # noqa: E402
@@ -266,7 +266,7 @@ def verify_span(conn: psycopg.Connection, fake: ForgeFake, run, app_id: str, sou
     rows = conn.execute("SELECT payload FROM outbox WHERE source_id = %s AND max_ts >= %s AND min_ts < %s",
                         (source_id, start, until)).fetchall()
     for row in rows:
-        for record in polling.decode_batch(bytes(row["payload"])):
+        for record in outbox.forge_records(bytes(row["payload"])):
             if start <= polling.record_time(record, start) < until:
                 stored[polling.fingerprint(record)] += 1
     run.verified += len(expected)
@@ -546,7 +546,7 @@ def job_summaries(log_text: str) -> list[tuple[float, float, int, int]]:
 
 def cpu_split(records: list[dict], page_size: int) -> dict[str, float]:
     """CPU s per million records of what the poller does per page, on this run's records re-paged as
-    the fake served them: decode (``forge.decode_page``), fingerprints, encode (``encode_batch``)."""
+    the fake served them: decode (``forge.decode_page``), fingerprints, encode (``outbox.forge_payload``)."""
     import orjson
     from broker import forge
     if not records:
@@ -566,7 +566,7 @@ def cpu_split(records: list[dict], page_size: int) -> dict[str, float]:
 
     decoded = [orjson.loads(p)["appLogs"] for p in pages]
     return {"decode": timed(decode, pages), "fingerprint": timed(polling.fingerprint, records),
-            "encode": timed(polling.encode_batch, decoded), "orjson.loads": timed(orjson.loads, pages)}
+            "encode": timed(outbox.forge_payload, decoded), "orjson.loads": timed(orjson.loads, pages)}
 
 
 def run_dense(args: argparse.Namespace, server_url: str, redis_url: str, fake: ForgeFake, forge_url: str,

@@ -19,9 +19,9 @@ What it runs, in one invocation, against real PostgreSQL (fsync on):
   invocations of 1–8 records. They are serialised as Forge pages of
   ``--page-size`` (500) records, ``{"appLogs": [...], "cursor": ...}`` (no
   cursor on the last page), and each page is stored as the poller stores it:
-  one outbox batch, ``polling.encode_batch`` of the decoded records, for one
+  one outbox batch, ``outbox.forge_payload`` of the decoded records, for one
   resource and one source (service name set). The poll side's own CPU
-  (decode, fingerprints, timestamps, encode_batch; no HTTP, no SQL) is printed
+  (decode, fingerprints, timestamps, forge_payload; no HTTP, no SQL) is printed
   on its own: the rows measure outbox → drain;
 - the parse-only ceiling: ``orjson.loads`` of every page in this process (which
   holds no large object graph then, only the pages' bytes, so the garbage
@@ -34,7 +34,7 @@ What it runs, in one invocation, against real PostgreSQL (fsync on):
   a line saying so, and a kind there without a row here is reported as not
   measured): ``--drains`` (1) drains at cursor 0, one per resource, each
   resource with its own copy of the outbox, every other drain disabled;
-  delivered by a separate worker process that runs ``worker.deliver.run_batch``
+  delivered by a separate worker process that runs ``worker.deliver.run``
   — the delivery job itself: its connection pool, its 16-thread claim loop,
   the ``Deliverer`` it builds (``allow_private`` from
   ``ALLOW_PRIVATE_DRAINS=true``, the syslog TLS context from
@@ -121,7 +121,7 @@ SELF = str(Path(__file__).resolve())
 import orjson  # noqa: E402
 import psycopg  # noqa: E402
 
-from broker import db, delivery, polling  # noqa: E402
+from broker import db, delivery, outbox, polling  # noqa: E402
 from common import create_database, drop_database, process_env, servers, start, stop, with_database  # noqa: E402
 
 TARGET_CEILING = 0.5
@@ -503,7 +503,7 @@ def deliver_main(result_path: str, profile_path: str) -> None:
     jobs = 0
     before, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     while True:
-        result = deliver_job.run_batch(jobs)
+        result = deliver_job.run(jobs)
         jobs += 1
         for key in totals:
             totals[key] += result.get(key, 0)
@@ -665,7 +665,7 @@ def build_input(conn, args, resource_id, source_id, pages_file: Path) -> Input:
             records = orjson.loads(page)["appLogs"]
             prints = [polling.fingerprint(r) for r in records]
             times = [polling.record_time(r, window_start) for r in records]
-            payload = polling.encode_batch(records)
+            payload = outbox.forge_payload(records)
             data.poll_cpu += time.process_time() - cpu0
             del prints
             row = conn.execute(
@@ -861,17 +861,17 @@ def profile_breakdown(path: str, variant: Variant) -> list[tuple[str, float]]:
         return sum(v[3] for (f, _, n), v in stats.items() if f == "~" and fragment in n)
 
     total = cum("broker/delivery.py", "deliver")
-    per_batch = cum("broker/delivery.py", "_deliver_batch") + cum("broker/delivery.py", "_deliver_stream")
     release = cum("broker/delivery.py", "_release")
-    decode = cum("broker/polling.py", "decode_batch")
-    fmt = cum("broker/delivery.py", "_parts") + cum("broker/formats/syslog5424.py", "stream")
-    send = cum("broker/delivery.py", "_send") + cum("broker/sinks/syslog.py", "send")
+    decode = cum("broker/outbox.py", "forge_records")
+    fmt = (cum("broker/senders.py", "parts") + cum("broker/senders.py", "body")
+           + cum("broker/formats/syslog5424.py", "stream"))
+    send = cum("broker/senders.py", "post") + cum("broker/senders.py", "_send")
     advance = cum("broker/delivery.py", "_advance")
     steps = [
-        ("outbox read (SELECT, fetch), vault, setup", total - per_batch - release),
-        ("decode_batch (zlib + orjson)", decode),
+        ("outbox read (SELECT, fetch), vault, setup", total - decode - fmt - send - advance - release),
+        ("outbox.forge_records (zlib + orjson)", decode),
         ("  of which zlib.decompress", builtin("zlib.decompress")),
-        ("format (Deliverer._parts, syslog5424.stream)", fmt),
+        ("format (Sender.parts/body, syslog5424.stream)", fmt),
     ]
     if variant.kind == "otlp":
         steps += [("  otlp.request (records -> OTLP dict)", cum("broker/formats/otlp.py", "request"))]
@@ -890,7 +890,7 @@ def profile_breakdown(path: str, variant: Variant) -> list[tuple[str, float]]:
                   ("    fields.timestamp", cum("broker/formats/fields.py", "timestamp")),
                   ("    fields.header_field", cum("broker/formats/fields.py", "header_field")),
                   ("    severity.of", cum("broker/formats/severity.py", "of"))]
-    steps += [("send (Deliverer._send, sinks.syslog.send)", send),
+    steps += [("send (Sender.post, SyslogSender._send)", send),
               ("  SSRF guard (getaddrinfo)", cum("broker/sinks/http.py", "_guard") + cum("broker/sinks/guard.py",
                                                                                             "resolve")
                if variant.kind == "syslog" else cum("broker/sinks/http.py", "_guard"))]
@@ -905,7 +905,6 @@ def profile_breakdown(path: str, variant: Variant) -> list[tuple[str, float]]:
     steps += [
         ("cursor commit (Deliverer._advance)", advance),
         ("release (Deliverer._release)", release),
-        ("rest of the batch loop", per_batch - decode - fmt - send - advance),
     ]
     return [("Deliverer.deliver total", total)] + steps
 
@@ -1086,7 +1085,7 @@ def main(argv: list[str]) -> int:
                   f"{100 * data.non_ascii / data.records:.1f} % non-ASCII); {data.logplex_frames:,} logplex frames; "
                   f"outbox {data.stored_bytes / data.records:.0f} B/record (zlib) in "
                   f"{time.perf_counter() - began:.1f} s")
-            print(f"poll side, in this process (decode page + fingerprints + timestamps + encode_batch; no HTTP, no "
+            print(f"poll side, in this process (decode page + fingerprints + timestamps + forge_payload; no HTTP, no "
                   f"SQL): {data.poll_cpu / data.records * 1e6:.1f} CPU s per million records "
                   f"({data.records / data.poll_cpu:,.0f} records/s on one core) — not part of the rows below")
             passes = [parse_pass(data.pages) for _ in range(args.ceiling_passes)]

@@ -7,7 +7,7 @@ shaped like Atlassian's sample: ten string attributes, `arguments` JSON text,
 
   (a) ``broker.forge.decode_page`` on the page's bytes (no HTTP),
   (b) ``broker.polling.fingerprint`` of every record,
-  (c) ``broker.polling.encode_batch`` of the page's records,
+  (c) ``broker.outbox.forge_payload`` of the page's records,
 
 plus ``orjson.loads`` of the same bytes (the floor for (a)), the tolerant path
 (every page holding one record orjson refuses), and alternatives for (b) and (c)
@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 import orjson  # noqa: E402
 
-from broker import forge, polling  # noqa: E402
+from broker import forge, outbox, polling  # noqa: E402
 
 FUNCTIONS = (("issue-panel-resolver", "jira:issuePanel"), ("webtrigger-sync", "webtrigger"),
              ("scheduled-cleanup", "scheduledTrigger"), ("admin-page", "jira:adminPage"))
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     baseline = row("orjson.loads of the page (floor for decode)", best(n, orjson.loads, pages))
     decode = row("(a) forge.decode_page", best(n, forge.decode_page, pages))
     fingerprint = row("(b) polling.fingerprint", best(n, polling.fingerprint, records))
-    encode = row("(c) polling.encode_batch", best(n, polling.encode_batch, decoded))
+    encode = row("(c) outbox.forge_payload", best(n, outbox.forge_payload, decoded))
     print(f"  {'total (a) + (b) + (c)':<48} {decode + fingerprint + encode:6.2f}  target <= 18")
     print(f"  decode_page / orjson.loads = {decode / baseline:.2f}")
 
@@ -189,9 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     alternatives = {}
     for level in (3, 1):
         step = encode_level(level)
-        size = sum(len(step(p)) for p in decoded[:20]) / sum(len(polling.encode_batch(p)) for p in decoded[:20])
-        alternatives[level] = row(f"encode_batch at zlib level {level}", best(n, step, decoded),
-                                  f"({size:.2f}x the bytes of level {polling.COMPRESSION_LEVEL})")
+        size = sum(len(step(p)) for p in decoded[:20]) / sum(len(outbox.forge_payload(p)) for p in decoded[:20])
+        alternatives[level] = row(f"forge_payload at zlib level {level}", best(n, step, decoded),
+                                  f"({size:.2f}x the bytes of level {outbox.COMPRESSION_LEVEL})")
     row("  of which orjson.dumps", best(n, orjson.dumps, decoded))
     row("zlib level 1 of the page bytes as received", best(n, encode_raw_slice, pages))
     print(f"  {'total with zlib level 3':<48} {decode + fingerprint + alternatives[3]:6.2f}")

@@ -53,6 +53,8 @@ class Settings:
     poll_overlap_seconds: int
     poll_threads: int
     poll_batches: int
+    delivery_threads: int
+    delivery_jobs: int
     outbox_replay_hours: int
     log_level: str
     metrics_token: str | None = field(default=None, repr=False)
@@ -124,6 +126,8 @@ EXPECTED = {
                                   "for late records, 0 to 3600",
     "FORGE_POLL_THREADS": "expected sources one poll job works on at once, 1 to 256",
     "FORGE_POLL_BATCHES": "expected poll jobs kept queued while sources are due, 1 to 64",
+    "DELIVERY_THREADS": "expected drains one delivery job works on at once, 2 to 256",
+    "DELIVERY_JOBS": "expected delivery jobs kept queued while drains are due, 1 to 64",
     "OUTBOX_REPLAY_HOURS": "expected whole hours (0 to 168) that delivered batches stay for replay",
     "METRICS_TOKEN": (
         "expected a random token of at least 32 characters (letters, digits and -._~+/), "
@@ -285,6 +289,8 @@ def load(env: Mapping[str, str] | None = None, *, testing: bool = False) -> Sett
         poll_overlap_seconds=r.parse("FORGE_POLL_OVERLAP_SECONDS", "600", _int_range(0, 3600)),
         poll_threads=r.parse("FORGE_POLL_THREADS", "32", _int_range(1, 256)),
         poll_batches=r.parse("FORGE_POLL_BATCHES", "2", _int_range(1, 64)),
+        delivery_threads=r.parse("DELIVERY_THREADS", "16", _int_range(2, 256)),
+        delivery_jobs=r.parse("DELIVERY_JOBS", "4", _int_range(1, 64)),
         outbox_replay_hours=r.parse("OUTBOX_REPLAY_HOURS", "24", _int_range(0, 168)),
         # Unset, /metrics answers 404: nothing about the fleet is served to anyone.
         metrics_token=r.parse("METRICS_TOKEN", "", _bearer_token),

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import psycopg
 
+from broker import outbox
 from broker.validation import InputError
 
 OWNER_KINDS = ("logplex", "syslog", "otlp")
@@ -162,7 +163,7 @@ def new_token() -> str:
 COLUMNS = """
 id, resource_id, kind, url_enc, token, enabled, created_at, updated_at, name, settings, headers_enc,
 cursor, next_attempt_at, consecutive_failures, last_error, last_delivery_at, delivered, retried,
-dropped, rejected
+dropped, rejected, secret_lost_at, send_seconds
 """
 
 
@@ -188,12 +189,12 @@ def insert(conn: psycopg.Connection, resource_id, values: dict, url_enc: str,
     return conn.execute(
         f"""
         INSERT INTO drains (resource_id, kind, url_enc, token, name, settings, headers_enc, enabled, cursor)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s,
-                COALESCE((SELECT max(id) FROM outbox WHERE resource_id = %s), 0))
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
         RETURNING {COLUMNS}
         """,
         (resource_id, values["kind"], url_enc, new_token(), values.get("name"),
-         orjson.dumps(values["settings"]).decode(), headers_enc, values.get("enabled", True), resource_id),
+         orjson.dumps(values["settings"]).decode(), headers_enc, values.get("enabled", True),
+         outbox.newest(conn, resource_id)),
     ).fetchone()
 
 
@@ -208,6 +209,8 @@ def update(conn: psycopg.Connection, drain_id, values: dict, url_enc: str | None
         sets += ["consecutive_failures = 0", "next_attempt_at = now()", "last_error = NULL"]
     if headers_enc is not None:
         sets.append("headers_enc = %(headers_enc)s")
+    if url_enc is not None or headers_enc is not None:
+        sets.append("secret_lost_at = NULL")  # re-entered: decryptable again
         params["headers_enc"] = headers_enc
     for field in ("name", "enabled"):
         if field in values:
@@ -224,19 +227,3 @@ def rotate_token(conn: psycopg.Connection, drain_id) -> dict:
 
 def delete(conn: psycopg.Connection, drain_id) -> None:
     conn.execute("DELETE FROM drains WHERE id = %s", (drain_id,))
-
-
-def backlog(conn: psycopg.Connection, drain: dict) -> int:
-    """Records stored for the drain's resource that it has not received yet."""
-    return conn.execute(
-        "SELECT COALESCE(sum(record_count), 0) AS n FROM outbox WHERE resource_id = %s AND id > %s",
-        (drain["resource_id"], drain["cursor"]),
-    ).fetchone()["n"]
-
-
-def backlogs(conn: psycopg.Connection, resource_id) -> dict:
-    """Each drain's backlog (records stored that it has not received), in one query."""
-    return {row["id"]: row["n"] for row in conn.execute(
-        "SELECT d.id, COALESCE(sum(o.record_count), 0) AS n FROM drains d "
-        "LEFT JOIN outbox o ON o.resource_id = d.resource_id AND o.id > d.cursor "
-        "WHERE d.resource_id = %s GROUP BY d.id", (resource_id,))}

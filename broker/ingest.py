@@ -12,7 +12,7 @@ message, as Vector's ``heroku_logs`` keeps such lines raw.
 The request is acknowledged once the batch is durably in the outbox, and the
 work there is kept small: the framing check, a look at each frame's APP-NAME,
 and the accepted frames stored as they came (zlib level 1). Turning them into
-records happens in the delivery workers (:func:`records`): each message
+records happens in the delivery workers (:meth:`broker.outbox.Batch.records`): each message
 becomes a record of the same model as a Forge record, plus a ``heroku`` part
 the formats use to keep Heroku's own PRI, APP-NAME and PROCID
 (``app``/``web.1``, ``heroku``/``router``)::
@@ -28,81 +28,20 @@ the same id, and a replay is acknowledged and counted without storing again.
 
 from __future__ import annotations
 
-import re
-import zlib
 from dataclasses import dataclass
-from datetime import datetime
 
 import psycopg
 
-from broker import polling
-# What the broker writes as APP-NAME into the app's own log stream (the heroku drain).
-OWN_APP_NAME = "forgedrain"
+from broker import outbox
+from broker.formats import logplex
+from broker.formats.logplex import OWN_APP_NAME, Malformed  # noqa: F401 — the names web/ingest.py uses
+
 MAX_FRAMES = 20_000
-MAX_FRAME_BYTES = 64 * 1024
-HEADER = re.compile(
-    rb"<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+)(?: (.*))?\Z", re.DOTALL)
-TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$")
-# syslog severity → (severityText as syslog names it, OTLP SeverityNumber)
-SEVERITY = {0: ("EMERG", 24), 1: ("ALERT", 23), 2: ("CRIT", 22), 3: ("ERR", 17), 4: ("WARNING", 13),
-            5: ("NOTICE", 10), 6: ("INFO", 9), 7: ("DEBUG", 5)}
-
-
-class Malformed(Exception):
-    """The body is not what its headers declare; the message says where."""
 
 
 def frames(body: bytes, limit: int = MAX_FRAMES) -> list[bytes]:
     """Split octet-counted frames; raise :class:`Malformed` on any framing error."""
-    out: list[bytes] = []
-    position, size = 0, len(body)
-    while position < size:
-        space = body.find(b" ", position, position + 8)
-        if space <= position or not body[position:space].isdigit():
-            raise Malformed(f"frame {len(out) + 1}: expected a decimal length then a space at byte {position}")
-        length = int(body[position:space])
-        if length == 0 or length > MAX_FRAME_BYTES:
-            raise Malformed(f"frame {len(out) + 1}: length {length} is outside 1..{MAX_FRAME_BYTES}")
-        end = space + 1 + length
-        if end > size:
-            raise Malformed(f"frame {len(out) + 1}: declares {length} bytes but only {size - space - 1} follow")
-        out.append(body[space + 1:end])
-        if len(out) > limit:
-            raise Malformed(f"more than {limit} frames in one request")
-        position = end
-    return out
-
-
-def _nanos(text: str, fallback: int) -> int:
-    match = TIME.match(text)
-    if not match:
-        return fallback
-    try:
-        moment = datetime.fromisoformat(match.group(1) + (match.group(3).replace("Z", "+00:00")))
-    except ValueError:
-        return fallback
-    fraction = (match.group(2) or ".")[1:].ljust(9, "0")
-    return int(moment.timestamp()) * 1_000_000_000 + int(fraction or 0)
-
-
-def record(message: bytes, received_nanos: int) -> dict:
-    """A record of the broker's model for one logplex message."""
-    match = HEADER.match(message)
-    if not match or int(match.group(1)) > 191:
-        text = message.decode("utf-8", "replace").rstrip("\n")
-        return {"timeUnixNano": str(received_nanos), "severityText": "INFO", "severityNumber": 9,
-                "body": {"stringValue": text}, "heroku": {"pri": 190, "app": "-", "dyno": "-"}}
-    pri = int(match.group(1))
-    text, number = SEVERITY[pri % 8]
-    body = (match.group(7) or b"").decode("utf-8", "replace")
-    if body.endswith("\n"):
-        body = body[:-1]
-    return {
-        "timeUnixNano": str(_nanos(match.group(2).decode("ascii", "replace"), received_nanos)),
-        "severityText": text, "severityNumber": number, "body": {"stringValue": body},
-        "heroku": {"pri": pri, "app": match.group(4).decode("ascii", "replace"),
-                   "dyno": match.group(5).decode("ascii", "replace")},
-    }
+    return logplex.split(body, limit)
 
 
 @dataclass
@@ -119,27 +58,17 @@ class Parsed:
 OWN = OWN_APP_NAME.encode()
 
 
-def _app_name(message: bytes) -> bytes:
-    parts = message.split(b" ", 4)
-    return parts[3] if len(parts) > 4 else b""
-
-
 def parse(body: bytes, declared_count: int) -> Parsed:
     """Check the framing against the headers and set the broker's own frames aside."""
     found = frames(body)
     if len(found) != declared_count:
         raise Malformed(f"Logplex-Msg-Count is {declared_count} but the body holds {len(found)} frames")
-    own = [i for i, m in enumerate(found) if _app_name(m) == OWN]
+    own = [i for i, m in enumerate(found) if logplex.app_name(m) == OWN]
     if not own:  # the usual case: the body is stored as it came
         return Parsed([body], len(found), 0)
     skip = set(own)
     kept = [b"%d %b" % (len(m), m) for i, m in enumerate(found) if i not in skip]
     return Parsed(kept, len(found), len(own))
-
-
-def records(payload: bytes, received_nanos: int) -> list[dict]:
-    """The records of a stored ingest batch (what :func:`store` wrote), for delivery."""
-    return [record(m, received_nanos) for m in frames(zlib.decompress(payload), limit=10**9)]
 
 
 # --- store ---------------------------------------------------------------------------
@@ -164,13 +93,8 @@ def store(conn: psycopg.Connection, resource_id, frame_id: str, parsed: Parsed) 
             (resource_id, frame_id, parsed.frames, parsed.stored, parsed.own),
         ).fetchone()["inserted"]
         if fresh and parsed.stored:
-            polling.lock_for_append(conn, resource_id)  # held to the commit: ids in commit order
-            # min_ts/max_ts hold the time of receipt: the frames are read in the workers.
-            conn.execute(
-                "INSERT INTO outbox (resource_id, source_id, origin, record_count, min_ts, max_ts, payload) "
-                "VALUES (%s, NULL, 'heroku', %s, now(), now(), %s)",
-                (resource_id, parsed.stored, zlib.compress(b"".join(parsed.kept), 1)),
-            )
+            # The batch's time is when it was received: the frames are read in the workers.
+            outbox.append_frames(conn, resource_id, parsed.kept, parsed.stored)
     return fresh
 
 

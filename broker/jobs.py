@@ -35,6 +35,7 @@ def enqueue_unique(
     job_id: str,
     ttl: int,
     job_timeout: int = 60,
+    failure_ttl: int | None = None,
 ) -> Job | None:
     """Enqueue ``func`` under ``job_id`` unless a job with that id is still known.
 
@@ -51,7 +52,7 @@ def enqueue_unique(
             unique=True,
             ttl=ttl,
             result_ttl=0,
-            failure_ttl=ttl,
+            failure_ttl=ttl if failure_ttl is None else failure_ttl,
             job_timeout=job_timeout,
         )
     except DuplicateJobError:
@@ -81,8 +82,11 @@ def enqueue_poll_batch(connection: redis.Redis, batch: int, tick_seconds: int) -
                           job_timeout=150)
 
 
-def enqueue_delivery_batch(connection: redis.Redis, batch: int, tick_seconds: int) -> Job | None:
-    """Queue delivery job number ``batch`` unless it is still queued or running."""
-    return enqueue_unique(connection, "deliver", "worker.deliver.run_batch", batch,
-                          job_id=f"deliver-batch-{batch}", ttl=max(60, tick_seconds * 4),
-                          job_timeout=150)
+def enqueue_delivery(connection: redis.Redis, slot: int, tick_seconds: int) -> Job | None:
+    """Queue delivery job number ``slot`` unless it is still queued or running.
+
+    A failed delivery job (killed by its timeout, say) keeps its id only briefly, so the
+    next tick or poll can queue that slot again at once."""
+    return enqueue_unique(connection, "deliver", "worker.deliver.run", slot,
+                          job_id=f"deliver-{slot}", ttl=max(60, tick_seconds * 4),
+                          job_timeout=150, failure_ttl=5)

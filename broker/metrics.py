@@ -25,12 +25,12 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from broker import jobs, ratelimit
+from broker import delivery, jobs, outbox, ratelimit
 
 PREFIX = "forgedrain"
 # Prometheus' own scrape timeout defaults to 10 s; answer well inside it.
 STATEMENT_TIMEOUT_MS = 2000
-DRAIN_KINDS = ("heroku", "logplex", "otlp", "syslog")
+DRAIN_KINDS = delivery.KINDS
 PAUSE_REASONS = ("auth_failed", "bad_request", "not_found")
 # Lag (now − checkpoint) buckets, seconds. A healthy source sits between the poll
 # lag (2 min) and lag + its plan's interval (7 min on `test`).
@@ -41,24 +41,18 @@ RECENT_SECONDS = 300
 DRAINS = """
 SELECT kind, sum(drains)::bigint AS drains, sum(enabled)::bigint AS enabled,
        sum(failing)::bigint AS failing, sum(delivered)::bigint AS delivered,
-       sum(retried)::bigint AS retried, sum(dropped)::bigint AS dropped, sum(rejected)::bigint AS rejected
+       sum(retried)::bigint AS retried, sum(dropped)::bigint AS dropped, sum(rejected)::bigint AS rejected,
+       sum(secret_lost)::bigint AS secret_lost, sum(slow)::bigint AS slow
 FROM (
     SELECT kind, 1 AS drains, enabled::int AS enabled, (enabled AND consecutive_failures > 0)::int AS failing,
-           delivered, retried, dropped, rejected
+           delivered, retried, dropped, rejected, (secret_lost_at IS NOT NULL)::int AS secret_lost,
+           (send_seconds > %(slow)s)::int AS slow
     FROM drains
     UNION ALL
-    SELECT kind, 0, 0, 0, delivered, retried, dropped, rejected FROM retired_counters WHERE subject = 'drain'
+    SELECT kind, 0, 0, 0, delivered, retried, dropped, rejected, 0, 0 FROM retired_counters WHERE subject = 'drain'
 ) d
 GROUP BY kind
 """
-
-# The same definition as the resource API's backlog (broker.drains.backlog).
-BACKLOG = """
-SELECT d.kind, COALESCE(sum(o.record_count), 0)::bigint AS records, count(o.id) AS batches
-FROM drains d JOIN outbox o ON o.resource_id = d.resource_id AND o.id > d.cursor
-GROUP BY d.kind
-"""
-
 
 def _sources_query() -> str:
     buckets = ",\n       ".join(
@@ -125,7 +119,7 @@ class Snapshot:
     """Everything one scrape read, before it is turned into metric families."""
 
     drains: list[dict] = field(default_factory=list)
-    backlog: list[dict] = field(default_factory=list)
+    backlog: dict = field(default_factory=dict)
     sources: list[dict] = field(default_factory=list)
     retired_polls: int = 0
     retired_unreadable: int = 0
@@ -146,8 +140,8 @@ def read_database(conn: psycopg.Connection, snapshot: Snapshot) -> None:
         conn.execute("SET TRANSACTION READ ONLY")
         # LOCAL: the connection goes back to the web's pool afterwards.
         conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
-        snapshot.drains = conn.execute(DRAINS).fetchall()
-        snapshot.backlog = conn.execute(BACKLOG).fetchall()
+        snapshot.drains = conn.execute(DRAINS, {"slow": delivery.SLOW_SEND_SECONDS}).fetchall()
+        snapshot.backlog = outbox.backlog_by_kind(conn)  # the one definition (broker.outbox)
         snapshot.sources = conn.execute(SOURCES).fetchall()
         retired = conn.execute(RETIRED_SOURCES).fetchone()
         snapshot.retired_polls, snapshot.retired_unreadable = retired["polls"], retired["unreadable"]
@@ -212,7 +206,7 @@ class Collector:
     @staticmethod
     def _drains(s: Snapshot):
         by_kind = {row["kind"]: row for row in s.drains}
-        backlog = {row["kind"]: row for row in s.backlog}
+        backlog = s.backlog
         kinds = sorted(set(DRAIN_KINDS) | set(by_kind))
         counters = {
             "delivered": "Records drains' receivers accepted.",
@@ -231,6 +225,9 @@ class Collector:
             "drains": ("drains", "Drains, by kind."),
             "enabled": ("drains_enabled", "Enabled drains, by kind."),
             "failing": ("drains_failing", "Enabled drains whose last send failed (consecutive_failures > 0)."),
+            "secret_lost": ("drains_secret_lost", "Drains whose URL or headers cannot be decrypted with FERNET_KEYS "
+                                                  "(nothing is sent until the owner re-enters them)."),
+            "slow": ("drains_slow", "Drains whose receivers answer slowly, delivered by the workers' slow lane."),
         }
         for column, (name, help_text) in gauges.items():
             family = GaugeMetricFamily(_name(name), help_text, labels=["kind"])
@@ -244,8 +241,8 @@ class Collector:
                                     "Outbox batches drains have not received yet, summed by drain kind.",
                                     labels=["kind"])
         for kind in kinds:
-            records.add_metric([kind], int((backlog.get(kind) or {}).get("records") or 0))
-            batches.add_metric([kind], int((backlog.get(kind) or {}).get("batches") or 0))
+            records.add_metric([kind], backlog.get(kind, outbox.Backlog()).records)
+            batches.add_metric([kind], backlog.get(kind, outbox.Backlog()).batches)
         yield records
         yield batches
 

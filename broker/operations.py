@@ -34,9 +34,10 @@ from typing import Callable, ContextManager
 import orjson
 import psycopg
 
-from broker import audit, drains, plans, resources, sources
+from broker import audit, drains, plans, resources, senders, sources
+from broker.sinks import Result
 from broker.validation import InputError
-from broker.vault import Vault
+from broker.vault import Vault, VaultError
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,20 @@ def create_drain(connect: Connect, vault: Vault, resource_id, payload: object, *
     return row
 
 
+def _stored_secrets(vault: Vault, row: dict) -> tuple[str | None, dict | None]:
+    """The drain's stored URL and headers; None for one that can no longer be decrypted (any value
+    submitted for it is then a change: the owner re-entering it)."""
+    try:
+        url = vault.decrypt(row["url_enc"]) if row["url_enc"] else None
+    except VaultError:
+        url = None
+    try:
+        headers = orjson.loads(vault.decrypt(row["headers_enc"])) if row["headers_enc"] else {}
+    except VaultError:
+        headers = None
+    return url, headers
+
+
 def update_drain(connect: Connect, vault: Vault, resource_id, drain_id, payload: object, *, actor: str,
                  allow_private: bool) -> tuple[dict, list[str]]:
     """Apply the submitted fields; (the row, the fields that really changed, audited by name).
@@ -292,8 +307,7 @@ def update_drain(connect: Connect, vault: Vault, resource_id, drain_id, payload:
     """
     current = _drain(connect, resource_id, drain_id)
     values = drains.validate(payload, allow_private=allow_private, current=current).values
-    stored_url = vault.decrypt(current["url_enc"]) if current["url_enc"] else None
-    stored_headers = orjson.loads(vault.decrypt(current["headers_enc"])) if current["headers_enc"] else {}
+    stored_url, stored_headers = _stored_secrets(vault, current)
     changed = []
     if "url" in values and values["url"] != stored_url:
         changed.append("url")
@@ -359,13 +373,14 @@ class DrainTestOutcome:
     record: dict          # invocation_id, message, time of the record sent
 
 
-def test_drain(connect: Connect, deliverer, resource_id, drain_id, *, actor: str,
+def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: str,
                message: str | None = None) -> DrainTestOutcome:
     """Send one test record through the drain now, in its own format; what happened (audited).
 
     The record looks like one of the resource's first source (or ``forgedrain``
     when it has none) and touches neither the drain's cursor nor its counters.
-    ``deliverer`` is a :class:`broker.delivery.Deliverer` (``services().deliverer()``).
+    It goes straight through the drain's sender (:mod:`broker.senders`) on ``wire``
+    (``services().wire()``); the drain's secrets are decrypted with ``vault``.
     """
     if message is None:
         message = TEST_MESSAGE
@@ -374,14 +389,21 @@ def test_drain(connect: Connect, deliverer, resource_id, drain_id, *, actor: str
     row = _drain(connect, resource_id, drain_id)
     with connect() as conn:
         first = sources.list_for(conn, resource_id)
-    source = first[0] if first else {"service_name": "forgedrain"}
+    source = senders.Source.of(first[0] if first else {"service_name": "forgedrain"})
     invocation = f"forgedrain-test-{uuid.uuid4()}"
     now = time.time_ns()
     record = {"timeUnixNano": str(now), "observedTimeUnixNano": str(now), "severityText": "INFO",
               "severityNumber": 9, "body": {"stringValue": message},
               "attributes": [{"key": "invocationId", "value": {"stringValue": invocation}},
                              {"key": "functionKey", "value": {"stringValue": "forgedrain-test"}}]}
-    result = deliverer.probe(row, [record], source)
+    drain = senders.Drain(row["id"], row["kind"], row["token"], row["settings"] or {})
+    try:
+        where = senders.destination(row["url_enc"], row.get("headers_enc"), vault)
+    except senders.SecretLost:
+        where, result = None, Result("drop", detail=senders.SECRET_LOST_ERROR)
+    else:
+        result = (senders.sender_for(drain, where, wire).probe([record], source) if where is not None
+                  else Result("drop", detail="the drain has no destination"))
     with connect() as conn, conn.transaction():
         audit.record(conn, resource_id, actor, "drain.tested",
                      {**drain_audit_detail(row), "outcome": result.outcome, "status": result.status})

@@ -64,7 +64,6 @@ import logging
 import random
 import time
 import uuid
-import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, ContextManager
@@ -72,7 +71,7 @@ from typing import Callable, ContextManager
 import orjson
 import psycopg
 
-from broker import activity, forge, plans
+from broker import activity, forge, outbox, plans
 from broker.forge import Credentials, ForgeClient, Query
 from broker.ratelimit import RateLimiter
 from broker.vault import Vault
@@ -114,8 +113,6 @@ LAG_EASE_AT = 0.02
 MAX_BUDGET_WAIT_SECONDS = 1.0
 FAILURE_BACKOFF_BASE_SECONDS = 15
 FAILURE_BACKOFF_MAX_SECONDS = 600
-# zlib level 3: measured (bench/poll_cpu.py) at half the CPU of level 6 for 1.15x the bytes.
-COMPRESSION_LEVEL = 3
 
 Connect = Callable[[], ContextManager[psycopg.Connection]]
 
@@ -219,31 +216,6 @@ def _to_millis(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-# pg_advisory_xact_lock(OUTBOX_LOCK, hashtext(resource id)): appends to one resource's outbox.
-OUTBOX_LOCK = 7_210_001
-
-
-def lock_for_append(conn: psycopg.Connection, resource_id) -> None:
-    """Serialise appends to a resource's outbox until this transaction ends.
-
-    Outbox ids are drawn at INSERT, not at COMMIT: without this, a batch that
-    got id N but committed after N+1 would be passed over by a drain whose
-    cursor already moved to N+1 (its reads are ``id > cursor``) and later be
-    pruned unseen. Holding this lock from just before the INSERT to the
-    commit makes a resource's ids appear in commit order, so a cursor never
-    jumps a batch. Writers of different resources do not wait for each other.
-    """
-    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s::text))", (OUTBOX_LOCK, str(resource_id)))
-
-
-def encode_batch(records: list[dict]) -> bytes:
-    return zlib.compress(orjson.dumps(records), COMPRESSION_LEVEL)
-
-
-def decode_batch(payload: bytes) -> list[dict]:
-    return orjson.loads(zlib.decompress(payload))
-
-
 def failure_backoff(failures: int, rng: random.Random | None = None) -> float:
     ceiling = min(FAILURE_BACKOFF_MAX_SECONDS, FAILURE_BACKOFF_BASE_SECONDS * 2 ** min(failures, 10))
     return ceiling * (0.5 + (rng or random).random() / 2)
@@ -331,13 +303,8 @@ class Poller:
                 if ts < checkpoint:  # re-read by the sweep: was it there for the fresh window?
                     swept[new] += 1
             if keep:
-                lock_for_append(conn, source["resource_id"])  # held to the commit: ids in commit order
-                conn.execute(
-                    "INSERT INTO outbox (resource_id, source_id, origin, record_count, min_ts, max_ts, payload) "
-                    "VALUES (%s, %s, 'forge', %s, %s, %s, %s)",
-                    (source["resource_id"], source["id"], len(keep), min(t for _, t in keep),
-                     max(t for _, t in keep), encode_batch([r for r, _ in keep])),
-                )
+                outbox.append_forge(conn, source["resource_id"], source["id"], [r for r, _ in keep],
+                                    [t for _, t in keep])
                 activity.add(conn, source["resource_id"], source["id"], "stored",
                              activity.minutes([t for _, t in keep]))
             if page.unreadable:

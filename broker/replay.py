@@ -21,7 +21,7 @@ from datetime import datetime
 
 import psycopg
 
-from broker import audit, delivery
+from broker import audit, outbox
 from broker.validation import InputError
 
 
@@ -47,18 +47,10 @@ class Replay:
         return self.oldest_held is None or self.oldest_held > self.since
 
 
-# Records a drain receives from batches ``(after, upto]``: the heroku drain never gets the app's own logs.
-COUNT = """
-SELECT count(*) AS batches, COALESCE(sum(record_count), 0) AS records FROM outbox
-WHERE resource_id = %(resource)s AND id > %(after)s AND (%(upto)s::bigint IS NULL OR id <= %(upto)s::bigint)
-  AND NOT (%(kind)s = 'heroku' AND origin = 'heroku')
-"""
-
-
 def count(conn: psycopg.Connection, drain: dict, after: int, upto: int | None = None) -> tuple[int, int]:
-    row = conn.execute(COUNT, {"resource": drain["resource_id"], "after": after, "upto": upto,
-                               "kind": drain["kind"]}).fetchone()
-    return row["batches"], int(row["records"])
+    """Batches and records the drain receives of ``(after, upto]`` (the outbox's backlog definition)."""
+    got = outbox.between(conn, drain["resource_id"], drain["kind"], after, upto)
+    return got.batches, got.records
 
 
 def replay(conn: psycopg.Connection, drain_id: uuid.UUID | str, since: datetime, *, actor: str,
@@ -69,7 +61,7 @@ def replay(conn: psycopg.Connection, drain_id: uuid.UUID | str, since: datetime,
     deprovisioned resource, or a ``since`` in the future.
     """
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (delivery.PRUNE_LOCK,))  # no prune meanwhile
+        outbox.lock_against_prune(conn)  # no prune meanwhile
         drain = conn.execute(
             "SELECT d.id, d.resource_id, d.kind, d.enabled, d.cursor, r.state AS resource_state, now() AS now "
             "FROM drains d JOIN resources r ON r.id = d.resource_id WHERE d.id = %s FOR UPDATE OF d",
@@ -82,24 +74,17 @@ def replay(conn: psycopg.Connection, drain_id: uuid.UUID | str, since: datetime,
                                       "delivered for it any more")
         if since > drain["now"]:
             raise InputError(field, f"{field} is in the future")
-        held = conn.execute(
-            "SELECT min(created_at) AS oldest, "
-            "       (SELECT min(id) FROM outbox WHERE resource_id = %(r)s AND created_at >= %(since)s) AS first "
-            "FROM outbox WHERE resource_id = %(r)s",
-            {"r": drain["resource_id"], "since": since},
-        ).fetchone()
+        held = outbox.held_since(conn, drain["resource_id"], since)
         old_cursor = drain["cursor"]
         new_cursor = old_cursor if held["first"] is None else min(old_cursor, held["first"] - 1)
         batches, records = count(conn, drain, new_cursor, old_cursor)
         starts_at = None
         if held["first"] is not None:
-            starts_at = conn.execute(
-                "SELECT min(created_at) AS t FROM outbox WHERE resource_id = %s AND id > %s",
-                (drain["resource_id"], new_cursor),
-            ).fetchone()["t"]
+            starts_at = outbox.first_after(conn, drain["resource_id"], new_cursor)
         conn.execute(
-            "UPDATE drains SET cursor = %s, next_attempt_at = now(), consecutive_failures = 0, "
-            "lease_token = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = %s",
+            "UPDATE drains SET cursor = %s, partial_batch = NULL, partial_records = 0, next_attempt_at = now(), "
+            "consecutive_failures = 0, lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
+            "WHERE id = %s",
             (new_cursor, drain["id"]),
         )
         backlog_batches, backlog_records = count(conn, drain, new_cursor)

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import psycopg
 
-from broker import drains, jobs
+from broker import drains, jobs, outbox
 from broker.vault import Vault, VaultError
 
 
@@ -91,14 +91,9 @@ def safe_url(vault: Vault, url_enc: str | None) -> str:
 DRAINS_BY_KIND = """
 SELECT d.kind, count(*) AS drains, count(*) FILTER (WHERE d.enabled) AS enabled,
        COALESCE(sum(d.delivered), 0) AS delivered, COALESCE(sum(d.dropped), 0) AS dropped,
-       COALESCE(sum(d.rejected), 0) AS rejected,
-       COALESCE(sum(b.records), 0) AS backlog
+       COALESCE(sum(d.rejected), 0) AS rejected
 FROM drains d
 JOIN resources r ON r.id = d.resource_id AND r.state <> 'deprovisioned'
-CROSS JOIN LATERAL (
-    SELECT COALESCE(sum(o.record_count), 0) AS records FROM outbox o
-    WHERE o.resource_id = d.resource_id AND o.id > d.cursor
-      AND NOT (d.kind = 'heroku' AND o.origin = 'heroku')) b
 GROUP BY d.kind ORDER BY d.kind
 """
 
@@ -120,14 +115,14 @@ def fleet(conn: psycopg.Connection, redis_client) -> tuple[str, bool]:
                                           r["unreadable"]) for r in rows],
                                         right=[2, 3, 4, 5]))
     rows = conn.execute(DRAINS_BY_KIND).fetchall()
+    backlog = outbox.backlog_by_kind(conn)
     sections.append("Drains (live resources)\n" + table(
         ["kind", "drains", "enabled", "delivered", "dropped", "rejected", "backlog"],
-        [(r["kind"], r["drains"], r["enabled"], r["delivered"], r["dropped"], r["rejected"], r["backlog"])
-         for r in rows], right=range(1, 7)))
-    row = conn.execute("SELECT count(*) AS batches, COALESCE(sum(record_count), 0) AS records, "
-                       "min(created_at) AS oldest FROM outbox").fetchone()
+        [(r["kind"], r["drains"], r["enabled"], r["delivered"], r["dropped"], r["rejected"],
+          backlog.get(r["kind"], outbox.Backlog()).records) for r in rows], right=range(1, 7)))
+    row = outbox.held(conn)
     sections.append("Outbox\n" + table(["batches", "records", "oldest batch"],
-                                       [(row["batches"], int(row["records"]), row["oldest"])], right=[0, 1]))
+                                       [(row["batches"], row["records"], row["oldest"])], right=[0, 1]))
     ok = True
     queue_rows = []
     try:
@@ -188,11 +183,7 @@ def resource(conn: psycopg.Connection, vault: Vault, resource_id: uuid.UUID | st
         "consecutive_failures, next_attempt_at, last_delivery_at, last_error FROM drains "
         "WHERE resource_id = %s ORDER BY created_at, id", (resource_id,),
     ).fetchall()
-    backlog = {r["id"]: int(r["n"]) for r in conn.execute(
-        "SELECT d.id, COALESCE(sum(o.record_count), 0) AS n FROM drains d "
-        "LEFT JOIN outbox o ON o.resource_id = d.resource_id AND o.id > d.cursor "
-        "AND NOT (d.kind = 'heroku' AND o.origin = 'heroku') "
-        "WHERE d.resource_id = %s GROUP BY d.id", (resource_id,))}
+    backlog = {drain_id: b.records for drain_id, b in outbox.backlogs(conn, resource_id).items()}
     sections.append("Drains\n" + table(
         ["id", "kind", "name", "url", "enabled", "delivered", "retried", "dropped", "rejected", "backlog",
          "next attempt", "last error"],
@@ -200,10 +191,9 @@ def resource(conn: psycopg.Connection, vault: Vault, resource_id: uuid.UUID | st
           d["retried"], d["dropped"], d["rejected"], backlog.get(d["id"], 0),
           None if d["next_attempt_at"] <= now else d["next_attempt_at"] - now, clip(d["last_error"]))
          for d in rows], right=range(5, 11)))
-    held = conn.execute("SELECT count(*) AS batches, COALESCE(sum(record_count), 0) AS records, "
-                        "min(created_at) AS oldest FROM outbox WHERE resource_id = %s", (resource_id,)).fetchone()
+    held = outbox.held(conn, resource_id)
     sections.append("Outbox\n" + table(["batches", "records", "oldest batch"],
-                                       [(held["batches"], int(held["records"]), held["oldest"])], right=[0, 1]))
+                                       [(held["batches"], held["records"], held["oldest"])], right=[0, 1]))
     return "\n\n".join(sections)
 
 

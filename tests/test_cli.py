@@ -13,7 +13,8 @@ import orjson
 import pytest
 from cryptography.fernet import Fernet
 
-from broker import db, delivery, polling
+from broker import db, delivery, outbox, polling
+from broker.senders import Wire
 from broker.sinks import http
 from broker.vault import Vault, VaultError
 from tests.fakes.forge import ForgeFake
@@ -286,7 +287,7 @@ def make_deliverer(database_url: str, vault: Vault) -> delivery.Deliverer:
             yield connection
 
     session = http.new_session(allow_private=True)
-    return delivery.Deliverer(connect, lambda: session, vault, allow_private=True, time_box_seconds=20)
+    return delivery.Deliverer(connect, Wire(lambda: session, True), vault, turn_seconds=20)
 
 
 def store_batch(conn, resource_id, source_id, first: int, count: int, age: timedelta = timedelta(0)) -> int:
@@ -298,7 +299,7 @@ def store_batch(conn, resource_id, source_id, first: int, count: int, age: timed
     return conn.execute(
         "INSERT INTO outbox (resource_id, source_id, origin, record_count, min_ts, max_ts, payload, created_at) "
         "VALUES (%s, %s, 'forge', %s, %s, %s, %s, now() - %s) RETURNING id",
-        (resource_id, source_id, count, min(times), max(times), polling.encode_batch(records), age),
+        (resource_id, source_id, count, min(times), max(times), outbox.forge_payload(records), age),
     ).fetchone()["id"]
 
 

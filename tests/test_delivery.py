@@ -10,9 +10,9 @@ from datetime import datetime, timezone
 
 import orjson
 import pytest
-import requests
 
-from broker import db, delivery, drains, polling
+from broker import db, delivery, outbox, polling, senders
+from broker.senders import Wire
 from broker.sinks import http
 from broker.vault import Vault
 from tests.fakes.receivers import logplex_receiver, otlp_receiver
@@ -32,7 +32,7 @@ def make_deliverer(database_url: str, vault: Vault, allow_private: bool = True) 
             yield conn
 
     session = http.new_session(allow_private=allow_private)
-    return delivery.Deliverer(connect, lambda: session, vault, allow_private=allow_private, time_box_seconds=20)
+    return delivery.Deliverer(connect, Wire(lambda: session, allow_private), vault, turn_seconds=20)
 
 
 def forge_record(i: int, body: str | None = None) -> dict:
@@ -48,7 +48,7 @@ def store(conn, resource_id, source_id, records: list[dict], origin: str = "forg
     return conn.execute(
         "INSERT INTO outbox (resource_id, source_id, origin, record_count, min_ts, max_ts, payload) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        (resource_id, source_id, origin, len(records), min(times), max(times), polling.encode_batch(records)),
+        (resource_id, source_id, origin, len(records), min(times), max(times), outbox.forge_payload(records)),
     ).fetchone()["id"]
 
 
@@ -239,7 +239,7 @@ def test_refused_or_unresolvable_destinations_wait_with_the_reason_and_lose_noth
     row = drain_row(conn, drain_id)
     assert outcome.result == "retry" and row["cursor"] == 0 and row["dropped"] == 0
     assert "destination refused" in row["last_error"] and reason in row["last_error"]
-    assert drains.backlog(conn, row) == 5
+    assert outbox.backlog(conn, row["resource_id"], row["id"]).records == 5
 
 
 @pytest.mark.parametrize("kind", ["logplex", "otlp"])
@@ -285,7 +285,7 @@ def test_the_tick_queues_delivery_and_a_real_job_delivers(env, conn, vault, worl
             store(conn, resource_id, source_id, [forge_record(i) for i in range(20)])
             tick.run(2)
             connection = redisconn.connect(redis_url, socket_timeout=None)
-            assert [j.id for j in jobs.queue("deliver", connection).jobs] == ["deliver-batch-0"]
+            assert [j.id for j in jobs.queue("deliver", connection).jobs] == ["deliver-0"]
             SimpleWorker([jobs.queue("deliver", connection)], connection=connection,
                          serializer=jobs.SERIALIZER).work(burst=True)
         finally:
@@ -322,7 +322,7 @@ def test_a_worker_killed_mid_send_redelivers_the_batch_with_the_same_frame_id(en
         drain_id = add_drain(conn, vault, resource_id, "logplex", f"http://127.0.0.1:{server.port}/")
         batches = [store(conn, resource_id, source_id, [forge_record(b * 10 + i) for i in range(10)])
                    for b in range(2)]
-        jobs.queue("deliver", redisconn.connect(redis_url)).enqueue("worker.deliver.run_batch", 0, 30.0,
+        jobs.queue("deliver", redisconn.connect(redis_url)).enqueue("worker.deliver.run", 0, 30.0,
                                                                     job_timeout=120)
         worker = start_worker(env, ALLOW_PRIVATE_DRAINS="true")
         assert arrived.wait(60), worker.communicate(timeout=5)[0] if worker.poll() is not None else "no request"
@@ -357,7 +357,7 @@ def test_otlp_requests_hold_at_most_1000_records_or_about_1_mib(conn, vault, dat
     sizes = [sum(len(s.log_records) for r in req["message"].resource_logs for s in r.scope_logs)
              for req in inbox.requests]
     assert sizes == [1000, 1000, 500, 10, 10, 5]
-    assert all(req["message"].ByteSize() <= 1.1 * delivery.OTLP_TARGET_BYTES for req in inbox.requests)
+    assert all(req["message"].ByteSize() <= 1.1 * senders.OTLP_TARGET_BYTES for req in inbox.requests)
 
 
 def test_a_batch_that_commits_late_is_never_passed_over(conn, vault, database_url, world):
@@ -377,11 +377,8 @@ def test_a_batch_that_commits_late_is_never_passed_over(conn, vault, database_ur
         deliverer = make_deliverer(database_url, vault)
         with db.connect(database_url, "forgedrain-tests") as poll:
             with poll.transaction():  # a poll's page transaction, still open
-                polling.lock_for_append(poll, resource_id)
-                poll.execute(
-                    "INSERT INTO outbox (resource_id, source_id, origin, record_count, min_ts, max_ts, payload) "
-                    "VALUES (%s, %s, 'forge', 1, now(), now(), %s)",
-                    (resource_id, source_id, polling.encode_batch([forge_record(1)])))
+                outbox.append_forge(poll, resource_id, source_id, [forge_record(1)],
+                                    [datetime.now(timezone.utc)])
 
                 def post() -> None:  # an ingest request for the same resource meanwhile
                     with db.connect(database_url, "forgedrain-tests") as web:

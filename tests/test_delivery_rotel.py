@@ -41,7 +41,7 @@ def watch(deliverer) -> list[dict]:
                           "status": response.status_code, "reply_type": response.headers.get("Content-Type"),
                           "reply": response.content})
 
-    deliverer.session_for().hooks["response"].append(hook)
+    deliverer.wire.session_for().hooks["response"].append(hook)
     return exchanges
 
 

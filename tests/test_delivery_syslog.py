@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ssl
 
 import pytest
 
 from broker import db, delivery, drains
+from broker.senders import Wire
 from broker.formats import syslog5424
 from broker.sinks import http, syslog
 from broker.validation import InputError
@@ -30,7 +32,7 @@ def deliverer_for(database_url, vault, context: ssl.SSLContext | None) -> delive
             yield conn
 
     session = http.new_session(allow_private=True)
-    return delivery.Deliverer(connect, lambda: session, vault, allow_private=True, tls_context=context)
+    return delivery.Deliverer(connect, Wire(lambda: session, True, context), vault)
 
 
 def trusting(receiver: Rsyslog) -> ssl.SSLContext:
@@ -155,7 +157,7 @@ def test_a_private_destination_is_refused_before_connecting(conn, vault, databas
     drain_id = add_drain(conn, vault, resource_id, "syslog", rsyslog.tls_url)
     store(conn, resource_id, source_id, [forge_record(1)])
     guarded = deliverer_for(database_url, vault, trusting(rsyslog))
-    guarded.allow_private = False
+    guarded.wire = dataclasses.replace(guarded.wire, allow_private=False)
     (outcome,) = deliver_all(guarded, conn)
     row = drain_row(conn, drain_id)
     assert outcome.result == "retry" and row["dropped"] == 0 and row["cursor"] == 0

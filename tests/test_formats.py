@@ -329,7 +329,7 @@ def test_heroku_records_keep_their_pri_app_and_dyno_in_every_format():
     from broker import ingest
 
     line = b"<187>1 2020-01-08T22:33:58.123+00:00 host app worker.2 - boom \"quoted\"\n"
-    rec = ingest.record(line, 1)
+    rec = logplex.to_record(line, 1)
     (logplex_frame,) = logplex.frames(rec, logplex.Identity(host="d.token", app_name="ignored"))
     (event,) = read_logplex(logplex_frame, 1)
     assert (event["pri"], event["app"], event["procid"], event["message"]) == (

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from broker import config, delivery, ingest
+from broker import config, delivery, ingest, outbox
 from broker.vault import Vault
 from tests.fakes.receivers import logplex_receiver
 from tests.fakes.server import LocalServer
@@ -70,7 +70,8 @@ def post(web, token: str, data: bytes, count: int | None, frame_id: str | None =
 def stored(conn, resource_id) -> list[dict]:
     rows = conn.execute("SELECT origin, source_id, record_count, min_ts, payload FROM outbox "
                         "WHERE resource_id = %s AND origin = 'heroku' ORDER BY id", (resource_id,)).fetchall()
-    out = [delivery.batch_records(r) for r in rows]
+    out = [outbox.Batch(0, r["source_id"], r["origin"], r["record_count"], r["min_ts"], bytes(r["payload"])).records()
+           for r in rows]
     assert all(r["source_id"] is None and r["record_count"] == len(records) for r, records in zip(rows, out))
     return [rec for records in out for rec in records]
 
@@ -179,7 +180,7 @@ def test_no_loop_the_brokers_own_lines_coming_back_are_dropped_and_counted(app, 
     assert len(resource["stream"].requests) == 1  # the app's own line never went back into its stream
     view = web.get(f"/v1/resources/{resource['id']}", headers=resource["auth"]).json["ingest"]
     assert (view["frames"], view["stored"], view["own_dropped"]) == (4, 1, 3)
-    assert delivery.prune(conn).batches >= 1
+    assert outbox.prune(conn).batches >= 1
 
 
 def test_ingest_records_are_forgotten_after_two_days(web, conn, resource):

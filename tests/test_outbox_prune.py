@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker import config, delivery
+from broker import config, delivery, outbox
 from tests.test_delivery import add_drain, forge_record, store, vault, world  # noqa: F401
 from tests.support.polling import add_resource, add_source
 from worker import context, tick
@@ -27,7 +27,7 @@ def test_batches_every_drain_has_go_and_the_rest_stay(conn, vault, world):
     batches = [store(conn, resource_id, source_id, [forge_record(b * 10 + i) for i in range(10)]) for b in range(4)]
     conn.execute("UPDATE drains SET cursor = %s WHERE id = %s", (batches[3], ahead))
     conn.execute("UPDATE drains SET cursor = %s WHERE id = %s", (batches[1], behind))
-    pruned = delivery.prune(conn)
+    pruned = outbox.prune(conn)
     assert pruned.batches == 2 and pruned.dropped_records == 0
     assert batch_ids(conn, resource_id) == batches[2:]
     assert conn.execute("SELECT sum(dropped) AS n FROM drains").fetchone()["n"] == 0
@@ -41,7 +41,7 @@ def test_without_drains_or_once_deprovisioned_nothing_is_kept(conn, vault, world
     add_drain(conn, vault, gone, "logplex", "https://gone.example.com/")
     store(conn, gone, gone_source, [forge_record(2)])
     conn.execute("UPDATE resources SET state = 'deprovisioned' WHERE id = %s", (gone,))
-    assert delivery.prune(conn).batches == 2
+    assert outbox.prune(conn).batches == 2
     assert conn.execute("SELECT count(*) AS n FROM outbox").fetchone()["n"] == 0
 
 
@@ -58,7 +58,7 @@ def test_batches_older_than_the_plans_backlog_are_dropped_and_counted(conn, vaul
     age(conn, old_heroku, hours + 0.5)
     age(conn, young, hours - 0.5)  # inside the backlog: kept for the drains that lack it
     conn.execute("UPDATE drains SET cursor = %s WHERE id = %s", (old_forge, heroku))  # heroku had the first
-    pruned = delivery.prune(conn)
+    pruned = outbox.prune(conn)
     assert (pruned.batches, pruned.drains_behind, pruned.dropped_records) == (2, 2, 12)
     assert batch_ids(conn, resource_id) == [young]
     rows = {r["id"]: r for r in conn.execute("SELECT * FROM drains WHERE resource_id = %s", (resource_id,))}
@@ -67,7 +67,7 @@ def test_batches_older_than_the_plans_backlog_are_dropped_and_counted(conn, vaul
     assert rows[lagging]["dropped"] == 12 and rows[lagging]["cursor"] == old_heroku
     assert rows[lagging]["last_error"] == (
         f"12 records were dropped: older than the plan's {hours}-hour backlog before this drain accepted them")
-    assert delivery.prune(conn).dropped_records == 0  # counted once
+    assert outbox.prune(conn).dropped_records == 0  # counted once
 
 
 def test_the_tick_prunes_about_once_a_minute(env, conn, vault, world):
@@ -142,6 +142,6 @@ def test_delivered_batches_stay_for_the_replay_window(conn, vault, world):
     old, recent = (store(conn, resource_id, source_id, [forge_record(i)]) for i in range(2))
     conn.execute("UPDATE drains SET cursor = %s WHERE id = %s", (recent, drain))  # it has both
     age(conn, old, 3)
-    assert delivery.prune(conn, replay_hours=2).batches == 1
+    assert outbox.prune(conn, replay_hours=2).batches == 1
     assert batch_ids(conn, resource_id) == [recent]  # still replayable for two hours
-    assert delivery.prune(conn, replay_hours=0).batches == 1
+    assert outbox.prune(conn, replay_hours=0).batches == 1

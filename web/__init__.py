@@ -19,9 +19,9 @@ from flask import Flask, g, jsonify, request
 
 from broker import config, db, logs, redisconn
 from broker.config import Settings
-from broker.delivery import Deliverer
 from broker.forge import ForgeClient
 from broker.ratelimit import RateLimiter
+from broker.senders import Wire
 from broker.sources import Verifier
 from broker.sinks import http, syslog
 from broker.vault import Vault
@@ -125,15 +125,15 @@ class Services:
         """Checks credentials with Atlassian within the app's call budget (this thread's client)."""
         return Verifier(self.forge(), self.limiter)
 
-    def deliverer(self) -> Deliverer:
-        """Sends test records with the workers' own formats and sinks (this thread's HTTP session)."""
-        deliverer = getattr(self._local, "deliverer", None)
-        if deliverer is None:
+    def wire(self) -> Wire:
+        """How "send a test record" reaches receivers: the workers' senders and sinks, this thread's
+        HTTP session, the same total deadline per send."""
+        wire = getattr(self._local, "wire", None)
+        if wire is None:
             session = http.new_session(self.settings.allow_private_drains)
-            deliverer = self._local.deliverer = Deliverer(
-                self.db.connection, lambda: session, self.vault,
-                allow_private=self.settings.allow_private_drains, tls_context=syslog.default_context())
-        return deliverer
+            wire = self._local.wire = Wire(lambda: session, self.settings.allow_private_drains,
+                                           syslog.default_context())
+        return wire
 
 
 def services(app: Flask | None = None) -> Services:

@@ -24,9 +24,10 @@ from flask import (Blueprint, abort, current_app, flash, make_response, redirect
                    url_for)
 from werkzeug.exceptions import NotFound as HTTPNotFound
 
-from broker import activity, audit, drains, operations, plans, resources, sources, tokens
+from broker import activity, audit, drains, operations, outbox, plans, resources, sources, tokens
 from broker.forge import LEVELS
 from broker.validation import InputError
+from broker.vault import VaultError
 from web import dashboard_forms as forms
 from web import dashboard_view as view
 from web import services
@@ -87,7 +88,7 @@ def _page(resource_id: uuid.UUID, *, status: int = 200, forms_state: dict | None
             abort(404)
         source_rows = sources.list_for(conn, resource_id)
         drain_rows = drains.list_for(conn, resource_id)
-        backlogs = drains.backlogs(conn, resource_id)
+        backlogs = outbox.backlogs(conn, resource_id)
         series = activity.series(conn, resource_id)
         gaps = {s["id"]: sources.gaps(conn, s["id"]) for s in source_rows}
         entries = audit.recent(conn, resource_id, 50)
@@ -113,10 +114,13 @@ def _page(resource_id: uuid.UUID, *, status: int = 200, forms_state: dict | None
     for d in drain_rows:
         did = str(d["id"])
         state_class, state_words = view.drain_state(d)
-        url = svc.vault.decrypt(d["url_enc"]) if d["url_enc"] and d["kind"] != "heroku" else None
+        try:
+            url = svc.vault.decrypt(d["url_enc"]) if d["url_enc"] and d["kind"] != "heroku" else None
+        except VaultError:  # shown as a problem of the drain (view.drain_problem)
+            url = None
         drain_cards.append({
             "row": d, "id": did, "state_class": state_class, "state": state_words,
-            "problem": view.drain_problem(d), "backlog": view.number(backlogs.get(d["id"], 0)),
+            "problem": view.drain_problem(d), "backlog": view.number(backlogs.get(d["id"], outbox.Backlog()).records),
             "url": drains.masked_url(url) if url else None,
             "chart": view.chart(f"chart-drain-{did[:8]}", f"Drain {d['name'] or d['kind']}", found.start,
                                 found.values(did, "delivered"), "delivered",
@@ -279,10 +283,13 @@ def _drain_row(resource_id, drain_id):
 
 def _drain_form(resource_id, row, values, errors, status=200):
     svc = services()
-    url = svc.vault.decrypt(row["url_enc"]) if row["url_enc"] and row["kind"] != "heroku" else None
-    header_names = []
-    if row["headers_enc"]:
-        header_names = sorted(orjson.loads(svc.vault.decrypt(row["headers_enc"])))
+    url, header_names = None, []
+    try:
+        url = svc.vault.decrypt(row["url_enc"]) if row["url_enc"] and row["kind"] != "heroku" else None
+        if row["headers_enc"]:
+            header_names = sorted(orjson.loads(svc.vault.decrypt(row["headers_enc"])))
+    except VaultError:  # the form asks for them again (view.drain_problem says why)
+        pass
     return make_response(render_template(
         "drain_edit.html", resource_id=resource_id, drain=row, values=values, errors=errors,
         masked_url=drains.masked_url(url) if url else None, header_names=header_names,
@@ -318,7 +325,7 @@ def update_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
 @bp.post("/<uuid:resource_id>/drains/<uuid:drain_id>/test")
 def test_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
     svc = services()
-    outcome = operations.test_drain(_connect, svc.deliverer(), resource_id, drain_id, actor=_actor())
+    outcome = operations.test_drain(_connect, svc.wire(), svc.vault, resource_id, drain_id, actor=_actor())
     status = f" (HTTP {outcome.status})" if outcome.status else ""
     if outcome.delivered:
         flash(f"Test record delivered: the receiver accepted it{status}. Look for "

@@ -302,6 +302,11 @@ def drain_state(row: dict) -> tuple[str, str]:
 
 
 def drain_problem(row: dict) -> Problem | None:
+    if row.get("secret_lost_at"):
+        return Problem("This drain's URL or headers can no longer be read: the encryption key they were saved "
+                       "with has been removed.",
+                       "Edit the drain and enter its URL (and headers) again. Records wait meanwhile, within the "
+                       "plan's backlog.")
     error = row["last_error"]
     if not error:
         return None

@@ -12,8 +12,9 @@ import logging
 import orjson
 from flask import Blueprint, Response, request
 
-from broker import drains, operations
+from broker import drains, operations, outbox
 from broker.validation import InputError
+from broker.vault import VaultError
 from web import services
 from web.api import authenticated, json_object_body, operation_failed, owned
 from web.errors import error, json_response
@@ -26,8 +27,11 @@ ACTOR = "api-token"
 
 
 def drain_view(row: dict, vault, backlog: int | None = None) -> dict:
-    url = vault.decrypt(row["url_enc"]) if row["url_enc"] else None
-    headers = orjson.loads(vault.decrypt(row["headers_enc"])) if row["headers_enc"] else {}
+    try:
+        url = vault.decrypt(row["url_enc"]) if row["url_enc"] else None
+        headers = orjson.loads(vault.decrypt(row["headers_enc"])) if row["headers_enc"] else {}
+    except VaultError:  # the key they were saved with is gone: shown as such, re-entered by the owner
+        url, headers = None, {}
     view = {
         "id": str(row["id"]),
         "kind": row["kind"],
@@ -44,6 +48,8 @@ def drain_view(row: dict, vault, backlog: int | None = None) -> dict:
             "last_error": row["last_error"],
             "last_delivery_at": row["last_delivery_at"].isoformat() if row["last_delivery_at"] else None,
             "next_attempt_at": row["next_attempt_at"].isoformat(),
+            # Set when the drain's URL or headers could not be decrypted: re-enter them (PATCH url/headers).
+            "secret_lost_at": row["secret_lost_at"].isoformat() if row["secret_lost_at"] else None,
         },
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
@@ -65,8 +71,9 @@ def list_drains(resource_id: str):
     svc = services()
     with svc.db.connection() as conn:
         rows = drains.list_for(conn, resource["id"])
-        backlogs = drains.backlogs(conn, resource["id"])
-    return json_response({"drains": [drain_view(r, svc.vault, backlogs.get(r["id"], 0)) for r in rows]})
+        backlogs = outbox.backlogs(conn, resource["id"])
+    return json_response({"drains": [drain_view(r, svc.vault, backlogs.get(r["id"], outbox.Backlog()).records)
+                                     for r in rows]})
 
 
 @bp.post("")
@@ -92,8 +99,8 @@ def read_drain(resource_id: str, drain_id: str):
         return failure
     svc = services()
     with svc.db.connection() as conn:
-        backlog = drains.backlog(conn, row)
-    return json_response(drain_view(row, svc.vault, backlog))
+        backlog = outbox.backlog(conn, row["resource_id"], row["id"])
+    return json_response(drain_view(row, svc.vault, backlog.records))
 
 
 @bp.patch("/<drain_id>")
@@ -160,7 +167,7 @@ def test_drain(resource_id: str, drain_id: str):
             if set(body) - {"message"}:
                 raise InputError(sorted(set(body) - {"message"})[0], "the only field is message")
             message = body.get("message", operations.TEST_MESSAGE)
-        outcome = operations.test_drain(svc.db.connection, svc.deliverer(), resource["id"], row["id"],
+        outcome = operations.test_drain(svc.db.connection, svc.wire(), svc.vault, resource["id"], row["id"],
                                         actor=ACTOR, message=message)
     except (InputError, operations.OperationError) as exc:
         return operation_failed(exc)

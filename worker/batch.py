@@ -42,12 +42,12 @@ def run_leased(*, threads: int, budget_seconds: float, claim: Callable[[int], li
     in_flight: set[Future] = set()
 
     def settle(future: Future) -> None:
-        try:
-            outcome = future.result()
-        except Exception:  # noqa: BLE001 — one row's bug must not stop the others
-            log.exception("%s crashed", name)
-            outcome = None
-        tally(outcome)
+        """Tally a finished row. Only what the row's own work raised counts as its crash: an
+        exception raised in this thread (RQ's job timeout) goes up, not into the tally."""
+        error = future.exception()  # the future is done: this never waits
+        if error is not None:  # one row's bug must not stop the others
+            log.error("%s crashed", name, exc_info=error)
+        tally(None if error is not None else future.result())
 
     with ThreadPoolExecutor(threads, thread_name_prefix=name) as executor:
         while True:
@@ -65,6 +65,7 @@ def run_leased(*, threads: int, budget_seconds: float, claim: Callable[[int], li
             for future in done:
                 settle(future)
             if not claimed and time.monotonic() >= deadline:
-                for future in in_flight:
-                    settle(future)  # waits for it
+                done, _ = wait(in_flight)
+                for future in done:
+                    settle(future)
                 return

@@ -1,8 +1,25 @@
-"""The delivery job: one worker process keeps many drains fed.
+"""The delivery job: one worker process keeps many drains fed, in two lanes.
 
-Like the poll job, it claims due drains (leases in PostgreSQL) and delivers
-to them on a bounded thread pool until nothing is due or its budget is spent;
-the clock's next tick enqueues it again. See :mod:`broker.delivery`.
+Like the poll job, it claims due drains (leases in PostgreSQL, ``SKIP
+LOCKED``) and delivers to them on a bounded thread pool until nothing is due
+or its claiming budget is spent; the clock's tick keeps up to
+``DELIVERY_JOBS`` of them queued (ids ``deliver-0``, ``deliver-1``, …) while
+drains are due, so delivery grows with worker processes. See
+:mod:`broker.delivery`.
+
+The pool is split in two lanes. A quarter of the threads deliver to drains
+whose receivers answer slowly (``send_seconds`` above
+:data:`broker.delivery.SLOW_SEND_SECONDS`); the rest deliver to every other
+drain. A slow or hostile receiver therefore holds at most a slow-lane thread,
+and only until its send's deadline; it can never hold the threads healthy
+drains are delivered by. A receiver that turns slow holds a fast thread for
+one send (at most the send deadline) and is in the slow lane from then on.
+In each lane a resource holds at most a few threads at once, so one tenant's
+drains cannot take a whole lane from the others.
+
+Timeouts nest: a drain's turn (5 s) plus one send's deadline (10 s) < the
+lease (90 s); the claiming budget (45 s) plus one turn and one send <
+``job_timeout`` (150 s).
 """
 
 from __future__ import annotations
@@ -14,6 +31,7 @@ import threading
 import requests
 
 from broker import delivery
+from broker.senders import Wire
 from broker.sinks import http, syslog
 from broker.vault import Vault
 from worker import batch, context
@@ -21,11 +39,18 @@ from worker import batch, context
 log = logging.getLogger(__name__)
 
 CLAIM_BUDGET_SECONDS = 45
-THREADS = 16
 MAX_CONNECTIONS = 6
+# A resource's drains under lease at once, per lane (counted across every job).
+FAST_PER_RESOURCE = 4
+SLOW_PER_RESOURCE = 2
 
 
-def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
+def slow_threads(threads: int) -> int:
+    """The slow lane's share of a job's threads: a quarter, at least one."""
+    return max(1, threads // 4)
+
+
+def run(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
     # Delivery allocates millions of short-lived, acyclic dicts and bytes: the cyclic collector
     # found nothing to free yet cost 10–16 % of the time (bench/forwarding.py). What is imported
     # stays out of collections and young collections come less often.
@@ -33,13 +58,37 @@ def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     try:
-        return _run_batch(slot, budget_seconds)
+        return _run(slot, budget_seconds)
     finally:  # a job run in-process (SimpleWorker, tests) leaves the collector as it found it
         gc.set_threshold(*thresholds)
         gc.unfreeze()
 
 
-def _run_batch(slot: int, budget_seconds: float) -> dict:
+class Lanes:
+    """How many threads each lane may still take; claims a lane's drains within its share."""
+
+    def __init__(self, threads: int):
+        self.capacity = {True: slow_threads(threads), False: threads - slow_threads(threads)}
+        self.busy = {True: 0, False: 0}
+        self.lock = threading.Lock()
+
+    def claim(self, conn, free: int) -> list[tuple[bool, delivery.Claimed]]:
+        claimed: list[tuple[bool, delivery.Claimed]] = []
+        for slow, per_resource in ((False, FAST_PER_RESOURCE), (True, SLOW_PER_RESOURCE)):
+            with self.lock:
+                room = min(free - len(claimed), self.capacity[slow] - self.busy[slow])
+            rows = delivery.claim(conn, room, slow=slow, per_resource=per_resource)
+            with self.lock:
+                self.busy[slow] += len(rows)
+            claimed += [(slow, row) for row in rows]
+        return claimed
+
+    def done(self, slow: bool) -> None:
+        with self.lock:
+            self.busy[slow] -= 1
+
+
+def _run(slot: int, budget_seconds: float) -> dict:
     settings = context.settings()
     pool = batch.job_pool(settings.database_url, f"forgedrain-deliver-{slot}", MAX_CONNECTIONS)
     local = threading.local()
@@ -50,14 +99,23 @@ def _run_batch(slot: int, budget_seconds: float) -> dict:
             current = local.session = http.new_session(settings.allow_private_drains)
         return current
 
-    deliverer = delivery.Deliverer(pool.connection, session, Vault(settings.fernet_keys),
-                                   allow_private=settings.allow_private_drains,
-                                   tls_context=syslog.default_context())
-    totals = {"drains": 0, "delivered": 0, "dropped": 0, "errors": 0}
+    wire = Wire(session, settings.allow_private_drains, syslog.default_context())
+    deliverer = delivery.Deliverer(pool.connection, wire, Vault(settings.fernet_keys))
+    lanes = Lanes(settings.delivery_threads)
+    totals = {"drains": 0, "delivered": 0, "dropped": 0, "errors": 0, "slow": 0}
 
-    def claim(free: int) -> list[dict]:
+    def claim(free: int) -> list:
         with pool.connection() as conn:
-            return delivery.claim(conn, free)
+            return lanes.claim(conn, free)
+
+    def work(item) -> delivery.Outcome:
+        slow, drain = item
+        try:
+            return deliverer.deliver(drain)
+        finally:
+            lanes.done(slow)
+            if slow:
+                totals["slow"] += 1
 
     def tally(outcome) -> None:
         if outcome is None:
@@ -69,10 +127,10 @@ def _run_batch(slot: int, budget_seconds: float) -> dict:
         totals["errors"] += len(outcome.errors)
 
     try:
-        batch.run_leased(threads=THREADS, budget_seconds=budget_seconds, claim=claim, work=deliverer.deliver,
-                         tally=tally, name=f"deliver-{slot}")
+        batch.run_leased(threads=settings.delivery_threads, budget_seconds=budget_seconds, claim=claim,
+                         work=work, tally=tally, name=f"deliver-{slot}")
     finally:
         pool.close()
-    log.info("delivery batch slot=%d drains=%d delivered=%d dropped=%d errors=%d", slot, totals["drains"],
-             totals["delivered"], totals["dropped"], totals["errors"])
+    log.info("delivery job slot=%d drains=%d slow=%d delivered=%d dropped=%d errors=%d", slot, totals["drains"],
+             totals["slow"], totals["delivered"], totals["dropped"], totals["errors"])
     return totals

@@ -80,7 +80,7 @@ def run_batch(slot: int, budget_seconds: float = CLAIM_BUDGET_SECONDS) -> dict:
             return
         if outcome.stored:
             # Fresh records go out now, not at the next tick (a no-op while a delivery job is queued).
-            jobs.enqueue_delivery_batch(redis_connection, 0, settings.clock_tick_seconds)
+            jobs.enqueue_delivery(redis_connection, 0, settings.clock_tick_seconds)
         totals["polls"] += 1
         totals["calls"] += outcome.calls
         totals["stored"] += outcome.stored

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from broker import activity, delivery, ingest, jobs, polling, redisconn, resources
+from broker import activity, delivery, ingest, jobs, outbox, polling, redisconn, resources
 from worker import context
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ PRUNE_EVERY_SECONDS = 60
 
 
 def run(slot: int) -> dict:
-    """Record the tick, keep poll jobs queued while sources are due, re-enqueue due
+    """Record the tick, keep poll and delivery jobs queued while sources and drains are due, re-enqueue due
     asynchronous provisions, prune the outbox (about once a minute), purge old resources.
 
     Cheap at any fleet size: one indexed, capped count of due sources decides how
@@ -35,13 +35,13 @@ def run(slot: int) -> dict:
         with conn.transaction():
             conn.execute(HEARTBEAT_SQL)
         due_sources = polling.count_due(conn, settings.poll_threads * settings.poll_batches)
-        due_drains = delivery.count_due(conn, 1)
+        due_drains = delivery.count_due(conn, settings.delivery_threads * settings.delivery_jobs)
         due = resources.due_provisions(conn, PROVISIONS_PER_TICK)
         with conn.transaction():
             purged = resources.purge_deprovisioned(conn, PURGE_AFTER_DAYS)
         pruned = None
         if slot % max(1, PRUNE_EVERY_SECONDS // settings.clock_tick_seconds) == 0:
-            pruned = delivery.prune(conn, replay_hours=settings.outbox_replay_hours)
+            pruned = outbox.prune(conn, replay_hours=settings.outbox_replay_hours)
             ingest.forget(conn)
             activity.forget(conn)
     connection = redisconn.connect(settings.redis_url)
@@ -51,14 +51,18 @@ def run(slot: int) -> dict:
         for batch in range(wanted):
             if jobs.enqueue_poll_batch(connection, batch, settings.clock_tick_seconds):
                 batches += 1
+    deliveries = 0
     if due_drains:
-        jobs.enqueue_delivery_batch(connection, 0, settings.clock_tick_seconds)
+        # One job per DELIVERY_THREADS due drains (a slot still queued or running is not queued twice).
+        for slot in range(min(settings.delivery_jobs, -(-due_drains // settings.delivery_threads))):
+            if jobs.enqueue_delivery(connection, slot, settings.clock_tick_seconds):
+                deliveries += 1
     for resource_id in due:
         jobs.enqueue_provision(connection, str(resource_id))
-    log.info("tick slot=%d due_sources=%d poll_jobs=%d provisions=%d purged=%d", slot, due_sources,
-             batches, len(due), purged)
+    log.info("tick slot=%d due_sources=%d poll_jobs=%d due_drains=%d delivery_jobs=%d provisions=%d purged=%d",
+             slot, due_sources, batches, due_drains, deliveries, len(due), purged)
     if pruned and (pruned.batches or pruned.dropped_records):
         log.info("outbox pruned batches=%d drains_behind=%d dropped_records=%d", pruned.batches,
                  pruned.drains_behind, pruned.dropped_records)
-    return {"due_sources": due_sources, "poll_jobs": batches}
+    return {"due_sources": due_sources, "poll_jobs": batches, "due_drains": due_drains, "delivery_jobs": deliveries}
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 import redis
 import requests
 
-from broker import db, polling, tokens
+from broker import db, outbox, polling, tokens
 from broker.forge import ForgeClient
 from broker.polling import PollSettings, Poller
 from broker.ratelimit import RateLimiter
@@ -43,7 +43,7 @@ def add_source(conn, vault: Vault, resource_id: uuid.UUID, *, app_id: str = APP,
 def outbox_records(conn, source_id=None) -> list[dict]:
     sql = "SELECT payload FROM outbox" + (" WHERE source_id = %s" if source_id else "") + " ORDER BY id"
     rows = conn.execute(sql, (source_id,) if source_id else ()).fetchall()
-    return [record for row in rows for record in polling.decode_batch(bytes(row["payload"]))]
+    return [record for row in rows for record in outbox.forge_records(bytes(row["payload"]))]
 
 
 def identity(record: dict) -> bytes:
