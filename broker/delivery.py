@@ -310,7 +310,8 @@ class Deliverer:
         elif error is not None:
             sets.append("last_error = %(error)s")
         if seconds is not None:
-            sets.append("send_seconds = send_seconds * %(keep)s + %(seconds)s * %(weight)s")
+            # A send that failed slowly (its deadline, a receiver stalling) marks the drain slow at once.
+            sets.append("send_seconds = GREATEST(send_seconds * %(keep)s + %(seconds)s * %(weight)s, %(seconds)s)")
         with self.connect() as conn, conn.transaction():
             conn.execute(f"UPDATE drains SET {', '.join(sets)} WHERE id = %(id)s AND lease_token = %(lease)s",
                          {"delay": delay, "error": error, "id": drain.id, "lease": drain.lease_token,

@@ -191,12 +191,19 @@ def first_after(conn: psycopg.Connection, resource_id, cursor: int) -> datetime 
 
 # --- backlog: one definition -------------------------------------------------------
 
-BACKLOGS = f"""
-SELECT d.id, count(o.id) AS batches, COALESCE(sum(o.record_count), 0)::bigint AS records
+# A drain's backlog: what it receives of the batches after its cursor, less the records of the next
+# batch an earlier send already settled (its partial position).
+DRAIN_BACKLOG = f"""
+SELECT d.id, d.kind, b.batches,
+       GREATEST(b.records - CASE WHEN d.partial_batch > d.cursor THEN d.partial_records ELSE 0 END, 0) AS records
 FROM drains d
-LEFT JOIN outbox o ON o.resource_id = d.resource_id AND o.id > d.cursor AND {RECEIVES}
+CROSS JOIN LATERAL (
+    SELECT count(*) AS batches, COALESCE(sum(o.record_count), 0)::bigint AS records FROM outbox o
+    WHERE o.resource_id = d.resource_id AND o.id > d.cursor AND {RECEIVES}) b
+"""
+
+BACKLOGS = DRAIN_BACKLOG + """
 WHERE d.resource_id = %(resource)s AND (%(drain)s::uuid IS NULL OR d.id = %(drain)s::uuid)
-GROUP BY d.id
 """
 
 
@@ -227,11 +234,10 @@ def between(conn: psycopg.Connection, resource_id, kind: str, after_id: int, upt
 
 # Live resources only: a deprovisioned resource's drains receive nothing any more.
 BACKLOG_BY_KIND = f"""
-SELECT d.kind, count(o.id) AS batches, COALESCE(sum(o.record_count), 0)::bigint AS records
-FROM drains d
-JOIN resources r ON r.id = d.resource_id AND r.state <> 'deprovisioned'
-JOIN outbox o ON o.resource_id = d.resource_id AND o.id > d.cursor AND {RECEIVES}
-GROUP BY d.kind
+SELECT kind, sum(batches)::bigint AS batches, sum(records)::bigint AS records
+FROM ({DRAIN_BACKLOG}
+      JOIN resources r ON r.id = d.resource_id AND r.state <> 'deprovisioned') per_drain
+GROUP BY kind
 """
 
 
@@ -254,12 +260,14 @@ WITH horizon AS (
     SELECT d.id, e.upto, e.hours,
            (SELECT COALESCE(sum(o.record_count), 0) FROM outbox o
             WHERE o.resource_id = d.resource_id AND o.id > d.cursor AND o.id <= e.upto
-              AND {RECEIVES}) AS records
+              AND {RECEIVES})
+           - CASE WHEN d.partial_batch > d.cursor AND d.partial_batch <= e.upto THEN d.partial_records ELSE 0 END
+           AS records
     FROM drains d JOIN expired e ON e.resource_id = d.resource_id
     WHERE d.cursor < e.upto
 )
 UPDATE drains d
-SET cursor = lost.upto, dropped = d.dropped + lost.records,
+SET cursor = lost.upto, partial_batch = NULL, partial_records = 0, dropped = d.dropped + lost.records,
     last_error = CASE WHEN lost.records > 0
         THEN format('%%s records were dropped: older than the plan''s %%s-hour backlog before this drain '
                     'accepted them', lost.records, lost.hours)

@@ -262,7 +262,7 @@ class Poller:
         self.clock = clock
         self.sleep = sleep
         # Records per minute one pass can export: calls per minute x records per page.
-        self.calls_per_minute = limiter.limit * 60 / (limiter.period_us / 1_000_000)
+        self.calls_per_minute = (limiter.limit - limiter.reserve) * 60 / (limiter.period_us / 1_000_000)
 
     # --- fenced writes -------------------------------------------------------
 

@@ -16,6 +16,11 @@ together with the slow tail of the previous burst.
 A 429 that gets through anyway (Atlassian's budget is also spent by the
 developer console and CLI) blocks the app for its Retry-After, for everyone.
 
+Owner actions come first: a limiter made with ``reserve`` (the poll jobs'
+uses :data:`OWNER_RESERVE`) leaves that many calls of every period to
+limiters made without one (an owner verifying credentials or adding a
+source), so a source catching up never makes the owner wait a minute.
+
 Redis holds no data of record: if it is flushed, the log restarts empty and
 the worst case is one period in which the app may see a burst of calls
 Atlassian answers with 429 — which the block above then absorbs.
@@ -33,7 +38,11 @@ BLOCK_KEY = "forgedrain:forge-block:{app}"
 # Fleet-wide and monotonic; a Redis flush resets it, which Prometheus reads as a restart.
 WAITS_KEY = "forgedrain:metrics:forge-budget-waits"
 
-# KEYS[1] log, KEYS[2] block, KEYS[3] waits counter; ARGV[1] limit, ARGV[2] period (µs), ARGV[3] member id.
+# Calls of each period the poll jobs leave to owner actions (verifying credentials).
+OWNER_RESERVE = 2
+
+# KEYS[1] log, KEYS[2] block, KEYS[3] waits counter; ARGV[1] limit (less any reserve), ARGV[2] period (µs),
+# ARGV[3] member id.
 # Returns 0 when a call may be made now (and records it), else µs to wait.
 TAKE = """
 local t = redis.call('TIME')
@@ -68,9 +77,11 @@ return 0
 
 
 class RateLimiter:
-    def __init__(self, connection: redis.Redis, limit: int, period_seconds: float):
+    def __init__(self, connection: redis.Redis, limit: int, period_seconds: float, reserve: int = 0):
         self.connection = connection
         self.limit = limit
+        # Calls this limiter leaves untouched in every period (never all of them).
+        self.reserve = min(max(reserve, 0), limit - 1)
         self.period_us = int(period_seconds * 1_000_000)
         self._take = connection.register_script(TAKE)
         self._done = connection.register_script(DONE)
@@ -84,7 +95,7 @@ class RateLimiter:
         member = uuid.uuid4().hex
         waited = self._take(
             keys=[KEY.format(app=app_id), BLOCK_KEY.format(app=app_id), WAITS_KEY],
-            args=[self.limit, self.period_us, member],
+            args=[self.limit - self.reserve, self.period_us, member],
         )
         return (0.0, member) if int(waited) == 0 else (int(waited) / 1_000_000, None)
 
@@ -101,7 +112,7 @@ class RateLimiter:
         """Calls ``app_id`` may make now (0 while blocked); a reading, not a reservation."""
         if self.connection.pttl(BLOCK_KEY.format(app=app_id)) > 0:
             return 0
-        return max(0, self.limit - self.used(app_id))
+        return max(0, self.limit - self.reserve - self.used(app_id))
 
     def used(self, app_id: str) -> int:
         """Calls recorded in the current period (for metrics and tests)."""

@@ -2,7 +2,7 @@
 -- * a drain's position can fall inside an outbox batch: every send moves it, so
 --   a turn can end after any send and a crash resends at most one send;
 -- * how long the drain's receiver takes to answer (a moving average of each
---   send's wall time, a send that hit its deadline counting the deadline):
+--   send's wall time; a send that failed slowly, at its deadline say, counts whole):
 --   drains slower than a second are claimed by the slow lane only, so slow
 --   receivers never hold the threads that healthy drains are delivered by;
 -- * when its URL or headers could no longer be decrypted (FERNET_KEYS lost

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from cryptography.fernet import Fernet
 
-from broker import config, delivery, jobs, redisconn
+from broker import config, delivery, jobs, outbox, redisconn
 from broker.vault import Vault
 from tests.fakes.hostile import HostileHTTP
 from tests.fakes.receivers import logplex_receiver
@@ -73,6 +73,8 @@ def test_a_turn_that_ends_inside_a_batch_is_resumed_at_the_next_record(conn, vau
             outcome = deliverer.deliver(drain)
             row = drain_row(conn, drain_id)
             positions.append((row["cursor"], row["partial_batch"], row["partial_records"], row["delivered"]))
+            # the backlog counts what is left of the batch, not the records already sent
+            assert outbox.backlog(conn, resource_id, drain_id).records == 200 - row["delivered"]
             if outcome.result == "caught-up" or row["cursor"] == batch:
                 break
     sent = [int(e["message"][:4]) for r in inbox.requests for e in r["events"]]
@@ -224,3 +226,40 @@ def test_a_timeout_raised_in_the_job_goes_up_and_is_not_a_rows_crash():
         signal.signal(signal.SIGALRM, previous)
         release.set()
     assert None not in tallied
+
+
+@pytest.mark.parametrize("mode", ["trickle", "silent", "slow", "unread"])
+def test_a_hostile_receiver_costs_one_deadline_and_loses_nothing(conn, vault, database_url, world, mode):
+    """Each send gives up at its deadline, the drain is retried with the reason and counted slow,
+    and once the receiver behaves every record arrives once."""
+    import dataclasses
+
+    from tests.fakes.hostile import sockets_to
+
+    resource_id, source_id = world
+    records = [forge_record(i, body=f"{i:04d} " + "y" * 4000) for i in range(300)]  # ~1.2 MB: several requests
+    with HostileHTTP(mode, delay=30.0) as hostile:
+        drain_id = add_drain(conn, vault, resource_id, "logplex", hostile.url)
+        batch = store(conn, resource_id, source_id, records)
+        deliverer = make_deliverer(database_url, vault)
+        deliverer.wire = dataclasses.replace(deliverer.wire, deadline_seconds=1.5)
+        (drain,) = delivery.claim(conn, 10)
+        began = time.monotonic()
+        outcome = deliverer.deliver(drain)
+        elapsed = time.monotonic() - began
+        assert outcome.result == "retry" and elapsed < 1.5 + 20  # liveness: it returned, cut by its deadline
+        row = drain_row(conn, drain_id)
+        assert "within 1.5 s" in row["last_error"], row["last_error"]
+        assert row["cursor"] == 0 and row["partial_batch"] is None and row["delivered"] == 0
+        assert row["send_seconds"] > delivery.SLOW_SEND_SECONDS and row["lease_token"] is None
+        wait_for(lambda: sockets_to(hostile.port) == 0, 10, "the connection to be closed")
+        hostile.mode = "ok"  # the receiver mends its ways
+        conn.execute("UPDATE drains SET next_attempt_at = now() WHERE id = %s", (drain_id,))
+        for _ in range(20):
+            claimed = delivery.claim(conn, 10, slow=True)
+            if not claimed:
+                break
+            deliverer.deliver(claimed[0])
+    row = drain_row(conn, drain_id)
+    assert row["cursor"] == batch and row["delivered"] == 300 and row["dropped"] == 0
+    assert row["send_seconds"] < 3  # fast answers bring it back towards the fast lane

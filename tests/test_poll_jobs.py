@@ -59,10 +59,10 @@ def start_worker(env: dict, **overrides) -> subprocess.Popen:
 
 def test_the_tick_queues_poll_jobs_only_while_sources_are_due(env, conn, redis_url, vault):
     install(env)
-    assert tick.run(1) == {"due_sources": 0, "poll_jobs": 0}
+    assert tick.run(1) == {"due_sources": 0, "poll_jobs": 0, "due_drains": 0, "delivery_jobs": 0}
     resource_id = add_resource(conn)
     add_source(conn, vault, resource_id)
-    assert tick.run(2) == {"due_sources": 1, "poll_jobs": 1}
+    assert tick.run(2) == {"due_sources": 1, "poll_jobs": 1, "due_drains": 0, "delivery_jobs": 0}
     assert tick.run(3)["poll_jobs"] == 0  # still queued: not queued twice
     queued = jobs.queue("poll", redisconn.connect(redis_url)).jobs
     assert [j.id for j in queued] == ["poll-batch-0"]

@@ -147,3 +147,20 @@ def test_a_429_during_a_check_blocks_the_app_for_everyone(client, resource, conn
     calls = len(forge_fake.calls)
     assert client.post(f"{url}/verify", headers=auth).status_code == 503
     assert len(forge_fake.calls) == calls
+
+
+def test_polling_leaves_the_owner_a_reserve_of_every_period(redis_url):
+    """A source catching up spends what polling may spend; the owner's checks still find calls."""
+    from broker.ratelimit import OWNER_RESERVE
+
+    connection = redis.Redis.from_url(redis_url)
+    polls = RateLimiter(connection, 6, 60, reserve=OWNER_RESERVE)
+    owner = RateLimiter(connection, 6, 60)
+    taken = 0
+    while polls.try_take("app-reserve") == 0.0:
+        taken += 1
+        assert taken <= 6
+    assert taken == 6 - OWNER_RESERVE and polls.free("app-reserve") == 0
+    assert owner.free("app-reserve") == OWNER_RESERVE
+    assert [owner.try_take("app-reserve") for _ in range(OWNER_RESERVE)] == [0.0] * OWNER_RESERVE
+    assert owner.try_take("app-reserve") > 0  # Atlassian's budget itself is never exceeded

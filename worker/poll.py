@@ -22,7 +22,7 @@ from datetime import timedelta
 
 import requests
 
-from broker import jobs, polling, redisconn
+from broker import jobs, polling, ratelimit, redisconn
 from broker.forge import ForgeClient
 from broker.polling import PollSettings, Poller
 from broker.ratelimit import RateLimiter
@@ -51,7 +51,8 @@ def poller_for(settings, connect, redis_connection) -> Poller:
 
     return Poller(
         connect, client,
-        RateLimiter(redis_connection, settings.forge_rate_limit, settings.forge_rate_period_seconds),
+        RateLimiter(redis_connection, settings.forge_rate_limit, settings.forge_rate_period_seconds,
+                    reserve=ratelimit.OWNER_RESERVE),
         Vault(settings.fernet_keys),
         PollSettings(lag=timedelta(seconds=settings.poll_lag_seconds),
                      overlap=timedelta(seconds=settings.poll_overlap_seconds)),
