@@ -38,8 +38,8 @@ from typing import Callable, ContextManager, Iterator
 import psycopg
 
 from broker import activity, outbox
-from broker.senders import (KINDS, SECRET_LOST_ERROR, Drain, Halt, Pending, SecretLost, Source, Step, Wire, destination, frame_id,
-                            sender_for)
+from broker.senders import (KINDS, SECRET_LOST_ERROR, Drain, Halt, Pending, SecretLost, Source, Step, Wire,
+                            destination, frame_id, sender_for)
 from broker.vault import Vault
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,10 @@ developer console and CLI) blocks the app for its Retry-After, for everyone.
 
 Owner actions come first: a limiter made with ``reserve`` (the poll jobs'
 uses :data:`OWNER_RESERVE`) leaves that many calls of every period to
-limiters made without one (an owner verifying credentials or adding a
-source), so a source catching up never makes the owner wait a minute.
+limiters made without one, and the owner's checks (verifying credentials,
+adding a source) may also use a little of the room FORGE_RATE_LIMIT leaves
+below Atlassian's 30 (:func:`owner_limit`), so a source catching up never
+makes the owner wait a minute.
 
 Redis holds no data of record: if it is flushed, the log restarts empty and
 the worst case is one period in which the app may see a burst of calls
@@ -40,6 +42,16 @@ WAITS_KEY = "forgedrain:metrics:forge-budget-waits"
 
 # Calls of each period the poll jobs leave to owner actions (verifying credentials).
 OWNER_RESERVE = 2
+# Atlassian's own limit per app and minute; FORGE_RATE_LIMIT stays below it to leave room for the
+# developer's console and CLI. Owner checks may use up to OWNER_HEADROOM of that room.
+ATLASSIAN_LIMIT = 30
+OWNER_HEADROOM = 3
+
+
+def owner_limit(limit: int) -> int:
+    """The budget owner checks take from: FORGE_RATE_LIMIT plus a little of the room below
+    Atlassian's own limit (never past it)."""
+    return max(limit, min(limit + OWNER_HEADROOM, ATLASSIAN_LIMIT))
 
 # KEYS[1] log, KEYS[2] block, KEYS[3] waits counter; ARGV[1] limit (less any reserve), ARGV[2] period (µs),
 # ARGV[3] member id.

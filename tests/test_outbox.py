@@ -96,7 +96,8 @@ def test_backlog_is_one_number_everywhere_it_is_shown(client, conn, settings):
         line = next(line for line in report.splitlines() if line.startswith(drain_id))
         assert f" {records} " in f" {line} "
     fleet, _ = status.fleet(conn, None)
-    kinds = {line.split()[0]: line.split() for line in fleet.splitlines() if line.split()[:1] in (["heroku"], ["logplex"])}
+    kinds = {line.split()[0]: line.split() for line in fleet.splitlines()
+             if line.split()[:1] in (["heroku"], ["logplex"])}
     assert kinds["logplex"][-1] == "15" and kinds["heroku"][-1] == "10"
 
     # Replay from the start: what it re-queues is what delivery will send.

@@ -132,7 +132,8 @@ def test_four_workers_in_parallel_never_exceed_the_apps_limit(env, conn, redis_u
 
 
 def test_a_worker_killed_mid_poll_loses_nothing_and_stores_nothing_twice(env, conn, redis_url, vault):
-    fake = ForgeFake(seed=24, rate_limit=10_000, page_size=50, latency=0.1)
+    # Records visible at once: this test is about the kill, not about records the sweep picks up later.
+    fake = ForgeFake(seed=24, rate_limit=10_000, page_size=50, latency=0.1, prompt_delay_seconds=0)
     fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=20, late_fraction=0)
     with LocalServer(fake.wsgi()) as server:
         overrides = dict(FORGE_API_URL=server.url, FORGE_POLL_THREADS=1, FORGE_RATE_LIMIT=30,

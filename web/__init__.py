@@ -17,7 +17,7 @@ import requests
 
 from flask import Flask, g, jsonify, request
 
-from broker import config, db, logs, redisconn
+from broker import config, db, logs, ratelimit, redisconn
 from broker.config import Settings
 from broker.forge import ForgeClient
 from broker.ratelimit import RateLimiter
@@ -109,9 +109,10 @@ class Services:
         self.db = db.Database(settings.database_url)
         self.redis = redisconn.connect(settings.redis_url)
         self.vault = Vault(settings.fernet_keys)
-        # The per-app Forge call budget the workers poll with (SPEC §3): owner
-        # actions that call Atlassian spend it too.
-        self.limiter = RateLimiter(self.redis, settings.forge_rate_limit, settings.forge_rate_period_seconds)
+        # The per-app Forge call budget the workers poll with (SPEC §3): owner actions that call
+        # Atlassian spend it too, with the calls polling leaves them and a little headroom.
+        self.limiter = RateLimiter(self.redis, ratelimit.owner_limit(settings.forge_rate_limit),
+                                   settings.forge_rate_period_seconds)
         self._local = threading.local()
 
     def forge(self) -> ForgeClient:
