@@ -15,6 +15,7 @@ from broker.vault import Vault
 from tests.fakes.hostile import HostileHTTP
 from tests.fakes.receivers import logplex_receiver
 from tests.fakes.server import LocalServer
+from tests.support.partner import sso_token
 from tests.support.polling import add_resource, add_source
 from tests.test_delivery import add_drain, drain_row, forge_record, make_deliverer, store, vault, world  # noqa: F401
 
@@ -118,6 +119,14 @@ def test_a_drain_whose_secrets_cannot_be_decrypted_says_so_and_waits(client_fact
 
         samples, _ = scrape(client)
         assert value(samples, "forgedrain_drains_secret_lost", kind="logplex") == 1
+        stamp, sso = sso_token(str(resource_id))
+        assert client.post("/sso/login", data={"resource_id": str(resource_id), "resource_token": sso,
+                                               "timestamp": stamp, "app": "acme", "email": "owner@example.com",
+                                               "user_id": "u-1"}).status_code == 302
+        page = client.get(f"/dashboard/{resource_id}").get_data(as_text=True)
+        card = page[page.index(f'id="drain-{drain_id}"'):]
+        assert "can no longer be read" in card[:4000] and "enter its URL" in card[:4000]
+        assert "waiting for its URL" in card[:1500]
 
         assert client.patch(f"/v1/resources/{resource_id}/drains/{drain_id}", headers=token,
                             json={"url": url}).status_code == 200

@@ -296,6 +296,8 @@ def unreadable(row: dict) -> dict | None:
 def drain_state(row: dict) -> tuple[str, str]:
     if not row["enabled"]:
         return "disabled", "disabled"
+    if row.get("secret_lost_at"):
+        return "retrying", "waiting for its URL"
     if row["consecutive_failures"]:
         return "retrying", f"retrying ({row['consecutive_failures']} failures)"
     return "ok", "delivering"
