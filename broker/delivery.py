@@ -11,9 +11,10 @@ send settled only the first records of the next batch, ``partial_batch`` and
    hour, instead of crashing its thread silently;
 2. picks the drain's sender once (:mod:`broker.senders`) and hands it the
    batches after its position, decoded by the outbox;
-3. writes each step the sender reports (fenced by the lease) before asking
-   for the next, so the position moves after every send and a crash resends
-   at most that send, with the same ``Logplex-Frame-Id``;
+3. writes the position the sender reports (fenced by the lease) whenever a
+   batch is complete, and at the end of the turn or when the receiver must
+   wait — wherever that falls inside a batch — so a crash resends at most
+   one batch's sends, with the same ``Logplex-Frame-Id``s;
 4. releases the drain when it is caught up, when its turn is over
    (:data:`TURN_SECONDS`: it is due again at once, behind the drains that
    waited), or when the receiver cannot take more (back-off with jitter, or
@@ -168,6 +169,14 @@ class LostLease(Exception):
     pass
 
 
+def merged(earlier: Step, later: Step) -> Step:
+    """Two consecutive steps written as one: the later position, both sends' counts."""
+    return Step(later.batch, later.offset, delivered=earlier.delivered + later.delivered,
+                dropped=earlier.dropped + later.dropped, rejected=earlier.rejected + later.rejected,
+                error=later.error or earlier.error, requests=earlier.requests + later.requests,
+                seconds=max(earlier.seconds, later.seconds))
+
+
 SOURCES = """
 SELECT id, app_id, environment_id, service_name, environment_label, include_arguments
 FROM sources WHERE id = ANY(%s)
@@ -201,12 +210,14 @@ class Deliverer:
         began = self.clock()
         state = {"drained": False}
         position = drain
+        unsaved: Step | None = None  # steps inside a batch are written with the step that completes it
         try:
             for step in sender.deliver(self._pending(drain, sender, began, state)):
                 if isinstance(step, Halt):
+                    if unsaved is not None:
+                        position = self._advance(position, unsaved)
                     self._halt(position, step, outcome)
                     return outcome
-                position = self._advance(position, step)
                 outcome.requests += step.requests
                 outcome.delivered += step.delivered
                 outcome.dropped += step.dropped
@@ -214,8 +225,14 @@ class Deliverer:
                 outcome.batches += step.offset is None
                 if step.error:
                     outcome.errors.append(step.error)
-                if self.clock() - began >= self.turn_seconds:
+                unsaved = step if unsaved is None else merged(unsaved, step)
+                over = self.clock() - began >= self.turn_seconds
+                if step.offset is None or over:
+                    position, unsaved = self._advance(position, unsaved), None
+                if over:
                     break
+            if unsaved is not None:
+                position = self._advance(position, unsaved)
             outcome.result = "caught-up" if state["drained"] else "turn-over"
             self._release(position, 0)
             return outcome

@@ -16,9 +16,10 @@ A sender is given the drain's outbox batches in order (:class:`Pending`,
 each with the records it still lacks) and yields a :class:`Step` after every
 send: the position it reached (a batch, or a number of records into one),
 with what was delivered, dropped or rejected. The delivery loop
-(:mod:`broker.delivery`) writes each step to the drain's row before asking
-for the next, so a crash resends at most the send in flight — with the same
-``Logplex-Frame-Id``, derived from drain, batch and record offset. A send that
+(:mod:`broker.delivery`) writes these positions to the drain's row (each
+completed batch, and wherever the turn ends), so a crash resends only what
+was not written — with the same ``Logplex-Frame-Id``, derived from drain,
+batch and record offset. A send that
 must wait (timeout, refusal, 5xx, 429) ends the stream with a :class:`Halt`.
 
 "Send a test record" uses :meth:`Sender.probe`: the same formats and wire,
@@ -370,7 +371,7 @@ class SyslogSender(Sender):
 
     def _flush(self, chunks: list[bytes], count: int, position) -> Step | Halt:
         began = time.monotonic()
-        result = self._send(chunks)
+        result = self._send([b"".join(chunks)])  # one write of ~1 MiB, not one per record
         seconds = time.monotonic() - began
         if result.outcome == "retry":
             return Halt(result, seconds)
