@@ -272,3 +272,36 @@ def test_a_hostile_receiver_costs_one_deadline_and_loses_nothing(conn, vault, da
     row = drain_row(conn, drain_id)
     assert row["cursor"] == batch and row["delivered"] == 300 and row["dropped"] == 0
     assert row["send_seconds"] < 3  # fast answers bring it back towards the fast lane
+
+
+def test_after_its_budget_a_job_still_serves_quick_rows_while_slow_ones_finish():
+    """The end of a delivery job is no pause for healthy drains: while a slow send finishes, the
+    free threads still take fast-lane drains; and once the slow rows are done the job ends."""
+    from worker import batch
+
+    release, quick_done = threading.Event(), threading.Event()
+    order: list[str] = []
+    given = {"claim": 0, "closing": 0}
+
+    def claim(free):
+        given["claim"] += 1
+        return ["slow"] if given["claim"] == 1 else []
+
+    def closing_claim(free):
+        given["closing"] += 1
+        return ["quick"] if given["closing"] == 1 else []
+
+    def work(row):
+        if row == "slow":
+            release.wait(30)
+        else:
+            quick_done.set()
+            release.set()  # the slow send ends only after the quick row ran
+        order.append(row)
+        return row
+
+    tallied: list = []
+    batch.run_leased(threads=4, budget_seconds=0.3, claim=claim, work=work, tally=tallied.append,
+                     closing_claim=closing_claim, name="test")
+    assert order == ["quick", "slow"] and sorted(tallied) == ["quick", "slow"]
+    assert given["closing"] >= 1

@@ -17,9 +17,14 @@ one send (at most the send deadline) and is in the slow lane from then on.
 In each lane a resource holds at most a few threads at once, so one tenant's
 drains cannot take a whole lane from the others.
 
+When the claiming budget is spent the job stops claiming and waits for its
+drains in flight; while slow-lane sends finish, its free threads still take
+fast-lane drains, so healthy drains are not left waiting for the job's end.
+A job with nothing due lingers 2 s before it ends.
+
 Timeouts nest: a drain's turn (5 s) plus one send's deadline (10 s) < the
-lease (90 s); the claiming budget (45 s) plus one turn and one send <
-``job_timeout`` (150 s).
+lease (90 s); the claiming budget (20 s) plus two turns and sends (the tail)
+< ``job_timeout`` (150 s).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 
 import requests
 
@@ -38,7 +44,11 @@ from worker import batch, context
 
 log = logging.getLogger(__name__)
 
-CLAIM_BUDGET_SECONDS = 45
+# Short enough that a worker running one delivery job after another still takes ticks and polls
+# between them (a worker runs one job at a time).
+CLAIM_BUDGET_SECONDS = 20
+# With nothing due, a job waits this long for a drain to fall due before it ends.
+IDLE_LINGER_SECONDS = 2.0
 MAX_CONNECTIONS = 6
 # A resource's drains under lease at once, per lane (counted across every job).
 FAST_PER_RESOURCE = 4
@@ -72,9 +82,11 @@ class Lanes:
         self.busy = {True: 0, False: 0}
         self.lock = threading.Lock()
 
-    def claim(self, conn, free: int) -> list[tuple[bool, delivery.Claimed]]:
+    def claim(self, conn, free: int, *, lanes: tuple[bool, ...] = (False, True)) -> list[tuple[bool, delivery.Claimed]]:
         claimed: list[tuple[bool, delivery.Claimed]] = []
         for slow, per_resource in ((False, FAST_PER_RESOURCE), (True, SLOW_PER_RESOURCE)):
+            if slow not in lanes:
+                continue
             with self.lock:
                 room = min(free - len(claimed), self.capacity[slow] - self.busy[slow])
             rows = delivery.claim(conn, room, slow=slow, per_resource=per_resource)
@@ -108,7 +120,27 @@ def _run(slot: int, budget_seconds: float) -> dict:
         with pool.connection() as conn:
             return lanes.claim(conn, free)
 
+    def closing_claim(free: int) -> list:
+        """After the budget, while slow sends finish: healthy drains still get the free threads."""
+        with pool.connection() as conn:
+            return lanes.claim(conn, free, lanes=(False,))
+
+    idle_since: list[float | None] = [None]
+
+    def idle_wait(deadline: float) -> float | None:
+        """Linger a moment when nothing is due: records arriving every second or so then go out
+        from this job rather than from a new one (a fork, imports, a pool) each time."""
+        now = time.monotonic()
+        if now >= deadline:
+            return None
+        if idle_since[0] is None:
+            idle_since[0] = now
+        if now - idle_since[0] >= IDLE_LINGER_SECONDS:
+            return None
+        return batch.CLAIM_EVERY_SECONDS
+
     def work(item) -> delivery.Outcome:
+        idle_since[0] = None
         slow, drain = item
         try:
             return deliverer.deliver(drain)
@@ -128,7 +160,8 @@ def _run(slot: int, budget_seconds: float) -> dict:
 
     try:
         batch.run_leased(threads=settings.delivery_threads, budget_seconds=budget_seconds, claim=claim,
-                         work=work, tally=tally, name=f"deliver-{slot}")
+                         work=work, tally=tally, idle_wait=idle_wait, closing_claim=closing_claim,
+                         name=f"deliver-{slot}")
     finally:
         pool.close()
     log.info("delivery job slot=%d drains=%d slow=%d delivered=%d dropped=%d errors=%d", slot, totals["drains"],

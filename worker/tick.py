@@ -54,8 +54,8 @@ def run(slot: int) -> dict:
     deliveries = 0
     if due_drains:
         # One job per DELIVERY_THREADS due drains (a slot still queued or running is not queued twice).
-        for slot in range(min(settings.delivery_jobs, -(-due_drains // settings.delivery_threads))):
-            if jobs.enqueue_delivery(connection, slot, settings.clock_tick_seconds):
+        for job_slot in range(min(settings.delivery_jobs, -(-due_drains // settings.delivery_threads))):
+            if jobs.enqueue_delivery(connection, job_slot, settings.clock_tick_seconds):
                 deliveries += 1
     for resource_id in due:
         jobs.enqueue_provision(connection, str(resource_id))
