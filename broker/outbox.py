@@ -248,23 +248,31 @@ def backlog_by_kind(conn: psycopg.Connection) -> dict[str, Backlog]:
 
 # --- prune -------------------------------------------------------------------------
 
+# Drains behind a batch older than their plan's backlog move past it, counting what they lose.
+# Keyed by resource: the newest batch past each plan's horizon is found once on the age index
+# (``cut``), then each drain behind it looks at its own resource's batches only — never a scan of
+# the whole outbox (bench/outbox.py: 7.2 s at 20 M batches for the per-row comparison this
+# replaced, 0.1 s for this). Ids follow creation closely (appends hold a per-resource lock to their
+# commit), so a batch stored in the same instant as the cut may go one prune early.
 EXPIRE = f"""
 WITH horizon AS (
-    SELECT * FROM unnest(%(plans)s::text[], %(hours)s::int[]) AS h(plan, hours)
-), expired AS (
-    SELECT o.resource_id, max(o.id) AS upto, max(h.hours) AS hours
-    FROM outbox o JOIN resources r ON r.id = o.resource_id JOIN horizon h ON h.plan = r.plan
-    WHERE o.created_at < now() - make_interval(hours => h.hours)
-    GROUP BY o.resource_id
+    SELECT h.plan, h.hours,
+           (SELECT o.id FROM outbox o WHERE o.created_at < now() - make_interval(hours => h.hours)
+            ORDER BY o.created_at DESC LIMIT 1) AS cut
+    FROM unnest(%(plans)s::text[], %(hours)s::int[]) AS h(plan, hours)
+), behind AS (
+    SELECT d.id, d.resource_id, d.kind, d.cursor, d.partial_batch, d.partial_records, h.hours,
+           (SELECT max(o.id) FROM outbox o WHERE o.resource_id = d.resource_id AND o.id <= h.cut) AS upto
+    FROM drains d JOIN resources r ON r.id = d.resource_id JOIN horizon h ON h.plan = r.plan
+    WHERE d.cursor < h.cut
 ), lost AS (
-    SELECT d.id, e.upto, e.hours,
+    SELECT b.id, b.upto, b.hours,
            (SELECT COALESCE(sum(o.record_count), 0) FROM outbox o
-            WHERE o.resource_id = d.resource_id AND o.id > d.cursor AND o.id <= e.upto
-              AND {RECEIVES})
-           - CASE WHEN d.partial_batch > d.cursor AND d.partial_batch <= e.upto THEN d.partial_records ELSE 0 END
+            WHERE o.resource_id = b.resource_id AND o.id > b.cursor AND o.id <= b.upto
+              AND {RECEIVES.replace("d.kind", "b.kind")})
+           - CASE WHEN b.partial_batch > b.cursor AND b.partial_batch <= b.upto THEN b.partial_records ELSE 0 END
            AS records
-    FROM drains d JOIN expired e ON e.resource_id = d.resource_id
-    WHERE d.cursor < e.upto
+    FROM behind b WHERE b.cursor < b.upto
 )
 UPDATE drains d
 SET cursor = lost.upto, partial_batch = NULL, partial_records = 0, dropped = d.dropped + lost.records,
@@ -318,6 +326,8 @@ def prune(conn: psycopg.Connection, limit: int = 20_000, replay_hours: int = 0) 
     with conn.transaction():
         # A replay moving a cursor back waits for this prune, or this prune for it.
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (PRUNE_LOCK,))
+        # JIT compiling these plans cost more than running them (0.8 s of EXPIRE at 20 M batches).
+        conn.execute("SET LOCAL jit = off")
         for row in conn.execute(EXPIRE, {"plans": [p.name for p in every],
                                          "hours": [p.backlog_hours for p in every]}).fetchall():
             pruned.drains_behind += 1

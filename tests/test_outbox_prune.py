@@ -70,6 +70,24 @@ def test_batches_older_than_the_plans_backlog_are_dropped_and_counted(conn, vaul
     assert outbox.prune(conn).dropped_records == 0  # counted once
 
 
+def test_a_drain_expired_inside_a_batch_counts_only_the_records_it_lacked(conn, vault, world):
+    resource_id, source_id = world
+    conn.execute("UPDATE resources SET plan = 'test' WHERE id = %s", (resource_id,))
+    drain = add_drain(conn, vault, resource_id, "logplex", "https://l.example.com/")
+    old = store(conn, resource_id, source_id, [forge_record(i) for i in range(10)])
+    young = store(conn, resource_id, source_id, [forge_record(i) for i in range(4)])
+    age(conn, old, 25)
+    # an earlier send settled the first 6 records of the old batch
+    conn.execute("UPDATE drains SET cursor = %s, partial_batch = %s, partial_records = 6 WHERE id = %s",
+                 (old - 1, old, drain))
+    assert outbox.backlog(conn, resource_id, drain).records == 8
+    pruned = outbox.prune(conn)
+    assert pruned.dropped_records == 4
+    row = conn.execute("SELECT * FROM drains WHERE id = %s", (drain,)).fetchone()
+    assert (row["cursor"], row["partial_batch"], row["partial_records"], row["dropped"]) == (old, None, 0, 4)
+    assert outbox.backlog(conn, resource_id, drain).records == 4 and batch_ids(conn, resource_id) == [young]
+
+
 def test_the_tick_prunes_about_once_a_minute(env, conn, vault, world):
     resource_id, source_id = world
     batch = store(conn, resource_id, source_id, [forge_record(1)])  # no drain: nothing needs it
