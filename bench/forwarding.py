@@ -472,6 +472,8 @@ def deliver_main(result_path: str, profile_path: str) -> None:
     from broker import logs
     from worker import context
     from worker import deliver as deliver_job
+    # The job's wall time is the figure: no lingering for more drains once the outbox is empty.
+    deliver_job.IDLE_LINGER_SECONDS = 0
     # Loaded lazily by the first protobuf body; a worker that has delivered before has them.
     from google.protobuf import json_format  # noqa: F401
     from opentelemetry.proto.collector.logs.v1 import logs_service_pb2  # noqa: F401
