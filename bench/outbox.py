@@ -39,8 +39,9 @@ What it runs, against real PostgreSQL (fsync on), once per outbox size
   dead tuples and size afterwards, ``EXPLAIN (ANALYZE, BUFFERS)`` of both
   (rolled back) and of ``backlog_by_kind``, and the ``VACUUM`` that
   DELETE-pruning leaves to do;
-- a prototype not in ``broker/``: ``EXPIRE`` keyed by resource (the same
-  drains and records as a ``SELECT``, its horizon found as an id by one
+- ``EXPIRE`` keyed by resource as a read-only ``SELECT`` (first a prototype
+  here, now ``broker.outbox.EXPIRE`` itself; kept as a cross-check that
+  ``prune()`` moves what it finds: its horizon found as an id by one
   descent of ``outbox_created_idx`` per plan instead of a join over every
   row), timed before the first ``prune()`` (compared with what that call
   moved) and after the last (the steady state: little left to move).
@@ -274,7 +275,8 @@ def describe(conn: psycopg.Connection, rows: int) -> None:
 
 # --- prototypes (not in broker/) ---------------------------------------------------------
 
-# outbox.EXPIRE's drains and records, keyed by resource: per plan, the horizon as an id (the newest
+# outbox.EXPIRE's drains and records as a read-only SELECT (the form it was prototyped in before
+# broker/outbox.py adopted it), keyed by resource: per plan, the horizon as an id (the newest
 # batch stored before it: one backward descent of outbox_created_idx), then per drain behind it one
 # descent of outbox_resource_idx for its resource's last batch at or below that id, and the records
 # it skips (the work EXPIRE must do anyway). Ids follow created_at (drawn at insert, a resource's
