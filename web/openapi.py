@@ -294,9 +294,13 @@ DRAIN_FULL = {
         "delivery": {"type": "object", "properties": {
             "delivered": {"type": "integer"}, "retried": {"type": "integer"}, "dropped": {"type": "integer"},
             "rejected": {"type": "integer"}, "consecutive_failures": {"type": "integer"},
-            "last_error": {"type": ["string", "null"]}, "backlog": {"type": "integer"},
+            "last_error": {"type": ["string", "null"]}, "backlog": {"type": "integer", "description": "Records stored that this drain will receive and has "
+                                                           "not yet (the heroku drain never receives the app's own)."},
             "last_delivery_at": {"type": ["string", "null"], "format": "date-time"},
-            "next_attempt_at": {"type": "string", "format": "date-time"}}},
+            "next_attempt_at": {"type": "string", "format": "date-time"},
+            "secret_lost_at": {"type": ["string", "null"], "format": "date-time",
+                               "description": "Set while the drain's URL or headers cannot be decrypted "
+                                              "(their key left FERNET_KEYS): PATCH them again."}}},
         "created_at": {"type": "string", "format": "date-time"},
         "updated_at": {"type": "string", "format": "date-time"},
     },
