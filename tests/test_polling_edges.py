@@ -187,16 +187,17 @@ def test_a_burst_within_one_second_does_not_stall_the_source_for_good(conn, data
 
 def test_two_sources_of_one_app_that_together_exceed_its_budget_are_shown_over_capacity(
         conn, database_url, redis_url, vault):
-    """Two environments of one app share its 25 calls a minute; each logs 300 records a minute in
+    """Two environments of one app share its 25 calls a minute; each logs 400 records a minute in
     20-record pages (500 a minute is what the app's budget can read): together they are over
-    capacity, and the owner is told."""
+    capacity, and the owner is told. (At 300 a minute each, one CI run under load measured 190 for
+    the polled one and the sum fell under the capacity: the margin is kept wide.)"""
     fake = ForgeFake(seed=65, page_size=20, order="shuffled", rate_limit=30, rate_period=60, retry_after=True)
-    fake.add_app(APP, [ENV, "staging"], EMAIL, TOKEN, records_per_minute=300, late_fraction=0)
+    fake.add_app(APP, [ENV, "staging"], EMAIL, TOKEN, records_per_minute=400, late_fraction=0)
     resource = add_resource(conn)
     ids = [add_source(conn, vault, resource, environment_id=env, checkpoint_ago=timedelta(hours=2))
            for env in (ENV, "staging")]
-    # As measured by earlier windows: 300 records a minute each, 20 a page.
-    conn.execute("UPDATE sources SET density_per_minute = 300, page_records = 20")
+    # As measured by earlier windows: 400 records a minute each, 20 a page.
+    conn.execute("UPDATE sources SET density_per_minute = 400, page_records = 20")
     with LocalServer(fake.wsgi()) as server:
         poller = make_poller(database_url, redis_url, server.url, vault, limit=BUDGET, period=60, lag=10)
         claimed = polling.claim(conn, 1, 180)[0]
@@ -205,9 +206,9 @@ def test_two_sources_of_one_app_that_together_exceed_its_budget_are_shown_over_c
     rows = [source_row(conn, i) for i in ids]
     assert all(datetime.now(timezone.utc) - r["checkpoint"] > timedelta(minutes=30) for r in rows)
     polled = next(r for r in rows if r["id"] == claimed["id"])
-    assert 200 < polled["density_per_minute"] < 450  # measured: about 300 a minute
+    assert 200 < polled["density_per_minute"] < 600  # measured: about 400 a minute
     assert polled["capacity_per_minute"] == pytest.approx(BUDGET * 20)  # the whole app's budget
-    # Together they log ~600 a minute against the app's 500: over capacity, and nobody is told.
+    # Together they log ~800 a minute against the app's 500: over capacity, and the owner is told.
     assert sum(r["density_per_minute"] for r in rows) > polled["capacity_per_minute"]
     assert any(r["over_capacity_since"] is not None for r in rows), (
         [(r["density_per_minute"], r["capacity_per_minute"]) for r in rows], outcome)
