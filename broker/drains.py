@@ -132,10 +132,17 @@ def validate(payload: object, *, allow_private: bool, current: dict | None = Non
     return DrainInput(values)
 
 
-def masked_url(url: str | None) -> str | None:
-    """The URL with its password and query values replaced, safe to show.
+# A path segment this long with letters and digits mixed is taken for a secret (Sumo Logic's
+# /receiver/v1/http/<token>, Loggly's /inputs/<token>, webhook keys): shown as ****.
+OPAQUE_SEGMENT = re.compile(r"(?=[^/]*[0-9])(?=[^/]*[A-Za-z])[A-Za-z0-9_\-.~=%+]{20,}")
 
-    Query values go too: services put API keys there (``?api-key=…``).
+
+def masked_url(url: str | None) -> str | None:
+    """The URL with every secret it may carry replaced, safe to show.
+
+    A password goes, and a user name without a password (``https://APIKEY@host`` is a key,
+    not a name); query values too (``?api-key=…``), and long opaque path segments (tokens
+    embedded in the path).
     """
     if not url:
         return None
@@ -144,14 +151,19 @@ def masked_url(url: str | None) -> str | None:
         masked = "&".join(f"{pair.split('=', 1)[0]}=****" if "=" in pair else pair
                           for pair in parts.query.split("&"))
         parts = parts._replace(query=masked)
+    if parts.path:
+        parts = parts._replace(path="/".join("****" if OPAQUE_SEGMENT.fullmatch(segment) else segment
+                                             for segment in parts.path.split("/")))
     if parts.password is None and parts.username is None:
         return urlunsplit(parts)
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
     if parts.port:
         host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}" if parts.password is not None
-                                     else f"{user}@{host}"))
+    if parts.password is not None:
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:****@{host}"))
+    return urlunsplit(parts._replace(netloc=f"****@{host}"))
 
 
 def new_token() -> str:

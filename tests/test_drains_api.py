@@ -227,6 +227,17 @@ def test_shown_urls_mask_passwords_and_query_values():
     assert drains.masked_url("https://otlp.example.com/v1/logs?dd-api-key=abc") == (
         "https://otlp.example.com/v1/logs?dd-api-key=****")
     assert drains.masked_url("syslog+tls://logs.example.com:6514") == "syslog+tls://logs.example.com:6514"
+    # a user name without a password is a key; so is a long opaque path segment
+    assert drains.masked_url("https://k3yABCDEF@logs.example.com/in") == "https://****@logs.example.com/in"
+    assert drains.masked_url(
+        "https://endpoint1.collection.us2.sumologic.com/receiver/v1/http/ZaVnC4dhaV3uTKlva1XzWn9c2xq0yJ8PV==") == (
+        "https://endpoint1.collection.us2.sumologic.com/receiver/v1/http/****")
+    assert drains.masked_url("https://logs-01.loggly.com/inputs/b2c4a1e0-1234-4abc-9def-0123456789ab/tag/http/") == (
+        "https://logs-01.loggly.com/inputs/****/tag/http/")
+    # ordinary paths stay readable
+    assert drains.masked_url("https://otlp.example.com/v1/logs") == "https://otlp.example.com/v1/logs"
+    assert drains.masked_url("https://h.example.com/drains/production-eu-west") == (
+        "https://h.example.com/drains/production-eu-west")
 
 
 @pytest.mark.parametrize("body, field", [

@@ -13,11 +13,10 @@ import threading
 import uuid
 
 import psycopg
-import requests
 
 from flask import Flask, g, jsonify, request
 
-from broker import config, db, logs, ratelimit, redisconn
+from broker import config, db, logs, outbound, ratelimit, redisconn
 from broker.config import Settings
 from broker.forge import ForgeClient
 from broker.ratelimit import RateLimiter
@@ -119,7 +118,7 @@ class Services:
         """This thread's App logs API client (a requests.Session is not shared across threads)."""
         client = getattr(self._local, "forge", None)
         if client is None:
-            client = self._local.forge = ForgeClient(self.settings.forge_api_url, requests.Session())
+            client = self._local.forge = ForgeClient(self.settings.forge_api_url, outbound.session())
         return client
 
     def verifier(self) -> Verifier:

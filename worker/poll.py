@@ -20,9 +20,8 @@ import threading
 import time
 from datetime import timedelta
 
-import requests
 
-from broker import jobs, polling, ratelimit, redisconn
+from broker import jobs, outbound, polling, ratelimit, redisconn
 from broker.forge import ForgeClient
 from broker.polling import PollSettings, Poller
 from broker.ratelimit import RateLimiter
@@ -46,7 +45,7 @@ def poller_for(settings, connect, redis_connection) -> Poller:
     def client() -> ForgeClient:
         forge_client = getattr(local, "client", None)
         if forge_client is None:
-            forge_client = local.client = ForgeClient(settings.forge_api_url, requests.Session())
+            forge_client = local.client = ForgeClient(settings.forge_api_url, outbound.session())
         return forge_client
 
     return Poller(
