@@ -144,11 +144,16 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
 
 
+# Sources of these resources are polled; a failed or deprovisioned resource's never are, whatever
+# state a source was left in.
+LIVE_STATES = ("provisioning", "provisioned")
+
 CLAIM = """
 WITH due AS (
     SELECT id FROM sources
     WHERE state = 'active' AND next_poll_at <= now()
       AND (lease_expires_at IS NULL OR lease_expires_at < now())
+      AND EXISTS (SELECT 1 FROM resources r WHERE r.id = sources.resource_id AND r.state = ANY(%(live)s))
     ORDER BY next_poll_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -170,7 +175,7 @@ RETURNING s.id, s.resource_id, s.app_id, s.environment_id, s.email, s.api_token_
 def claim(conn: psycopg.Connection, limit: int, lease_seconds: int) -> list[dict]:
     """Lease up to ``limit`` due sources (never one another poller holds)."""
     with conn.transaction():
-        return conn.execute(CLAIM, {"limit": limit, "lease": lease_seconds}).fetchall()
+        return conn.execute(CLAIM, {"limit": limit, "lease": lease_seconds, "live": list(LIVE_STATES)}).fetchall()
 
 
 def count_due(conn: psycopg.Connection, cap: int) -> int:
@@ -181,9 +186,10 @@ def count_due(conn: psycopg.Connection, cap: int) -> int:
             SELECT 1 FROM sources
             WHERE state = 'active' AND next_poll_at <= now()
               AND (lease_expires_at IS NULL OR lease_expires_at < now())
+              AND EXISTS (SELECT 1 FROM resources r WHERE r.id = sources.resource_id AND r.state = ANY(%s))
             LIMIT %s) due
         """,
-        (cap,),
+        (list(LIVE_STATES), cap),
     ).fetchone()["n"]
 
 

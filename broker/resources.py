@@ -135,7 +135,8 @@ def deprovision(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> None:
         (resource_id,),
     )
     conn.execute(
-        "UPDATE drains SET enabled = false, url_enc = NULL, updated_at = now() WHERE resource_id = %s",
+        "UPDATE drains SET enabled = false, url_enc = NULL, headers_enc = NULL, updated_at = now() "
+        "WHERE resource_id = %s",
         (resource_id,),
     )
     conn.execute(

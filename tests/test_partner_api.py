@@ -323,16 +323,29 @@ def test_plan_changes_for_unknown_or_removed_resources(client):
 def test_deprovision_erases_secrets_and_a_repeat_gets_410(client, conn):
     body = provision_body()
     data = provision(client, body).get_json(force=True)
+    created = client.post(f"/v1/resources/{body['uuid']}/drains",
+                          headers={"Authorization": f"Bearer {data['config']['FORGEDRAIN_TOKEN']}"},
+                          json={"kind": "otlp", "url": "https://otlp.example.com", "headers": {"DD-API-KEY": "k3y"}})
+    assert created.status_code == 201, created.get_data(as_text=True)
     response = client.delete(f"/heroku/resources/{body['uuid']}", headers=heroku_headers())
     assert response.status_code == 204
     assert response.headers["Content-Type"] == VENDOR_TYPE
+    # every encrypted column of the resource's rows is erased (OTLP headers included)
+    for table in ("resources", "drains", "sources"):
+        columns = [r["column_name"] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s AND column_name LIKE %s",
+            (table, "%\\_enc"))]
+        assert columns or table == "sources"
+        for column in columns:
+            assert conn.execute(f"SELECT count(*) AS n FROM {table} WHERE {column} IS NOT NULL").fetchone()["n"] == 0, (
+                table, column)
     row = conn.execute("SELECT * FROM resources").fetchone()
     assert row["state"] == "deprovisioned" and row["deprovisioned_at"] is not None
     for secret in ("log_drain_token", "api_token_hash", "oauth_access_token_enc",
                    "oauth_refresh_token_enc", "oauth_grant_code_enc"):
         assert row[secret] is None
-    drain = conn.execute("SELECT url_enc, enabled FROM drains").fetchone()
-    assert drain == {"url_enc": None, "enabled": False}
+    assert [dict(r) for r in conn.execute("SELECT url_enc, enabled FROM drains")] == [
+        {"url_enc": None, "enabled": False}] * 2
     token = data["config"]["FORGEDRAIN_TOKEN"]
     assert client.get(f"/v1/resources/{body['uuid']}",
                       headers={"Authorization": f"Bearer {token}"}).status_code == 401
@@ -342,7 +355,7 @@ def test_deprovision_erases_secrets_and_a_repeat_gets_410(client, conn):
     # a late replay of the provision does not bring it back
     assert provision(client, body).status_code == 410
     actions = [r["action"] for r in conn.execute("SELECT action FROM audit_log ORDER BY id")]
-    assert actions == ["resource.provisioned", "resource.deprovisioned"]
+    assert actions == ["resource.provisioned", "drain.created", "resource.deprovisioned"]
 
 
 def test_deprovisioning_an_unknown_resource_is_404(client):

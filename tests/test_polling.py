@@ -225,6 +225,22 @@ def test_deleted_sources_and_deprovisioned_resources_stop_at_once(conn, database
     assert polling.claim(conn, 10, 180) == []
 
 
+@pytest.mark.parametrize("state", ["deprovisioned", "failed"])
+def test_a_source_left_active_on_a_dead_resource_is_never_polled(conn, vault, state):
+    """Whatever state a source was left in (a form open in a tab, a race with deprovision), only
+    sources of live resources are counted due or claimed; a live one is not held back by them."""
+    dead = add_resource(conn)
+    for i in range(5):
+        add_source(conn, vault, dead, environment_id=f"env-{i}")
+    conn.execute("UPDATE resources SET state = %s WHERE id = %s", (state, dead))
+    live = add_resource(conn)
+    wanted = add_source(conn, vault, live)
+    conn.execute("UPDATE sources SET next_poll_at = now() - interval '1 hour' WHERE resource_id = %s", (dead,))
+    assert polling.count_due(conn, 100) == 1
+    assert [s["id"] for s in polling.claim(conn, 1, 180)] == [wanted]  # the older due ones are skipped
+    assert polling.claim(conn, 10, 180) == []
+
+
 def test_two_claimers_never_get_the_same_source(conn, database_url, vault):
     from broker import db
 
