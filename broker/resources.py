@@ -57,15 +57,16 @@ def get_for_update(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> di
 
 
 def by_api_token_digest(conn: psycopg.Connection, digest: bytes) -> dict | None:
-    """The live resource this bearer token opens: the current token, or the previous one in its grace period."""
+    """The live resource this bearer token opens: the current token, or the previous one in its grace
+    period (``current_token`` says which)."""
     return conn.execute(
         f"""
-        SELECT {COLUMNS} FROM resources
+        SELECT {COLUMNS}, api_token_hash = %s AS current_token FROM resources
         WHERE state <> 'deprovisioned' AND (
             api_token_hash = %s
             OR (api_token_previous_hash = %s AND api_token_previous_until > now()))
         """,
-        (digest, digest),
+        (digest, digest, digest),
     ).fetchone()
 
 
@@ -82,6 +83,13 @@ def rotate_api_token(conn: psycopg.Connection, resource_id: uuid.UUID | str, new
         """,
         (grace_seconds, new_digest, resource_id),
     )
+
+
+def end_token_grace(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> bool:
+    """The previous token stops working now; False when none was in its grace period."""
+    return conn.execute(
+        "UPDATE resources SET api_token_previous_hash = NULL, api_token_previous_until = NULL, updated_at = now() "
+        "WHERE id = %s AND api_token_previous_until > now()", (resource_id,)).rowcount == 1
 
 
 def insert_heroku_drain(conn: psycopg.Connection, resource_id: uuid.UUID, url_enc: str,

@@ -102,6 +102,29 @@ def test_unknown_v1_paths_and_methods_are_json_errors(client):
     assert response.json["error"]
 
 
+def test_a_leaked_previous_token_reads_but_cannot_rotate_change_or_keep_its_grace(client, conn):
+    body, old = provisioned(client)
+    rid = body["uuid"]
+    new = client.post(f"/v1/resources/{rid}/token", headers=bearer(old)).json["token"]
+    assert client.get(f"/v1/resources/{rid}", headers=bearer(old)).status_code == 200  # running apps read on
+    before = conn.execute("SELECT api_token_hash, api_token_generation FROM resources").fetchone()
+    for method, path, payload in (("post", f"/v1/resources/{rid}/token", None),
+                                  ("delete", f"/v1/resources/{rid}/token/previous", None),
+                                  ("post", f"/v1/resources/{rid}/drains", {"kind": "logplex",
+                                                                          "url": "https://l.example.com/"})):
+        answer = getattr(client, method)(path, headers=bearer(old), json=payload)
+        assert answer.status_code == 403 and answer.json["error"] == "previous_token", (path, answer.json)
+    assert conn.execute("SELECT api_token_hash, api_token_generation FROM resources").fetchone() == before
+    assert conn.execute("SELECT count(*) AS n FROM drains WHERE kind <> 'heroku'").fetchone()["n"] == 0
+    # the owner ends the grace now
+    assert client.delete(f"/v1/resources/{rid}/token/previous", headers=bearer(new)).status_code == 204
+    assert client.get(f"/v1/resources/{rid}", headers=bearer(old)).status_code == 401
+    assert client.get(f"/v1/resources/{rid}", headers=bearer(new)).status_code == 200
+    assert client.delete(f"/v1/resources/{rid}/token/previous", headers=bearer(new)).status_code == 404
+    actions = [r["action"] for r in conn.execute("SELECT action FROM audit_log ORDER BY id")]
+    assert actions[-2:] == ["resource.token_rotated", "resource.token_grace_ended"]
+
+
 def test_rotating_the_token_keeps_the_old_one_for_a_grace_period(client, conn):
     body, old = provisioned(client)
     response = client.post(f"/v1/resources/{body['uuid']}/token", headers=bearer(old))

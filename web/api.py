@@ -11,7 +11,7 @@ import logging
 import uuid
 
 import redis
-from flask import Blueprint, g, request
+from flask import Blueprint, Response, g, request
 
 from broker import audit, ingest, jobs, plans, resources, tokens
 from broker.validation import InputError
@@ -59,6 +59,11 @@ def authenticated(resource_id: str):
         return None, error(401, "unauthorized", "the bearer token is not valid", headers=CHALLENGE)
     if str(row["id"]) != resource_id:
         return None, error(404, "not_found", "no such resource")
+    if not row["current_token"] and request.method not in ("GET", "HEAD"):
+        # A token that leaked is rotated away: its grace period lets running apps keep reading,
+        # never change anything, rotate again or lock the owner out.
+        return None, error(403, "previous_token", "the previous FORGEDRAIN_TOKEN only reads during its grace "
+                                                  "period; use the current token to change anything")
     return row, None
 
 
@@ -142,6 +147,22 @@ def get_resource(resource_id: str):
         received = ingest.stats(conn, row["id"])
     g.resource_id = row["id"]
     return json_response({**resource_view(row, drains), "ingest": received})
+
+
+@bp.delete("/resources/<resource_id>/token/previous")
+def end_token_grace(resource_id: str):
+    """End the previous FORGEDRAIN_TOKEN's grace period now (after a leak, say)."""
+    row, failure = authenticated(resource_id)
+    if failure is not None:
+        return failure
+    with services().db.connection() as conn, conn.transaction():
+        ended = resources.end_token_grace(conn, row["id"])
+        if ended:
+            audit.record(conn, row["id"], "api-token", "resource.token_grace_ended", {})
+    if not ended:
+        return error(404, "not_found", "no previous token is in its grace period")
+    log.info("token grace ended resource=%s", row["id"])
+    return Response(status=204)
 
 
 @bp.post("/resources/<resource_id>/token")

@@ -330,6 +330,7 @@ AUDIT_WORDS = {
     "drain.updated": "edited drain", "drain.deleted": "deleted drain", "drain.tested": "sent a test record to drain",
     "drain.token_rotated": "rotated the token of drain", "resource.provisioned": "provisioned the add-on",
     "resource.plan_changed": "changed the plan", "resource.token_rotated": "rotated FORGEDRAIN_TOKEN",
+    "resource.token_grace_ended": "ended the previous FORGEDRAIN_TOKEN's grace period",
 }
 
 

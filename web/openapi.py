@@ -430,7 +430,8 @@ def document(public_url: str) -> dict:
                 "post": {
                     "operationId": "rotateToken",
                     "summary": "Issue a new FORGEDRAIN_TOKEN (shown once). The previous token keeps "
-                               "working for two hours; Heroku apps get the new one in their config.",
+                               "reading (GET) for two hours, never changing anything; Heroku apps get the "
+                               "new one in their config. Only the current token may rotate.",
                     "parameters": [{"name": "id", "in": "path", "required": True,
                                     "schema": {"type": "string"}}],
                     "responses": {
@@ -444,7 +445,22 @@ def document(public_url: str) -> dict:
                                                                        "format": "date-time"},
                                     }}}}},
                         "401": _error_response("Missing or invalid bearer token."),
+                        "403": _error_response("The previous token may only read."),
                         "404": _error_response("No such resource for this token."),
+                    },
+                }
+            },
+            "/v1/resources/{id}/token/previous": {
+                "delete": {
+                    "operationId": "endTokenGrace",
+                    "summary": "The previous FORGEDRAIN_TOKEN stops working now (after a leak, say).",
+                    "parameters": [{"name": "id", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}],
+                    "responses": {
+                        "204": {"description": "The previous token no longer opens anything."},
+                        "401": _error_response("Missing or invalid bearer token."),
+                        "403": _error_response("The previous token may only read."),
+                        "404": _error_response("No such resource, or no previous token in its grace period."),
                     },
                 }
             },
