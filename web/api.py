@@ -67,14 +67,39 @@ def authenticated(resource_id: str):
     return row, None
 
 
-def json_object_body():
-    """The request's JSON body; :class:`InputError` on field ``body`` when there is none."""
+def json_object_body() -> dict:
+    """The request's JSON body, a JSON object whose every string (keys included) is text that can
+    be stored and sent: :class:`InputError` otherwise, naming where (``body`` when unreadable)."""
     if not request.get_data(cache=True):
         raise InputError("body", "request body must be a JSON object")
     try:
-        return request.get_json(force=True, silent=False, cache=True)
+        body = request.get_json(force=True, silent=False, cache=True)
     except Exception:
         raise InputError("body", "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InputError("body", "request body must be a JSON object")
+    _check_text(body, "")
+    return body
+
+
+def _check_text(value, where: str) -> None:
+    """Refuse NUL characters and lone surrogates (``"\\ud800"`` is valid JSON but not text):
+    PostgreSQL, the vault and HTTP headers each fail on them later."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InputError(where or "body", f"{where or 'a value'} contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(where or "body", f"{where or 'a value'} is not valid Unicode text "
+                                              "(a lone surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, f"{where}.{key!r}" if where else "a field name")
+            _check_text(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_text(item, f"{where}[{index}]")
 
 
 def invalid(exc: InputError):
