@@ -24,8 +24,8 @@ from broker.validation import InputError
 
 OWNER_KINDS = ("logplex", "syslog", "otlp")
 FIELDS = ("kind", "url", "name", "enabled", "encoding", "gzip", "headers", "sd_id")
-SD_ID = re.compile(r'^[^= \]"@\x00-\x20\x7f-\uffff]{1,32}@[0-9]+(\.[0-9]+)*$')
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
+SD_ID = re.compile(r'^[^= \]"@\x00-\x20\x7f-\uffff]{1,32}@[0-9]+(\.[0-9]+)*\Z')
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}\Z")
 # Headers the broker sets itself; a drain may not override them.
 RESERVED_HEADERS = {"content-type", "content-length", "content-encoding", "host", "user-agent",
                     "transfer-encoding", "connection"}

@@ -37,7 +37,7 @@ from broker import db
 log = logging.getLogger("broker.migrate")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-FILE_PATTERN = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+FILE_PATTERN = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql\Z")
 
 # Arbitrary constant shared by every runner: "forgedrain-migrate" as an int8.
 LOCK_ID = int.from_bytes(hashlib.sha256(b"forgedrain-migrate").digest()[:8], "big", signed=True)

@@ -21,7 +21,7 @@ from broker.config import Settings
 
 
 # The partners table's CHECK: lowercase letters, digits and dashes.
-PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}\Z")
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ FIELDS = ("app_id", "environment_id", "email", "api_token", "levels", "installat
 VERIFIED_FIELDS = ("app_id", "environment_id", "email", "api_token")
 
 APP_ARI_PREFIX = "ari:cloud:ecosystem::app/"
-IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}$")
-CONTEXT = re.compile(r"^ari:cloud:[a-z0-9-]+::[a-z0-9-]+/[A-Za-z0-9._:/-]{1,150}$")
-LABEL = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
+IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+EMAIL = re.compile(r"^[^@\s\x00]{1,64}@[^@\s\x00]{1,189}\Z")
+CONTEXT = re.compile(r"^ari:cloud:[a-z0-9-]+::[a-z0-9-]+/[A-Za-z0-9._:/-]{1,150}\Z")
+LABEL = re.compile(r"^[^\x00-\x1f\x7f]{1,100}\Z")
 
 
 

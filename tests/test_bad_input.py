@@ -45,3 +45,30 @@ def test_json_that_is_not_a_clean_object_is_refused_everywhere(api, resource, co
         if field == "body":
             assert answer.status_code == 400 and body["field"] == "body"
     assert snapshot(conn) == before
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"kind": "otlp", "url": "https://o.example.com", "headers": {"X-Key\n": "v"}}, "headers"),
+    ({"kind": "syslog", "url": "syslog+tls://l.example.com:6514", "sd_id": "forge@32473\n"}, "sd_id"),
+])
+def test_a_trailing_line_break_does_not_pass_a_pattern(api, resource, conn, body, field):
+    """Patterns end at the end of the text (``\\Z``), not before a final line break (``$``): a header
+    name ``"X-Key\\n"`` saved once would make every send fail."""
+    before = snapshot(conn)
+    answer = create(api, resource, **body)
+    assert answer.status_code == 422 and answer.json["field"] == field, answer.json
+    assert snapshot(conn) == before
+
+
+def test_source_fields_refuse_a_trailing_line_break():
+    from broker import sources
+    from broker.validation import InputError
+
+    good = {"app_id": "ari:cloud:ecosystem::app/0b5e4b9c-3ad0-4a4a-9f0b-000000000001",
+            "environment_id": "0d1e2f30-4152-6374-8596-a7b8c9d0e1f2", "email": "bot@acme.test",
+            "api_token": "ATATT3xFfGF0-secret"}
+    for name, value in (("environment_id", good["environment_id"] + "\n"), ("email", "bot@acme.test\n"),
+                        ("email", "bot\x00@acme.test")):
+        with pytest.raises(InputError) as refused:
+            sources.validate({**good, name: value})
+        assert refused.value.field == name

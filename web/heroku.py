@@ -40,7 +40,7 @@ REGIONS = frozenset(
     )]
     + ["us", "eu"]
 )
-DRAIN_TOKEN = re.compile(r"^[\x21-\x7e]{1,200}$")
+DRAIN_TOKEN = re.compile(r"^[\x21-\x7e]{1,200}\Z")
 MAX_TEXT = 255
 MAX_URL = 2048
 

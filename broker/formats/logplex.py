@@ -85,7 +85,7 @@ OWN_APP_NAME = "forgedrain"
 MAX_FRAME_BYTES = 64 * 1024
 HEADER = re.compile(
     rb"<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+)(?: (.*))?\Z", re.DOTALL)
-TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$")
+TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,9})?(Z|[+-]\d\d:\d\d)\Z")
 # syslog severity → (severityText as syslog names it, OTLP SeverityNumber)
 SEVERITY = {0: ("EMERG", 24), 1: ("ALERT", 23), 2: ("CRIT", 22), 3: ("ERR", 17), 4: ("WARNING", 13),
             5: ("NOTICE", 10), 6: ("INFO", 9), 7: ("DEBUG", 5)}

@@ -43,8 +43,8 @@ import orjson
 from broker.formats import fields, severity
 
 SCOPE = {"name": "forgedrain", "version": "1"}
-HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
-HEX16 = re.compile(r"^[0-9a-fA-F]{16}$")
+HEX32 = re.compile(r"^[0-9a-fA-F]{32}\Z")
+HEX16 = re.compile(r"^[0-9a-fA-F]{16}\Z")
 RECORD_KEYS = {
     "invocationId": "faas.invocation_id", "functionKey": "forge.function.key",
     "moduleType": "forge.module.type", "installationContext": "forge.installation_context",
