@@ -360,3 +360,21 @@ def test_deprovision_erases_secrets_and_a_repeat_gets_410(client, conn):
 
 def test_deprovisioning_an_unknown_resource_is_404(client):
     assert client.delete(f"/heroku/resources/{uuid.uuid4()}", headers=heroku_headers()).status_code == 404
+
+
+def test_a_plain_http_log_input_url_is_refused_where_private_drains_are(env, conn):
+    """Like every drain, the heroku drain takes plain http only where private drains are allowed."""
+    from broker import config
+    from web import create_app
+
+    app = create_app(config.load({**env, "ALLOW_PRIVATE_DRAINS": "false"}, testing=True))
+    try:
+        web = app.test_client()
+        for url in ("http://token:t.x@1.us.logplex.io/logs", "https://1.us.logplex.io/lo gs",
+                    "https://1.us.logplex.io/logs\n"):
+            answer = provision(web, provision_body(log_input_url=url))
+            assert answer.status_code == 422 and "log_input_url" in answer.get_data(as_text=True), url
+        assert conn.execute("SELECT count(*) AS n FROM resources").fetchone()["n"] == 0
+        assert provision(web, provision_body()).status_code in (200, 202)  # https, as Heroku sends
+    finally:
+        app.extensions["forgedrain"].db.close()

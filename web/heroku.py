@@ -163,11 +163,15 @@ def _log_input_url(body: dict) -> str | None:
 
     try:
         parts = urlsplit(value) if isinstance(value, str) else None
-        ok = parts is not None and parts.scheme in ("https", "http") and bool(parts.hostname)
+        schemes = ("https", "http") if services().settings.allow_private_drains else ("https",)
+        ok = (parts is not None and parts.scheme in schemes and bool(parts.hostname)
+              and value.isprintable() and " " not in value)
     except ValueError:
         ok = False
     if not ok or len(value) > MAX_URL:
-        raise BadRequest(422, "log_input_url must be an http(s) URL")
+        # Plain http only where private drains are allowed (tests, private networks), like every drain.
+        raise BadRequest(422, "log_input_url must be an https URL" if not services().settings.allow_private_drains
+                         else "log_input_url must be an http(s) URL")
     return value
 
 
