@@ -79,7 +79,8 @@ from broker import db, migrate, redisconn, tokens  # noqa: E402
 from broker.vault import Vault  # noqa: E402
 from tests.fakes.forge import ForgeFake  # noqa: E402
 from tests.fakes.server import LocalServer  # noqa: E402
-from common import children, clear_redis, create_database, drop_database, pct, process_env, servers, start, status_kb, stop, with_database  # noqa: E402
+from common import (children, clear_redis, create_database, pct, process_env, servers, start, status_kb,  # noqa: E402
+                    tear_down, with_database)
 
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -286,16 +287,7 @@ def run_one(args: argparse.Namespace, server_url: str, redis_url: str, fake: For
             if bad["paused"] or bad["failing"]:
                 run.errors.append(f"N={len(apps)}: {bad['paused']} sources paused, {bad['failing']} failing")
     finally:
-        if clock is not None:
-            stop(clock)
-        if worker is not None:
-            stop(worker)
-        clear_redis(redis)
-        redis.close()
-        try:
-            drop_database(server_url, database)
-        except psycopg.Error as exc:
-            print(f"could not drop database {database}: {exc}", file=sys.stderr)
+        tear_down(server_url, database, redis, clock, worker)
     with open(worker_log, "rb") as f:
         log_text = f.read(log_end).decode(errors="replace")
     run.batches = len(re.findall(r"poll batch slot=", log_text))

@@ -182,3 +182,35 @@ def pct(values: list[float], p: float) -> float:
         return float("nan")
     rank = max(1, -(-len(ordered) * p // 100))
     return ordered[int(rank) - 1]
+
+
+# --- a bare HTTP/1.1 reader for the benches' loopback receivers (asyncio streams) ----------------
+
+def http_answer(status: int, body: bytes = b"", content_type: str = "text/plain") -> bytes:
+    """A complete HTTP/1.1 response with a Content-Length (the connection is kept alive)."""
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def read_request(reader) -> tuple[str, str, dict[str, str], bytes]:
+    """(method, path, headers with lower-case names, body) of the next request on ``reader``;
+    asyncio.IncompleteReadError when the sender closed."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                return method, path, headers, b"".join(parts)
+            parts.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+    return method, path, headers, await reader.readexactly(int(headers.get("content-length", "0")))

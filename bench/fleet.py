@@ -109,7 +109,8 @@ SELF = str(Path(__file__).resolve())
 
 import orjson  # noqa: E402
 
-from common import children, clear_redis, create_database, pct, process_env, servers, start, stop, tear_down, with_database  # noqa: E402
+from common import (children, clear_redis, create_database, http_answer, pct, process_env, read_request,  # noqa: E402
+                    servers, start, stop, tear_down, with_database)
 
 APP_ID = "5f0f8a4e-1f5a-4c3e-9d7b-1a2b3c4d5e6f"
 ENVIRONMENT = "b1c2d3e4-0000-4a5b-8c9d-0e1f2a3b4c5d"
@@ -227,35 +228,10 @@ def receiver_main() -> None:
                 "last": arrivals[-1] if arrivals else None, "in_window": in_window,
                 "timeline": [timeline.get(i) for i in range(max(timeline) + 1)] if timeline else []}
 
-    def answer(status: int, body: bytes = b"", content_type: str = "text/plain") -> bytes:
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
-        return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-    async def read_body(reader, headers: dict) -> bytes:
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                if size == 0:
-                    await reader.readuntil(b"\r\n")
-                    return b"".join(parts)
-                parts.append(await reader.readexactly(size))
-                await reader.readexactly(2)
-        return await reader.readexactly(int(headers.get("content-length", "0")))
-
     async def http(reader, writer) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                headers = {}
-                for line in lines[1:]:
-                    if ":" in line:
-                        name, _, value = line.partition(":")
-                        headers[name.strip().lower()] = value.strip()
-                body = await read_body(reader, headers)
+                method, path, headers, body = await read_request(reader)
                 if path.startswith("/_"):
                     if path == "/_progress":
                         result = progress()
@@ -264,19 +240,19 @@ def receiver_main() -> None:
                     elif path == "/_delays":
                         result = delays(orjson.loads(body))
                     else:
-                        writer.write(answer(404))
+                        writer.write(http_answer(404))
                         await writer.drain()
                         continue
-                    writer.write(answer(200, orjson.dumps(result), "application/json"))
+                    writer.write(http_answer(200, orjson.dumps(result), "application/json"))
                     await writer.drain()
                     continue
                 token = headers.get("logplex-drain-token")
                 if method != "POST" or not token:
                     errors[0] += 1
-                    writer.write(answer(400))
+                    writer.write(http_answer(400))
                 else:
                     take(token, body)
-                    writer.write(answer(200))
+                    writer.write(http_answer(200))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass

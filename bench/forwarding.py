@@ -122,7 +122,8 @@ import orjson  # noqa: E402
 import psycopg  # noqa: E402
 
 from broker import db, delivery, outbox, polling  # noqa: E402
-from common import create_database, drop_database, process_env, servers, start, stop, with_database  # noqa: E402
+from common import (create_database, drop_database, http_answer, process_env, read_request,  # noqa: E402
+                    servers, start, stop, with_database)
 
 TARGET_CEILING = 0.5
 TARGET_SDK = 3.0
@@ -292,39 +293,14 @@ def receiver_main(workdir: str) -> None:
         message = ExportLogsServiceRequest.FromString(body)
         return sum(len(s.log_records) for r in message.resource_logs for s in r.scope_logs)
 
-    def answer(status: int, body: bytes = b"", content_type: str = "application/x-protobuf") -> bytes:
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
-        return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-    async def read_body(reader, headers: dict) -> bytes:
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                if size == 0:
-                    await reader.readuntil(b"\r\n")
-                    return b"".join(parts)
-                parts.append(await reader.readexactly(size))
-                await reader.readexactly(2)
-        return await reader.readexactly(int(headers.get("content-length", "0")))
-
     async def http(reader, writer) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                headers = {}
-                for line in lines[1:]:
-                    if ":" in line:
-                        name, _, value = line.partition(":")
-                        headers[name.strip().lower()] = value.strip()
-                body = await read_body(reader, headers)
+                method, path, headers, body = await read_request(reader)
                 if method == "GET" and path == "/_stats":
                     usage = resource.getrusage(resource.RUSAGE_SELF)
-                    writer.write(answer(200, orjson.dumps({"stats": stats, "cpu": usage.ru_utime + usage.ru_stime}),
-                                        "application/json"))
+                    cpu = usage.ru_utime + usage.ru_stime
+                    writer.write(http_answer(200, orjson.dumps({"stats": stats, "cpu": cpu}), "application/json"))
                     await writer.drain()
                     continue
                 label = path.strip("/").split("/")[0] or "root"
@@ -337,18 +313,18 @@ def receiver_main(workdir: str) -> None:
                         if body.count(b"\n") != n:
                             c["errors"] += 1
                         c["records"] += n
-                        writer.write(answer(200, b"", "text/plain"))
+                        writer.write(http_answer(200, b"", "text/plain"))
                     elif path.endswith("/v1/logs"):
                         c["records"] += count_otlp(headers, body)
                         json_body = "json" in headers.get("content-type", "")
-                        writer.write(answer(200, b"{}" if json_body else b"",
+                        writer.write(http_answer(200, b"{}" if json_body else b"",
                                             "application/json" if json_body else "application/x-protobuf"))
                     else:
                         c["errors"] += 1
-                        writer.write(answer(404))
+                        writer.write(http_answer(404))
                 except Exception:  # noqa: BLE001 — counted; the sender sees a 400
                     c["errors"] += 1
-                    writer.write(answer(400))
+                    writer.write(http_answer(400))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass

@@ -80,6 +80,7 @@ class Lanes:
     def __init__(self, threads: int):
         self.capacity = {True: slow_threads(threads), False: threads - slow_threads(threads)}
         self.busy = {True: 0, False: 0}
+        self.slow_done = 0  # slow-lane drains delivered to, for the job's log line
         self.lock = threading.Lock()
 
     def claim(self, conn, free: int, *, lanes: tuple[bool, ...] = (False, True)) -> list[tuple[bool, delivery.Claimed]]:
@@ -98,6 +99,7 @@ class Lanes:
     def done(self, slow: bool) -> None:
         with self.lock:
             self.busy[slow] -= 1
+            self.slow_done += slow
 
 
 def _run(slot: int, budget_seconds: float) -> dict:
@@ -114,7 +116,7 @@ def _run(slot: int, budget_seconds: float) -> dict:
     wire = Wire(session, settings.allow_private_drains, syslog.default_context())
     deliverer = delivery.Deliverer(pool.connection, wire, Vault(settings.fernet_keys))
     lanes = Lanes(settings.delivery_threads)
-    totals = {"drains": 0, "delivered": 0, "dropped": 0, "errors": 0, "slow": 0}
+    totals = {"drains": 0, "delivered": 0, "dropped": 0, "errors": 0}
 
     def claim(free: int) -> list:
         with pool.connection() as conn:
@@ -146,8 +148,6 @@ def _run(slot: int, budget_seconds: float) -> dict:
             return deliverer.deliver(drain)
         finally:
             lanes.done(slow)
-            if slow:
-                totals["slow"] += 1
 
     def tally(outcome) -> None:
         if outcome is None:
@@ -164,6 +164,7 @@ def _run(slot: int, budget_seconds: float) -> dict:
                          name=f"deliver-{slot}")
     finally:
         pool.close()
+    totals["slow"] = lanes.slow_done
     log.info("delivery job slot=%d drains=%d slow=%d delivered=%d dropped=%d errors=%d", slot, totals["drains"],
              totals["slow"], totals["delivered"], totals["dropped"], totals["errors"])
     return totals
