@@ -24,7 +24,8 @@ from broker.validation import InputError
 
 OWNER_KINDS = ("logplex", "syslog", "otlp")
 FIELDS = ("kind", "url", "name", "enabled", "encoding", "gzip", "headers", "sd_id")
-SD_ID = re.compile(r'^[^= \]"@\x00-\x20\x7f-\uffff]{1,32}@[0-9]+(\.[0-9]+)*\Z')
+# RFC 5424 §6.3.2: SD-NAME is PRINTUSASCII but '=', SP, ']' and '"' (and '@', which ends it here).
+SD_ID = re.compile(r'^[^= \]"@\x00-\x20\x7f-\U0010ffff]{1,32}@[0-9]+(\.[0-9]+)*\Z')
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}\Z")
 # Headers the broker sets itself; a drain may not override them.
 RESERVED_HEADERS = {"content-type", "content-length", "content-encoding", "host", "user-agent",
@@ -37,8 +38,11 @@ class DrainInput:
 
 
 def _url(kind: str, value, allow_private: bool) -> str:
-    if not isinstance(value, str) or len(value) > 2048 or any(c.isspace() for c in value):
-        raise InputError("url", "url must be a URL without spaces, at most 2048 characters")
+    # isprintable() is False for every control character (NUL, CR, LF, DEL, C1), every space but
+    # U+0020 (refused apart), invisible format characters and lone surrogates: none belongs in a URL.
+    if not isinstance(value, str) or len(value) > 2048 or " " in value or not value.isprintable():
+        raise InputError("url", "url must be a URL without spaces or control characters, "
+                                "at most 2048 characters")
     try:
         parts = urlsplit(value)
         port = parts.port

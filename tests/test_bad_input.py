@@ -72,3 +72,78 @@ def test_source_fields_refuse_a_trailing_line_break():
         with pytest.raises(InputError) as refused:
             sources.validate({**good, name: value})
         assert refused.value.field == name
+
+
+# Characters a URL may not carry anywhere: every C0 control, DEL, C1 controls, spaces of any kind,
+# invisible format characters. Each is refused for every kind of drain, on create and on change.
+URL_BREAKERS = ["\x00", "\x01", "\x1f", "\x7f", "\x85", "\u00a0", "\u200b", "\u2028", "\t", " ", "\r\n"]
+
+
+@pytest.mark.parametrize("bad", URL_BREAKERS, ids=[f"U+{ord(c[0]):04X}" for c in URL_BREAKERS])
+def test_a_drain_url_with_a_control_character_or_space_anywhere_is_refused(api, resource, conn, bad):
+    rid, auth = resource
+    drain = create(api, resource, kind="logplex", url="https://l.example.com/").json["id"]
+    before = snapshot(conn)
+    for body in ({"kind": "logplex", "url": f"https://l.example.com/in{bad}path"},
+                 {"kind": "logplex", "url": f"https://l.example.com/?q={bad}"},
+                 {"kind": "otlp", "url": f"https://o.exa{bad}mple.com/v1/logs"},
+                 {"kind": "syslog", "url": f"syslog+tls://s.example.com:6514{bad}"}):
+        answer = create(api, resource, **body)
+        assert answer.status_code == 422 and answer.json["field"] == "url", (body, answer.json)
+        changed = api.patch(f"/v1/resources/{rid}/drains/{drain}", data=json.dumps({"url": body["url"]}),
+                            headers=auth) if body["kind"] == "logplex" else answer
+        assert changed.status_code == 422 and changed.json["field"] == "url", (body, changed.json)
+    assert snapshot(conn) == before
+
+
+def test_drain_url_validation_refuses_control_characters_whatever_face_calls_it():
+    """The dashboard's forms reach ``drains.validate`` without the resource API's body check."""
+    from broker import drains
+    from broker.validation import InputError
+
+    for bad in URL_BREAKERS:
+        with pytest.raises(InputError) as refused:
+            drains.validate({"kind": "logplex", "url": f"https://l.example.com/{bad}x"}, allow_private=True)
+        assert refused.value.field == "url"
+
+
+@pytest.mark.parametrize("name, value", [
+    ("X-Key", "v\r\nX-Injected: 1"), ("X-Key", "v\nx"), ("X-Key", "v\rx"), ("X-Key", "v\x00"),
+    ("X-Key", "v\x7f"), ("X-Key", "välue"), ("X-Key", "x" * 4097), ("X-Key\r\nX-Injected", "1"),
+    ("X Key", "v"), ("", "v"), ("K" * 101, "v"),
+])
+def test_an_otlp_header_with_a_line_break_nul_or_beyond_its_bounds_is_refused(api, resource, conn, name, value):
+    before = snapshot(conn)
+    answer = create(api, resource, kind="otlp", url="https://o.example.com", headers={name: value})
+    assert answer.status_code == 422 and answer.json["field"].startswith("headers"), answer.json
+    assert snapshot(conn) == before
+
+
+def test_more_than_20_otlp_headers_are_refused(api, resource, conn):
+    before = snapshot(conn)
+    answer = create(api, resource, kind="otlp", url="https://o.example.com",
+                    headers={f"X-K{i}": "v" for i in range(21)})
+    assert answer.status_code == 422 and answer.json["field"] == "headers"
+    assert snapshot(conn) == before
+
+
+@pytest.mark.parametrize("sd_id", ["forge\U0001F600@32473", "förge@32473", "forge@32473\u0660"])
+def test_an_sd_id_outside_printable_ascii_is_refused(api, resource, conn, sd_id):
+    """RFC 5424 §6.3.2: an SD-NAME is PRINTUSASCII; a character beyond U+FFFF slipped past the pattern."""
+    before = snapshot(conn)
+    answer = create(api, resource, kind="syslog", url="syslog+tls://l.example.com:6514", sd_id=sd_id)
+    assert answer.status_code == 422 and answer.json["field"] == "sd_id", answer.json
+    assert snapshot(conn) == before
+
+
+@pytest.mark.parametrize("body", [
+    {"name": "n" * 101}, {"url": "https://l.example.com/" + "a" * 2048},
+    {"sd_id": "f" * 30 + "@32473"},
+])
+def test_every_drain_string_is_length_bounded(api, resource, conn, body):
+    before = snapshot(conn)
+    kind = "syslog" if "sd_id" in body else "logplex"
+    url = "syslog+tls://l.example.com:6514" if kind == "syslog" else "https://l.example.com/"
+    answer = create(api, resource, **{"kind": kind, "url": url, **body})
+    assert answer.status_code == 422 and answer.json["field"] == next(iter(body)), answer.json
+    assert snapshot(conn) == before
