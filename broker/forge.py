@@ -1,7 +1,7 @@
 """Client for Atlassian's App logs API (seed 000; research otlp-syslog-forge.md §4).
 
 ``GET {FORGE_API_URL}/v1/app/logs/<appId>?environmentId=…&startDate=…&endDate=…``
-with Basic ``email:api_token``; ``level`` and ``installationContext`` are
+with Basic ``email:api_token`` (UTF-8, :func:`basic_authorization`); ``level`` and ``installationContext`` are
 repeated parameters; dates are UTC with milliseconds (``2026-11-21T10:00:00.000Z``);
 the answer is ``{"appLogs": [OTLP LogRecord JSON…], "cursor": "…"}`` and the
 next page is asked for with ``cursor`` until none comes back.
@@ -73,6 +73,7 @@ members per level and 3 levels, printable ASCII, at most 300 characters.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import logging
@@ -157,6 +158,14 @@ class Credentials:
 
     def __repr__(self) -> str:  # keep the token out of tracebacks and logs
         return f"Credentials(email={self.email!r}, api_token=<hidden>)"
+
+
+def basic_authorization(credentials: Credentials) -> str:
+    """``Basic base64(email:api_token)`` with both encoded as UTF-8 (RFC 7617 §2.1 ``charset="UTF-8"``,
+    what curl and Node send). requests' own ``auth=`` encodes Latin-1: an RFC 6531 address such as
+    ``用户@例子.测试`` would raise, and ``bjørn@…`` would reach Atlassian as bytes it cannot read."""
+    pair = f"{credentials.email}:{credentials.api_token}".encode("utf-8")
+    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -563,8 +572,8 @@ class ForgeClient:
         try:
             response = self.session.get(
                 url, params=self._params(query, cursor),
-                auth=(credentials.email, credentials.api_token),
-                headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+                headers={"Authorization": basic_authorization(credentials), "Accept": "application/json",
+                         "User-Agent": USER_AGENT},
                 timeout=self.timeout, stream=True,
             )
             with response:

@@ -26,7 +26,9 @@ VERIFIED_FIELDS = ("app_id", "environment_id", "email", "api_token")
 
 APP_ARI_PREFIX = "ari:cloud:ecosystem::app/"
 IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
-EMAIL = re.compile(r"^[^@\s\x00]{1,64}@[^@\s\x00]{1,189}\Z")
+# RFC 6531 addresses are allowed (they go out as UTF-8, forge.basic_authorization); a colon is not:
+# HTTP Basic splits user and password at the first one (RFC 7617 §2).
+EMAIL = re.compile(r"^[^@\s\x00:]{1,64}@[^@\s\x00:]{1,189}\Z")
 CONTEXT = re.compile(r"^ari:cloud:[a-z0-9-]+::[a-z0-9-]+/[A-Za-z0-9._:/-]{1,150}\Z")
 LABEL = re.compile(r"^[^\x00-\x1f\x7f]{1,100}\Z")
 
@@ -44,7 +46,9 @@ class SourceInput:
 
 
 def _text(field: str, value, pattern: re.Pattern, message: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    # isprintable(): no control character (C0, DEL, C1), invisible format character, line or
+    # paragraph separator or lone surrogate, whatever the pattern lets through.
+    if not isinstance(value, str) or not pattern.match(value) or not value.isprintable():
         raise InputError(field, f"{field} {message}")
     return value
 
@@ -71,11 +75,14 @@ def validate(payload: object, *, partial: bool = False) -> SourceInput:
         values["environment_id"] = _text("environment_id", payload["environment_id"], IDENTIFIER,
                                          "must be the environment id from the developer console")
     if "email" in payload:
-        values["email"] = _text("email", payload["email"], EMAIL, "must be an email address")
+        values["email"] = _text("email", payload["email"], EMAIL,
+                                "must be an email address (printable, without spaces or colons)")
     if "api_token" in payload:
         token = payload["api_token"]
-        if not isinstance(token, str) or not 1 <= len(token) <= 1024 or any(c.isspace() for c in token):
-            raise InputError("api_token", "api_token must be an Atlassian API token (no spaces)")
+        # Atlassian's API tokens are printable ASCII; anything else is a paste gone wrong.
+        if not isinstance(token, str) or not 1 <= len(token) <= 1024 or not all("!" <= c <= "~" for c in token):
+            raise InputError("api_token", "api_token must be an Atlassian API token: 1 to 1024 printable "
+                                          "ASCII characters, no spaces")
         values["api_token"] = token
     if "levels" in payload:
         levels = payload["levels"]

@@ -147,3 +147,71 @@ def test_every_drain_string_is_length_bounded(api, resource, conn, body):
     answer = create(api, resource, **{"kind": kind, "url": url, **body})
     assert answer.status_code == 422 and answer.json["field"] == next(iter(body)), answer.json
     assert snapshot(conn) == before
+
+
+# --- sources: what HTTP Basic credentials can carry --------------------------------------
+
+FORGE_APP = "5f0f8a4e-1f5a-4c3e-9d7b-1a2b3c4d5e6f"
+FORGE_ENV = "0d1e2f30-4152-6374-8596-a7b8c9d0e1f2"
+FORGE_TOKEN = "ATATT3xFfGF0-secret-token-0123456789"
+WIDE_EMAIL = "用户@例子.测试"  # RFC 6531: an Atlassian account may have one
+
+
+@pytest.fixture
+def forge_api(env):
+    """The resource API with a Forge fake that knows an ASCII and an internationalised account."""
+    from broker import config
+    from tests.fakes.forge import ForgeFake
+    from tests.fakes.server import LocalServer
+    from tests.support.partner import heroku_headers, provision_body
+    from web import create_app
+
+    fake = ForgeFake(seed=5)
+    fake.add_app(FORGE_APP, [FORGE_ENV], "bot@acme.test", FORGE_TOKEN)
+    fake.add_app("0b5e4b9c-3ad0-4a4a-9f0b-000000000002", [FORGE_ENV], WIDE_EMAIL, FORGE_TOKEN)
+    with LocalServer(fake.wsgi()) as server:
+        env["FORGE_API_URL"] = server.url
+        app = create_app(config.load(env, testing=True))
+        client = app.test_client()
+        body = provision_body(plan="basic")
+        token = client.post("/heroku/resources", data=json.dumps(body),
+                            headers=heroku_headers()).get_json(force=True)["config"]["FORGEDRAIN_TOKEN"]
+        yield client, fake, body["uuid"], {"Authorization": f"Bearer {token}"}
+        app.extensions["forgedrain"].db.close()
+
+
+def _source(**overrides) -> dict:
+    return {"app_id": FORGE_APP, "environment_id": FORGE_ENV, "email": "bot@acme.test",
+            "api_token": FORGE_TOKEN, **overrides}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("email", "bot:x@acme.test"),  # RFC 7617: a user-id with a colon cannot be sent
+    ("email", "bot\x01@acme.test"), ("email", "bot@acme.test\x85"), ("email", "bot\u200b@acme.test"),
+    ("email", "bot@acme\u2028.test"), ("email", "b" * 65 + "@acme.test"),
+    ("api_token", "ATATT3x-tökén"), ("api_token", "ATATT3x-用"), ("api_token", "ATATT3x\u00a0x"),
+    ("api_token", "ATATT3x\x7f"), ("api_token", "ATATT3x\x01"), ("api_token", "A" * 1025),
+    ("app_id", "a" * 129), ("service_name", "s" * 101), ("service_name", "s\x85"),
+    ("environment_label", "l\u2028"),
+])
+def test_a_source_field_basic_auth_or_its_bounds_cannot_carry_is_a_422_naming_it(forge_api, conn, field, value):
+    """Before any call to Atlassian and before anything is saved: a non-Latin-1 token used to raise
+    inside requests (a 500), a colon in the email would split the credentials in the wrong place."""
+    client, fake, rid, auth = forge_api
+    before = snapshot(conn)
+    answer = client.post(f"/v1/resources/{rid}/sources", data=json.dumps(_source(**{field: value})),
+                         headers=auth)
+    assert answer.status_code == 422 and answer.json["field"] == field, answer.get_data(as_text=True)
+    assert value not in answer.get_data(as_text=True) or field != "api_token"
+    assert fake.calls == []
+    assert snapshot(conn) == before
+
+
+def test_an_internationalised_email_registers_a_source(forge_api, conn):
+    client, fake, rid, auth = forge_api
+    answer = client.post(f"/v1/resources/{rid}/sources", headers=auth, data=json.dumps(
+        _source(app_id="0b5e4b9c-3ad0-4a4a-9f0b-000000000002", email=WIDE_EMAIL)))
+    assert answer.status_code == 201, answer.get_data(as_text=True)
+    assert answer.json["email"] == WIDE_EMAIL and answer.json["state"] == "active"
+    assert [call.email for call in fake.calls] == [WIDE_EMAIL]
+    assert conn.execute("SELECT email FROM sources").fetchone()["email"] == WIDE_EMAIL

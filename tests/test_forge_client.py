@@ -270,3 +270,18 @@ def test_a_page_larger_than_the_bound_is_a_network_error_not_a_memory_spike(cloc
         client = ForgeClient(server.url, session, timeout=(2, 5))
         with pytest.raises(forge.NetworkError, match="more than"):
             client.fetch_page(CREDS, window(clock))
+
+
+@pytest.mark.parametrize("email", ["bjørn@acme.test", "用户@例子.测试", "δοκιμή@παράδειγμα.δοκιμή"])
+def test_an_internationalised_email_goes_out_as_utf8_basic_credentials(clock, email):
+    """RFC 6531 addresses are Atlassian account emails too. requests would encode Basic credentials
+    as Latin-1: 'ø' became one byte Atlassian (and the fake) cannot read, and '用' raised before any
+    call. The client sends UTF-8, as RFC 7617 §2.1 (charset="UTF-8"), curl and Node do."""
+    fake = ForgeFake(seed=3, page_size=100, clock=clock)
+    fake.add_app(APP, [ENV], email, TOKEN, records_per_minute=20)
+    with LocalServer(fake.wsgi()) as server, requests.Session() as session:
+        client = ForgeClient(server.url, session, timeout=(2, 5))
+        pages = list(client.pages(Credentials(email, TOKEN), window(clock), now=at(clock)))
+    assert sum(len(page.records) for page in pages) > 0
+    assert [call.email for call in fake.calls] == [email] * len(pages)
+    assert {call.status for call in fake.calls} == {200}
