@@ -193,6 +193,21 @@ def count_due(conn: psycopg.Connection, cap: int) -> int:
     ).fetchone()["n"]
 
 
+def seconds_until_due(conn: psycopg.Connection) -> float | None:
+    """Seconds until the next source that :func:`claim` could lease falls due (0 or less: due now);
+    None when there is none."""
+    row = conn.execute(
+        """
+        SELECT EXTRACT(EPOCH FROM next_poll_at - now())::float AS wait FROM sources
+        WHERE state = 'active' AND (lease_expires_at IS NULL OR lease_expires_at < now())
+          AND EXISTS (SELECT 1 FROM resources r WHERE r.id = sources.resource_id AND r.state = ANY(%s))
+        ORDER BY next_poll_at LIMIT 1
+        """,
+        (list(LIVE_STATES),),
+    ).fetchone()
+    return None if row is None else row["wait"]
+
+
 def fingerprint(record: dict) -> bytes:
     """Identity of a record across re-reads: timestamp, invocation, severity, ids and body."""
     invocation = ""

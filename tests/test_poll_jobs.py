@@ -20,7 +20,7 @@ from tests.fakes.forge import ForgeFake
 from tests.fakes.server import LocalServer
 from tests.support.polling import (APP, EMAIL, ENV, TOKEN, add_resource, add_source, identity,
                                    outbox_records)
-from worker import context, tick
+from worker import context, poll, tick
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -95,7 +95,6 @@ def test_one_poll_job_serves_many_sources_at_once(env, conn, redis_url, vault):
         for app_id in apps:
             add_source(conn, vault, resource_id, app_id=app_id, checkpoint_ago=timedelta(minutes=10))
         began = time.monotonic()
-        from worker import poll
 
         totals = poll.run_batch(0, budget_seconds=5)
         elapsed = time.monotonic() - began
@@ -105,6 +104,19 @@ def test_one_poll_job_serves_many_sources_at_once(env, conn, redis_url, vault):
     waiting = conn.execute("SELECT count(*) AS n FROM sources WHERE last_success_at IS NULL").fetchone()["n"]
     assert waiting == 0
 
+
+@pytest.mark.parametrize("state", ["failed", "deprovisioned"])
+def test_a_poll_job_does_not_wait_for_a_due_source_it_may_not_claim(env, conn, redis_url, vault, state):
+    """A source left active and due on a dead resource is never claimed, so it is not "about to fall
+    due" either: the job ends at once instead of waiting for it until its budget is spent."""
+    install(env)
+    dead = add_resource(conn)
+    add_source(conn, vault, dead)
+    conn.execute("UPDATE resources SET state = %s WHERE id = %s", (state, dead))
+    began = time.monotonic()
+    totals = poll.run_batch(0, budget_seconds=10)
+    assert time.monotonic() - began < 5
+    assert totals["polls"] == 0
 
 def test_four_workers_in_parallel_never_exceed_the_apps_limit(env, conn, redis_url, vault):
     # Atlassian allows 30 calls per period; we spend at most 25. The period is compressed to 2 s.

@@ -20,7 +20,6 @@ import threading
 import time
 from datetime import timedelta
 
-
 from broker import jobs, outbound, polling, ratelimit, redisconn
 from broker.forge import ForgeClient
 from broker.polling import PollSettings, Poller
@@ -106,12 +105,8 @@ def _soon_due(pool, deadline: float) -> float | None:
     if remaining <= 0:
         return None
     with pool.connection() as conn:
-        row = conn.execute(
-            "SELECT EXTRACT(EPOCH FROM next_poll_at - now()) AS wait FROM sources "
-            "WHERE state = 'active' AND (lease_expires_at IS NULL OR lease_expires_at < now()) "
-            "ORDER BY next_poll_at LIMIT 1"
-        ).fetchone()
-    if row is None or row["wait"] is None:
+        wait = polling.seconds_until_due(conn)
+    if wait is None:
         return None
-    wait = max(float(row["wait"]), 0.05)
+    wait = max(wait, 0.05)
     return wait if wait <= min(SOON_DUE_SECONDS, remaining) else None
