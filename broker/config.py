@@ -58,6 +58,10 @@ class Settings:
     outbox_replay_hours: int
     log_level: str
     metrics_token: str | None = field(default=None, repr=False)
+    # Drain ingest volume limit (broker.ingest.VolumeLimit): a multiplier of every plan's frames and
+    # bytes per minute (0 turns the limit off), and the window they are counted over.
+    ingest_limit_scale: float = 1.0
+    ingest_limit_period_seconds: float = 60.0
     testing: bool = False
 
 
@@ -129,6 +133,10 @@ EXPECTED = {
     "DELIVERY_THREADS": "expected drains one delivery job works on at once, 2 to 256",
     "DELIVERY_JOBS": "expected delivery jobs kept queued while drains are due, 1 to 64",
     "OUTBOX_REPLAY_HOURS": "expected whole hours (0 to 168) that delivered batches stay for replay",
+    "INGEST_LIMIT_SCALE": "expected a multiplier (0 to 1000) of every plan's drain ingest frames and bytes "
+                          "per minute; 0 turns the ingest volume limit off",
+    "INGEST_LIMIT_PERIOD_SECONDS": "expected the window (1 to 3600 seconds) drain ingest volume is counted "
+                                   "over; each plan's per-minute limits are scaled to it",
     "METRICS_TOKEN": (
         "expected a random token of at least 32 characters (letters, digits and -._~+/), "
         "sent by Prometheus as `Authorization: Bearer <token>`; unset turns /metrics off"
@@ -294,6 +302,9 @@ def load(env: Mapping[str, str] | None = None, *, testing: bool = False) -> Sett
         outbox_replay_hours=r.parse("OUTBOX_REPLAY_HOURS", "24", _int_range(0, 168)),
         # Unset, /metrics answers 404: nothing about the fleet is served to anyone.
         metrics_token=r.parse("METRICS_TOKEN", "", _bearer_token),
+        # 1: the plans' own ingest limits (broker/plans.py), far above what a normal app sends.
+        ingest_limit_scale=r.parse("INGEST_LIMIT_SCALE", "1", _float_range(0, 1000)),
+        ingest_limit_period_seconds=r.parse("INGEST_LIMIT_PERIOD_SECONDS", "60", _float_range(1, 3600)),
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -24,19 +24,29 @@ Frames the broker itself wrote into the app's stream through ``log_input_url``
 (APP-NAME :data:`OWN_APP_NAME`) are dropped and counted, so nothing loops.
 A batch is stored once per ``Logplex-Frame-Id``: logplex retries a batch with
 the same id, and a replay is acknowledged and counted without storing again.
+
+Each resource may send so many frames and bytes a minute, by plan
+(:class:`VolumeLimit`); a batch over that is refused with 429 before anything
+is stored, and counted for the owner (:func:`stats`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import dataclass
 
 import psycopg
+import redis
 
-from broker import outbox
+from broker import outbox, plans
 from broker.formats import logplex
 from broker.formats.logplex import OWN_APP_NAME, Malformed  # noqa: F401 — the names web/ingest.py uses
 
 MAX_FRAMES = 20_000
+
+log = logging.getLogger(__name__)
 
 
 def frames(body: bytes, limit: int = MAX_FRAMES) -> list[bytes]:
@@ -99,16 +109,27 @@ def store(conn: psycopg.Connection, resource_id, frame_id: str, parsed: Parsed) 
 
 
 def stats(conn: psycopg.Connection, resource_id, hours: int = 24) -> dict:
-    """What drain ingest received for a resource over the last ``hours``."""
+    """What drain ingest received (and refused over the volume limit) for a resource over the last
+    ``hours``."""
     row = conn.execute(
         """
         SELECT count(*) AS batches, COALESCE(sum(frames), 0) AS frames, COALESCE(sum(stored), 0) AS stored,
                COALESCE(sum(own), 0) AS own, COALESCE(sum(replays), 0) AS replays, max(received_at) AS last
         FROM ingest_batches WHERE resource_id = %s AND received_at > now() - make_interval(hours => %s)
         """, (resource_id, hours)).fetchone()
+    refused = conn.execute(
+        """
+        SELECT COALESCE(sum(answers), 0) AS answers, COALESCE(sum(batches), 0) AS batches,
+               COALESCE(sum(frames), 0)::bigint AS frames, COALESCE(sum(bytes), 0)::bigint AS bytes,
+               max(minute) AS last
+        FROM ingest_refusals WHERE resource_id = %s AND minute > now() - make_interval(hours => %s)
+        """, (resource_id, hours)).fetchone()
     return {"hours": hours, "batches": row["batches"], "frames": row["frames"], "stored": row["stored"],
             "own_dropped": row["own"], "replays": row["replays"],
-            "last_received_at": row["last"].isoformat() if row["last"] else None}
+            "last_received_at": row["last"].isoformat() if row["last"] else None,
+            "throttled": refused["answers"], "refused_batches": refused["batches"],
+            "refused_frames": refused["frames"], "refused_bytes": refused["bytes"],
+            "last_throttled_at": refused["last"].isoformat() if refused["last"] else None}
 
 
 # Logplex retries a batch within seconds; a day of Frame-Ids is plenty to recognise replays,
@@ -117,6 +138,221 @@ KEEP_HOURS = 48
 
 
 def forget(conn: psycopg.Connection, hours: int = KEEP_HOURS) -> int:
-    """Delete ingest records older than ``hours``; returns how many."""
-    return conn.execute("DELETE FROM ingest_batches WHERE received_at < now() - make_interval(hours => %s)",
-                        (hours,)).rowcount
+    """Delete ingest records (batches and refusals) older than ``hours``; returns how many."""
+    batches = conn.execute("DELETE FROM ingest_batches WHERE received_at < now() - make_interval(hours => %s)",
+                           (hours,)).rowcount
+    refusals = conn.execute("DELETE FROM ingest_refusals WHERE minute < now() - make_interval(hours => %s)",
+                            (hours,)).rowcount
+    return batches + refusals
+
+
+# --- volume limit --------------------------------------------------------------------
+#
+# Anyone holding a resource's drain token (`heroku drains` shows it) can POST batches, and every
+# stored batch may stay in PostgreSQL for the plan's backlog. The limit caps what one resource can
+# make the broker store: frames and bytes (as inflated) per minute, by plan (broker/plans.py), scaled
+# by INGEST_LIMIT_SCALE and counted over INGEST_LIMIT_PERIOD_SECONDS. It is counted in Redis, so a
+# refusal costs no database work: a sliding window estimated from two fixed ones (this window's count
+# plus the previous window's, weighted by how much of it the sliding window still covers), on Redis's
+# own clock, checked and added in one Lua script so two web processes never both take the last room.
+# Forge's per-app call budget (broker/ratelimit.py) counts calls one by one in a sorted set; here a
+# batch weighs up to 20,000 frames and a megabyte, so the windows hold sums instead.
+#
+# Logplex treats 429 (like 5xx) as a temporary failure: it retries the batch with the same
+# Logplex-Frame-Id, three tries in all within seconds, ignoring Retry-After, then drops it and reports
+# an L10 line in the app's stream (research heroku-addon-and-logplex.md §7.3). A refused batch is not
+# recorded under its Frame-Id, so a retry that finds room is stored. Any other 4xx would make logplex
+# drop the batch at once.
+#
+# Refusals are counted in Redis as they happen and written to PostgreSQL (``ingest_refusals``, shown
+# by :func:`stats`) with the first refusal of each minute and with the next batch stored; the same
+# first refusal is the one logged, so a flood makes one log line a minute per resource.
+#
+# Redis down or slow: ingest goes on without the limit — an app's logs are worth more than the cap —
+# and says so at most once a minute per process.
+
+VOLUME_KEY = "forgedrain:ingest-volume:{resource}"
+REFUSED_KEY = "forgedrain:ingest-refused:{resource}"
+REFUSED_BATCH_KEY = "forgedrain:ingest-refused:{resource}:{frame_id}"
+THROTTLED_KEY = "forgedrain:ingest-throttled:{resource}"
+
+# A refused Frame-Id is counted once within this (logplex's retries come within seconds).
+REFUSED_BATCH_MS = 3_600_000
+# Refusals not yet written to PostgreSQL are kept this long (the next stored batch writes them).
+REFUSED_KEEP_MS = KEEP_HOURS * 3_600_000
+# One log line (and one write of the refusal counts) per resource and minute while refusing.
+THROTTLE_NOTICE_MS = 60_000
+
+# KEYS[1] volume (hash), KEYS[2] refusals not yet written (hash), KEYS[3] refused Frame-Id, KEYS[4]
+# notice; ARGV[1] frames, ARGV[2] bytes, ARGV[3] frames allowed, ARGV[4] bytes allowed, ARGV[5]
+# period (µs), ARGV[6..8] how long (ms) a refused Frame-Id, the unwritten refusals and the notice
+# are kept. Returns {1, 0, 0, refusals pending} when the batch is admitted (and counted), else
+# {0, µs until it would fit, 1 for the resource's first refusal of the minute, 0}.
+ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local period = tonumber(ARGV[5])
+local window = math.floor(now / period)
+local elapsed = now - window * period
+local weight = 1 - elapsed / period
+local v = redis.call('HMGET', KEYS[1], 'window', 'frames', 'bytes', 'prev_frames', 'prev_bytes')
+local cur, prev = {0, 0}, {0, 0}
+local seen = tonumber(v[1])
+if seen == window then
+  cur = {tonumber(v[2]) or 0, tonumber(v[3]) or 0}
+  prev = {tonumber(v[4]) or 0, tonumber(v[5]) or 0}
+elseif seen == window - 1 then
+  prev = {tonumber(v[2]) or 0, tonumber(v[3]) or 0}
+end
+local size = {tonumber(ARGV[1]), tonumber(ARGV[2])}
+local allowed = {tonumber(ARGV[3]), tonumber(ARGV[4])}
+local wait = 0
+for i = 1, 2 do
+  -- A batch larger than the whole allowance fits only an empty window.
+  local room = math.max(allowed[i] - size[i], 0)
+  if prev[i] * weight + cur[i] > room then
+    local w
+    if cur[i] <= room then  -- the previous window's share fades enough during this one
+      w = (1 - (room - cur[i]) / prev[i]) * period - elapsed
+    else  -- this window's count fades during the next one
+      w = (period - elapsed) + (1 - room / cur[i]) * period
+    end
+    wait = math.max(wait, w, 1)
+  end
+end
+if wait == 0 then
+  redis.call('HSET', KEYS[1], 'window', window, 'frames', cur[1] + size[1], 'bytes', cur[2] + size[2],
+             'prev_frames', prev[1], 'prev_bytes', prev[2])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(2 * period / 1000) + 1000)
+  return {1, 0, 0, redis.call('EXISTS', KEYS[2])}
+end
+redis.call('HINCRBY', KEYS[2], 'answers', 1)
+if redis.call('SET', KEYS[3], 1, 'NX', 'PX', tonumber(ARGV[6])) then
+  redis.call('HINCRBY', KEYS[2], 'batches', 1)
+  redis.call('HINCRBY', KEYS[2], 'frames', size[1])
+  redis.call('HINCRBY', KEYS[2], 'bytes', size[2])
+end
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[7]))
+local notice = 0
+if redis.call('SET', KEYS[4], 1, 'NX', 'PX', tonumber(ARGV[8])) then notice = 1 end
+return {0, math.ceil(wait), notice, 0}
+"""
+
+REFUSAL_FIELDS = ("answers", "batches", "frames", "bytes")
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """What a resource may send per minute (scaled), and per counting window."""
+    frames_per_minute: int
+    bytes_per_minute: int
+    frames: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    admitted: bool
+    retry_after: float = 0.0  # seconds until the batch would fit, when refused
+    notice: bool = False  # the resource's first refusal this minute: log it, write the counts
+    pending: bool = False  # refusals counted in Redis wait to be written to PostgreSQL
+    allowance: Allowance | None = None
+
+
+class VolumeLimit:
+    """Per-resource drain ingest volume, counted in Redis (see the notes above)."""
+
+    # After Redis failed, ingest goes on uncounted this long before asking it again, so a Redis that
+    # does not answer costs one request its socket timeout, not every request.
+    RETRY_REDIS_SECONDS = 10.0
+    WARN_EVERY_SECONDS = 60.0
+
+    def __init__(self, connection: redis.Redis, scale: float = 1.0, period_seconds: float = 60.0):
+        self.connection = connection
+        self.scale = scale
+        self.period_seconds = period_seconds
+        self._admit = connection.register_script(ADMIT)
+        self._lock = threading.Lock()
+        self._redis_down_until = 0.0
+        self._warned_at: float | None = None
+
+    def allowance(self, plan: plans.Plan) -> Allowance | None:
+        """The plan's allowance as scaled; None when the limit is off (INGEST_LIMIT_SCALE=0)."""
+        if self.scale <= 0:
+            return None
+        share = self.period_seconds / 60
+        frames, size = plan.ingest_frames_per_minute * self.scale, plan.ingest_bytes_per_minute * self.scale
+        return Allowance(max(1, round(frames)), max(1, round(size)),
+                         max(1, round(frames * share)), max(1, round(size * share)))
+
+    def check(self, resource_id, plan_name: str, frame_id: str, frames: int, size: int) -> Verdict:
+        """Admit (and count) a batch of ``frames`` frames and ``size`` bytes, or refuse it."""
+        allowance = self.allowance(plans.get(plan_name) or plans.PLANS["test"])
+        if allowance is None or time.monotonic() < self._redis_down_until:
+            return Verdict(True)
+        resource = str(resource_id)
+        try:
+            admitted, wait, notice, pending = self._admit(
+                keys=[VOLUME_KEY.format(resource=resource), REFUSED_KEY.format(resource=resource),
+                      REFUSED_BATCH_KEY.format(resource=resource, frame_id=frame_id),
+                      THROTTLED_KEY.format(resource=resource)],
+                args=[frames, size, allowance.frames, allowance.bytes, int(self.period_seconds * 1_000_000),
+                      REFUSED_BATCH_MS, REFUSED_KEEP_MS, THROTTLE_NOTICE_MS])
+        except redis.RedisError as exc:
+            self._redis_failed(exc)
+            return Verdict(True)
+        return Verdict(bool(admitted), int(wait) / 1_000_000, bool(notice), bool(pending), allowance)
+
+    def take_refusals(self, resource_id) -> dict[str, int] | None:
+        """The refusal counts not yet written, removed from Redis (None when there are none)."""
+        key = REFUSED_KEY.format(resource=resource_id)
+        try:
+            with self.connection.pipeline(transaction=True) as pipe:
+                counts, _ = pipe.hgetall(key).delete(key).execute()
+        except redis.RedisError as exc:
+            self._redis_failed(exc)
+            return None
+        counts = {k.decode(): int(v) for k, v in counts.items()}
+        return {name: counts.get(name, 0) for name in REFUSAL_FIELDS} if counts else None
+
+    def give_back(self, resource_id, counts: dict[str, int]) -> None:
+        """Return counts taken by :meth:`take_refusals` that could not be written."""
+        key = REFUSED_KEY.format(resource=resource_id)
+        try:
+            with self.connection.pipeline(transaction=True) as pipe:
+                for name, value in counts.items():
+                    pipe.hincrby(key, name, value)
+                pipe.pexpire(key, REFUSED_KEEP_MS).execute()
+        except redis.RedisError as exc:
+            self._redis_failed(exc)
+
+    def _redis_failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._redis_down_until = now + self.RETRY_REDIS_SECONDS
+            if self._warned_at is not None and now - self._warned_at < self.WARN_EVERY_SECONDS:
+                return
+            self._warned_at = now
+        log.warning("ingest volume limit unavailable (Redis: %s): batches are stored, not counted",
+                    type(exc).__name__)
+
+
+def record_refusals(conn: psycopg.Connection, limit: VolumeLimit, resource_id) -> None:
+    """Write the refusal counts waiting in Redis into ``ingest_refusals`` (this minute's row)."""
+    counts = limit.take_refusals(resource_id)
+    if counts is None:
+        return
+    try:
+        conn.execute(
+            """
+            INSERT INTO ingest_refusals (resource_id, minute, answers, batches, frames, bytes)
+            VALUES (%(resource)s, date_trunc('minute', now()), %(answers)s, %(batches)s, %(frames)s, %(bytes)s)
+            ON CONFLICT (resource_id, minute) DO UPDATE SET
+                answers = ingest_refusals.answers + excluded.answers,
+                batches = ingest_refusals.batches + excluded.batches,
+                frames = ingest_refusals.frames + excluded.frames,
+                bytes = ingest_refusals.bytes + excluded.bytes
+            """, {"resource": resource_id, **counts})
+    except BaseException:
+        limit.give_back(resource_id, counts)
+        raise

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
+import time
 import uuid
 
 import pytest
+import requests
 
-from broker import config, delivery, ingest, outbox
+from broker import config, ingest, outbox
 from broker.vault import Vault
 from tests.fakes.receivers import logplex_receiver
 from tests.fakes.server import LocalServer
@@ -210,3 +213,156 @@ def test_over_real_https_through_gunicorn(env, conn, tmp_path):
             **headers, "Content-Encoding": "identity", "Logplex-Frame-Id": "1" * 32})
         assert wrong.status_code == 400 and "Logplex-Msg-Count is 3" in wrong.json()["message"]
     assert [r["heroku"]["app"] for r in stored(conn, body["uuid"])] == ["heroku", "app", "heroku"]
+
+
+# --- volume limit and connections (issue 14, item 7) -------------------------------------------
+
+def make_app(env, **overrides):
+    return create_app(config.load({**env, **overrides}, testing=True))
+
+
+@pytest.fixture
+def limited(env):
+    """An app whose basic plan admits 6 frames (and ~6 KB) a minute per resource."""
+    application = make_app(env, INGEST_LIMIT_SCALE="0.0001")
+    yield application
+    application.extensions["forgedrain"].db.close()
+
+
+def provision(web) -> dict:
+    body = provision_body()
+    answer = web.post("/heroku/resources", data=json.dumps(body), headers=heroku_headers())
+    assert answer.status_code in (200, 202), answer.data
+    return {"id": body["uuid"], "token": body["log_drain_token"],
+            "auth": {"Authorization": f"Bearer {answer.get_json(force=True)['config']['FORGEDRAIN_TOKEN']}"}}
+
+
+def ingest_view(web, resource) -> dict:
+    answer = web.get(f"/v1/resources/{resource['id']}", headers=resource["auth"])
+    assert answer.status_code == 200, answer.data
+    return answer.json["ingest"]
+
+
+def throttle_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("ingest throttled")]
+
+
+def test_a_resource_over_its_ingest_volume_gets_429_with_retry_after_and_nothing_is_stored(limited, conn, caplog):
+    web = limited.test_client()
+    resource = provision(web)
+    assert post(web, resource["token"], body_of(ROUTER, APP_LINE, ERROR_LINE, APP_LINE), 4).status_code == 204
+    refused = post(web, resource["token"], body_of(ROUTER, APP_LINE, ERROR_LINE), 3, frame_id="C" * 32)
+    assert refused.status_code == 429, refused.data
+    assert refused.json["error"] == "rate_limited" and "ingest limit" in refused.json["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 120  # a sliding minute: at most two windows away
+    # The same batch again (logplex retries), and more: refused too, and logged once.
+    for frame_id in ("C" * 32, "D" * 32, "E" * 32):
+        assert post(web, resource["token"], body_of(ROUTER, APP_LINE, ERROR_LINE), 3,
+                    frame_id=frame_id).status_code == 429
+    assert len(stored(conn, resource["id"])) == 4
+    frame_ids = [r["frame_id"] for r in conn.execute("SELECT frame_id FROM ingest_batches")]
+    assert len(frame_ids) == 1 and "C" * 32 not in frame_ids
+    assert len(throttle_lines(caplog)) == 1
+    view = ingest_view(web, resource)
+    assert (view["batches"], view["frames"], view["stored"]) == (1, 4, 4)  # the existing keys, unchanged
+    # The first refusal of the minute is counted at once (later ones within the minute follow it).
+    assert (view["throttled"], view["refused_batches"], view["refused_frames"]) == (1, 1, 3)
+
+
+def test_another_resource_is_not_throttled_by_one_over_its_limit(limited, conn):
+    web = limited.test_client()
+    noisy, quiet = provision(web), provision(web)
+    assert post(web, noisy["token"], body_of(*[APP_LINE] * 6), 6).status_code == 204
+    assert post(web, noisy["token"], body_of(APP_LINE), 1).status_code == 429
+    assert post(web, quiet["token"], body_of(*[APP_LINE] * 6), 6).status_code == 204
+    assert len(stored(conn, quiet["id"])) == 6
+    assert ingest_view(web, quiet)["throttled"] == 0
+
+
+@pytest.fixture
+def per_second(env):
+    """An app whose basic plan admits 1 frame (~1 KB) per one-second window."""
+    application = make_app(env, INGEST_LIMIT_SCALE="0.001", INGEST_LIMIT_PERIOD_SECONDS="1")
+    yield application
+    application.extensions["forgedrain"].db.close()
+
+
+def test_a_refused_batch_retried_with_the_same_frame_id_after_the_window_is_stored(per_second, conn):
+    web = per_second.test_client()
+    resource = provision(web)
+    assert post(web, resource["token"], body_of(APP_LINE), 1, frame_id="A" * 32).status_code == 204
+    first = post(web, resource["token"], body_of(ERROR_LINE), 1, frame_id="B" * 32)
+    assert first.status_code == 429 and int(first.headers["Retry-After"]) >= 1
+    deadline, refusals = time.monotonic() + 10, 1
+    while (answer := post(web, resource["token"], body_of(ERROR_LINE), 1, frame_id="B" * 32)).status_code == 429:
+        assert time.monotonic() < deadline, "the window never made room for the refused batch"
+        refusals += 1
+        time.sleep(0.05)
+    assert answer.status_code == 204, answer.data
+    assert [r["body"]["stringValue"] for r in stored(conn, resource["id"])] == ["Café ready ✓ on port 5000", "boom"]
+    rows = conn.execute("SELECT frame_id, replays FROM ingest_batches ORDER BY frame_id").fetchall()
+    assert [(r["frame_id"], r["replays"]) for r in rows] == [("A" * 32, 0), ("B" * 32, 0)]
+    # Every 429 is counted (the later ones written with the batch stored), the batch itself once.
+    view = ingest_view(web, resource)
+    assert (view["throttled"], view["refused_batches"], view["refused_frames"]) == (refusals, 1, 1)
+    assert (view["batches"], view["stored"]) == (2, 2)
+
+
+@pytest.fixture
+def no_redis(env):
+    """An app on the same database whose Redis is down (nothing listens on port 1)."""
+    application = make_app(env, REDIS_URL="redis://127.0.0.1:1/0", INGEST_LIMIT_SCALE="0.0001")
+    yield application
+    application.extensions["forgedrain"].db.close()
+
+
+def test_ingest_works_without_redis_and_says_so_once(app, no_redis, conn, caplog):
+    resource = provision(app.test_client())
+    web = no_redis.test_client()
+    for _ in range(3):  # over the limit, but the limit cannot be counted: durability comes first
+        assert post(web, resource["token"], body_of(*[APP_LINE] * 5), 5).status_code == 204
+    assert len(stored(conn, resource["id"])) == 15
+    lines = [r.getMessage() for r in caplog.records if "ingest volume limit" in r.getMessage()]
+    assert len(lines) == 1 and "not counted" in lines[0]
+
+
+def test_a_stalled_upload_holds_no_pooled_database_connection(app, conn, resource):
+    """Logplex (or anyone with the token) may send headers and then trickle the body: the pool's
+    connections must stay free for everyone else meanwhile."""
+    pool = app.extensions["forgedrain"].db.open()
+    stalled = pool.max_size
+    body = body_of(ROUTER, APP_LINE)
+    with LocalServer(app) as server:
+        before = pool.get_stats().get("requests_num", 0)
+        sockets = []
+        try:
+            for n in range(stalled):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                sockets.append(sock)
+                sock.sendall((f"POST /ingest/logplex HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              f"Content-Type: application/logplex-1\r\nLogplex-Drain-Token: {resource['token']}\r\n"
+                              f"Logplex-Msg-Count: 2\r\nLogplex-Frame-Id: {'%032X' % n}\r\n"
+                              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body[:10])
+            # Each stalled upload has been looked up by its token (one borrow each) ...
+            deadline = time.monotonic() + 10
+            while pool.get_stats().get("requests_num", 0) < before + stalled:
+                assert time.monotonic() < deadline, "the uploads never reached the token lookup"
+                time.sleep(0.01)
+            # ... and gave the connection back before reading its body.
+            deadline = time.monotonic() + 3
+            while (stats := pool.get_stats())["pool_size"] != stats["pool_available"]:
+                assert time.monotonic() < deadline, f"stalled uploads hold connections: {stats}"
+                time.sleep(0.01)
+            # Another batch meanwhile is stored at once, though as many uploads stall as the pool is large.
+            other = requests.post(f"{server.url}/ingest/logplex", data=body_of(ERROR_LINE), timeout=10, headers={
+                "Content-Type": "application/logplex-1", "Logplex-Drain-Token": resource["token"],
+                "Logplex-Msg-Count": "1", "Logplex-Frame-Id": "F" * 32})
+            assert other.status_code == 204, other.text
+            for sock in sockets:
+                sock.sendall(body[10:])
+            for sock in sockets:
+                assert sock.makefile("rb").readline().split()[1] == b"204"
+        finally:
+            for sock in sockets:
+                sock.close()
+    assert len(stored(conn, resource["id"])) == 2 * stalled + 1

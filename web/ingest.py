@@ -4,6 +4,12 @@ The resource is found by ``Logplex-Drain-Token`` only — never by anything in
 the URL — so Heroku may change the drain's URL freely. The answer comes as
 soon as the batch is durably in the outbox (one transaction); formatting and
 sending happen in the delivery workers. See :mod:`broker.ingest`.
+
+No pooled database connection is held while the body arrives: a client may
+send its headers and then trickle the body, and the pool (a few connections
+per process) serves every face. The token is looked up on a connection given back
+at once; the body is read, inflated and parsed; the resource's volume limit
+is checked in Redis; only then is a connection taken to store the batch.
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ from __future__ import annotations
 import logging
 import zlib
 
-from flask import Blueprint, Response, request
+import psycopg
+from flask import Blueprint, Response, current_app, request
 
-from broker import ingest
+from broker import ingest, redisconn
 from web import services
-from web.errors import error
+from web.errors import error, retry_after_header
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +32,45 @@ bp = Blueprint("ingest", __name__)
 # body as sent, and a gzip body may inflate to at most this much.
 MAX_INFLATED_BYTES = 4 * 1024 * 1024
 CONTENT_TYPES = ("application/logplex-1", "application/x-logplex-1")
+# Logplex gives up on a request after 5 s: a Redis that has not answered the limit's check within
+# this is treated as down (the batch is stored uncounted) rather than costing the batch.
+LIMIT_REDIS_TIMEOUT_SECONDS = 1.0
+# Writing refusal counts is bookkeeping: it never waits long for a pooled connection.
+REFUSALS_POOL_TIMEOUT_SECONDS = 1.0
+
+
+def _volume() -> ingest.VolumeLimit:
+    """This process's ingest volume limit, on its own Redis client with a short socket timeout."""
+    limit = current_app.extensions.get("forgedrain.ingest-volume")
+    if limit is None:
+        settings = services().settings
+        limit = current_app.extensions.setdefault("forgedrain.ingest-volume", ingest.VolumeLimit(
+            redisconn.connect(settings.redis_url, socket_timeout=LIMIT_REDIS_TIMEOUT_SECONDS),
+            settings.ingest_limit_scale, settings.ingest_limit_period_seconds))
+    return limit
+
+
+def _record_refusals(conn, limit: ingest.VolumeLimit, resource_id) -> None:
+    try:
+        ingest.record_refusals(conn, limit, resource_id)
+    except psycopg.Error as exc:  # the counts went back to Redis for the next try
+        log.warning("ingest refusals not recorded resource=%s: %s", resource_id, type(exc).__name__)
+
+
+def _refuse(resource: dict, limit: ingest.VolumeLimit, verdict: ingest.Verdict) -> Response:
+    allowance = verdict.allowance
+    if verdict.notice:  # the resource's first refusal this minute: one log line, the counts written
+        log.warning("ingest throttled resource=%s plan=%s frames_per_minute=%d bytes_per_minute=%d",
+                    resource["id"], resource["plan"], allowance.frames_per_minute, allowance.bytes_per_minute)
+        try:
+            with services().db.connection(timeout=REFUSALS_POOL_TIMEOUT_SECONDS) as conn:
+                _record_refusals(conn, limit, resource["id"])
+        except psycopg.OperationalError:
+            pass  # no connection at hand: the counts wait in Redis for the next batch stored
+    return error(429, "rate_limited",
+                 f"over this resource's drain ingest limit of {allowance.frames_per_minute} frames and "
+                 f"{allowance.bytes_per_minute} bytes per minute; nothing was stored, retry later",
+                 headers=retry_after_header(verdict.retry_after))
 
 
 def _inflate(data: bytes) -> bytes | None:
@@ -62,21 +108,30 @@ def logplex():
     if encoding not in ("", "identity", "gzip"):
         return error(415, "unsupported_encoding", "Content-Encoding may only be gzip")
     svc = services()
+    resource = None
+    if len(token) <= 200:
+        with svc.db.connection() as conn:
+            resource = ingest.resource_for_token(conn, token)
+    if resource is None:
+        return error(403, "unknown_token", "unknown or deprovisioned Logplex-Drain-Token")
+    body = request.get_data(cache=False)
+    try:
+        if encoding == "gzip":
+            body = _inflate(body)
+            if body is None:
+                return error(413, "too_large", f"the body inflates to more than {MAX_INFLATED_BYTES} bytes")
+        parsed = ingest.parse(body, int(count))
+    except ingest.Malformed as exc:
+        log.info("ingest refused resource=%s reason=malformed", resource["id"])
+        return error(400, "malformed", str(exc))
+    limit = _volume()
+    verdict = limit.check(resource["id"], resource["plan"], frame_id, parsed.frames, len(body))
+    if not verdict.admitted:
+        return _refuse(resource, limit, verdict)
     with svc.db.connection() as conn:
-        resource = ingest.resource_for_token(conn, token) if len(token) <= 200 else None
-        if resource is None:
-            return error(403, "unknown_token", "unknown or deprovisioned Logplex-Drain-Token")
-        body = request.get_data(cache=False)
-        try:
-            if encoding == "gzip":
-                body = _inflate(body)
-                if body is None:
-                    return error(413, "too_large", f"the body inflates to more than {MAX_INFLATED_BYTES} bytes")
-            parsed = ingest.parse(body, int(count))
-        except ingest.Malformed as exc:
-            log.info("ingest refused resource=%s reason=malformed", resource["id"])
-            return error(400, "malformed", str(exc))
         fresh = ingest.store(conn, resource["id"], frame_id, parsed)
+        if verdict.pending:
+            _record_refusals(conn, limit, resource["id"])
     log.debug("ingest resource=%s frames=%d stored=%d own=%d replay=%s", resource["id"], parsed.frames,
               parsed.stored, parsed.own, not fresh)
     return Response(status=204)
