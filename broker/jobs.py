@@ -65,14 +65,13 @@ def enqueue_provision(connection: redis.Redis, resource_id: str) -> Job | None:
                           job_id=f"provision-{resource_id}", ttl=600, job_timeout=60)
 
 
-def enqueue_config_push(connection: redis.Redis, resource_id: str) -> Job:
-    """Queue a config push to Heroku; transient failures are retried with growing delays."""
-    from rq import Retry
+def enqueue_config_push(connection: redis.Redis, resource_id: str) -> Job | None:
+    """Queue the push of a resource's config to Heroku (at most one per resource at a time).
 
-    return queue("control", connection).enqueue(
-        "worker.partner.push_config", resource_id, job_timeout=60, result_ttl=0,
-        failure_ttl=7 * 24 * 3600, retry=Retry(max=6, interval=[10, 30, 60, 300, 900, 3600]),
-    )
+    The pending push and its back-off live in PostgreSQL: the job retries nothing itself,
+    the tick enqueues the push again when it is due."""
+    return enqueue_unique(connection, "control", "worker.partner.push_config", resource_id,
+                          job_id=f"config-push-{resource_id}", ttl=600, job_timeout=60)
 
 
 def enqueue_poll_batch(connection: redis.Redis, batch: int, tick_seconds: int) -> Job | None:

@@ -16,6 +16,11 @@ back-off time in PostgreSQL; the clock's tick re-enqueues resources whose
 time has come. A refusal that cannot heal (the grant was rejected or expired,
 or Heroku's 12-hour limit passed) marks the resource ``failed`` with the
 reason, visible in the audit log and the resource API.
+
+After a token rotation :func:`push_config` sends the new config to Heroku. The
+pending push is stored in PostgreSQL (the resource's token generation is ahead
+of the one Heroku accepted), so a flushed Redis loses nothing: the tick
+enqueues due pushes like due provisions.
 """
 
 from __future__ import annotations
@@ -41,14 +46,6 @@ REFRESH_MARGIN_SECONDS = 300
 BACKOFF_BASE_SECONDS = 5
 BACKOFF_MAX_SECONDS = 600
 
-TIMING = """
-SELECT created_at < now() - make_interval(hours => %s) AS overdue,
-       oauth_grant_expires_at IS NOT NULL AND oauth_grant_expires_at < now() AS grant_expired,
-       oauth_expires_at IS NULL OR oauth_expires_at < now() + make_interval(secs => %s) AS token_stale
-FROM resources WHERE id = %s
-"""
-
-
 def backoff_seconds(attempts: int, rng: random.Random | None = None) -> float:
     """Exponential back-off with full jitter on the upper half: 5 s, 10 s, 20 s … ≤ 10 min."""
     ceiling = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** min(attempts, 16))
@@ -73,16 +70,17 @@ def complete(connect, settings: Settings, vault: Vault, session: requests.Sessio
         row = resources.get(conn, resource_id)
         if row is None or row["state"] != "provisioning":
             return "nothing-to-do"
-        timing = conn.execute(TIMING, (DEADLINE_HOURS, REFRESH_MARGIN_SECONDS, resource_id)).fetchone()
+        timing = resources.provision_timing(conn, resource_id, DEADLINE_HOURS, REFRESH_MARGIN_SECONDS)
     if timing["overdue"]:
         return _fail(connect, resource_id, f"not completed within {DEADLINE_HOURS} hours")
 
+    generation = row["api_token_generation"]
     try:
         access = _access_token(connect, settings, vault, session, row, timing)
         if access is None:
             return _fail(connect, resource_id, "the OAuth grant expired before it could be exchanged")
-        config = resource_config(settings, resource_id, row["api_token_generation"])
-        heroku.update_config(session, settings, str(resource_id), access, config)
+        heroku.update_config(session, settings, str(resource_id), access,
+                             resource_config(settings, resource_id, generation))
         heroku.mark_provisioned(session, settings, str(resource_id), access)
     except HerokuError as exc:
         if not exc.retryable:
@@ -96,6 +94,8 @@ def complete(connect, settings: Settings, vault: Vault, session: requests.Sessio
     with connect() as conn, conn.transaction():
         if resources.provision_done(conn, resource_id):
             audit.record(conn, resource_id, "broker", "provision.completed", {})
+        # Heroku has this generation's config now; a rotation since stays pending.
+        resources.config_push_done(conn, resource_id, generation)
     log.info("provision resource=%s completed", resource_id)
     return "provisioned"
 
@@ -131,25 +131,44 @@ def _fail(connect, resource_id: uuid.UUID | str, reason: str) -> str:
 
 def push_config(connect, settings: Settings, vault: Vault, session: requests.Session,
                 resource_id: uuid.UUID | str) -> str:
-    """Send the resource's current config to Heroku (after a token rotation).
+    """Send the resource's current config to Heroku if a push is due; return the outcome.
 
     Only resources Heroku provisioned with an OAuth grant have a token to do
     this with; integrators receive the new token in the rotation's answer.
-    A retryable failure raises :class:`HerokuError` so the job is retried.
+    The push is done only for the generation Heroku accepted: a rotation while
+    it was on its way stays pending. A transient failure is tried again after a
+    growing delay (the tick enqueues it); a refusal stops it, with the reason in
+    the audit log, until the next rotation.
     """
     with connect() as conn:
-        row = resources.get(conn, resource_id)
-        if row is None or row["state"] != "provisioned" or row["oauth_access_token_enc"] is None:
+        due = resources.due_config_push(conn, resource_id)
+        if due is None:
             return "nothing-to-do"
-        timing = conn.execute(TIMING, (DEADLINE_HOURS, REFRESH_MARGIN_SECONDS, resource_id)).fetchone()
+        row = resources.get(conn, resource_id)
+        timing = resources.provision_timing(conn, resource_id, DEADLINE_HOURS, REFRESH_MARGIN_SECONDS)
+    generation = due["generation"]
     try:
         access = _access_token(connect, settings, vault, session, row, timing)
+        if access is None:  # deprovisioned since
+            return "nothing-to-do"
         heroku.update_config(session, settings, str(resource_id), access,
-                             resource_config(settings, resource_id, row["api_token_generation"]))
+                             resource_config(settings, resource_id, generation))
     except HerokuError as exc:
         if exc.retryable:
-            raise
-        log.warning("config push resource=%s refused reason=%s", resource_id, exc)
+            delay = backoff_seconds(due["attempts"])
+            with connect() as conn, conn.transaction():
+                resources.config_push_retry_later(conn, resource_id, generation, delay, str(exc))
+            log.warning("config push resource=%s generation=%d retry_in=%.0fs reason=%s", resource_id,
+                        generation, delay, exc)
+            return "retry"
+        with connect() as conn, conn.transaction():
+            if resources.config_push_refused(conn, resource_id, generation, str(exc)):
+                audit.record(conn, resource_id, "broker", "config_push.refused",
+                             {"generation": generation, "reason": str(exc)})
+        log.warning("config push resource=%s generation=%d refused reason=%s", resource_id, generation, exc)
         return "refused"
-    log.info("config push resource=%s generation=%d", resource_id, row["api_token_generation"])
+    with connect() as conn, conn.transaction():
+        newer = resources.config_push_done(conn, resource_id, generation)
+    log.info("config push resource=%s generation=%d%s", resource_id, generation,
+             " (a newer rotation is pending)" if newer else "")
     return "pushed"

@@ -221,3 +221,112 @@ def provision_failed(conn: psycopg.Connection, resource_id: uuid.UUID | str, err
         """,
         (error, resource_id),
     ).rowcount == 1
+
+
+def provision_timing(conn: psycopg.Connection, resource_id: uuid.UUID | str, deadline_hours: int,
+                     refresh_margin_seconds: int) -> dict | None:
+    """Clock facts for provisioning and config pushes, read from the database's clock: ``overdue``
+    (older than the deadline), ``grant_expired``, ``token_stale`` (expires within the margin)."""
+    return conn.execute(
+        """
+        SELECT created_at < now() - make_interval(hours => %s) AS overdue,
+               oauth_grant_expires_at IS NOT NULL AND oauth_grant_expires_at < now() AS grant_expired,
+               oauth_expires_at IS NULL OR oauth_expires_at < now() + make_interval(secs => %s) AS token_stale
+        FROM resources WHERE id = %s
+        """,
+        (deadline_hours, refresh_margin_seconds, resource_id),
+    ).fetchone()
+
+
+# --- config pushes (issue 14, item 8) ------------------------------------------------
+# Heroku holds the config of generation ``config_pushed_generation``; a resource whose
+# ``api_token_generation`` is ahead of it (a token rotation) has a push pending. The pending
+# push is this difference in PostgreSQL, not an RQ job: a flushed Redis loses only the job,
+# and the tick enqueues it again. ``config_push_next_at`` NULL means "as soon as possible",
+# 'infinity' that Heroku refused and only a new rotation tries again.
+
+CONFIG_PUSH_DUE = """
+api_token_generation > config_pushed_generation AND state = 'provisioned'
+AND oauth_access_token_enc IS NOT NULL
+AND (config_push_next_at IS NULL OR config_push_next_at <= now())
+"""
+
+
+def request_config_push(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> bool:
+    """After a token rotation, in its transaction: make the push of the resource's current config due
+    now (forgetting an earlier push's back-off or refusal). True when Heroku is behind and the
+    resource has an OAuth access token or grant to push with; idempotent.
+
+    Call it after :func:`rotate_api_token`: the rotation itself is what puts Heroku behind.
+    """
+    return conn.execute(
+        """
+        UPDATE resources SET config_push_attempts = 0, config_push_next_at = NULL, config_push_error = NULL
+        WHERE id = %s AND api_token_generation > config_pushed_generation
+          AND state IN ('provisioning', 'provisioned')
+          AND (oauth_access_token_enc IS NOT NULL OR oauth_grant_code_enc IS NOT NULL)
+        """,
+        (resource_id,),
+    ).rowcount == 1
+
+
+def due_config_pushes(conn: psycopg.Connection, limit: int) -> list[uuid.UUID]:
+    """Resources whose config push is due (provisioned ones only: a provision in progress pushes the
+    config itself), oldest back-off first."""
+    rows = conn.execute(
+        f"SELECT id FROM resources WHERE {CONFIG_PUSH_DUE} "
+        "ORDER BY config_push_next_at NULLS FIRST LIMIT %s",
+        (limit,),
+    ).fetchall()
+    return [r["id"] for r in rows]
+
+
+def due_config_push(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> dict | None:
+    """The resource's due config push (``generation`` to push, ``attempts`` so far), or None."""
+    return conn.execute(
+        f"SELECT api_token_generation AS generation, config_push_attempts AS attempts FROM resources "
+        f"WHERE id = %s AND {CONFIG_PUSH_DUE}",
+        (resource_id,),
+    ).fetchone()
+
+
+def config_push_done(conn: psycopg.Connection, resource_id: uuid.UUID | str, generation: int) -> bool:
+    """Heroku accepted ``generation``'s config; True when a newer rotation is still pending (it is
+    due at once, with a fresh count of attempts)."""
+    row = conn.execute(
+        """
+        UPDATE resources SET config_pushed_generation = GREATEST(config_pushed_generation, %s),
+            config_push_attempts = 0, config_push_next_at = NULL, config_push_error = NULL
+        WHERE id = %s
+        RETURNING api_token_generation > config_pushed_generation AS pending
+        """,
+        (generation, resource_id),
+    ).fetchone()
+    return bool(row and row["pending"])
+
+
+def config_push_retry_later(conn: psycopg.Connection, resource_id: uuid.UUID | str, generation: int,
+                            delay_seconds: float, error: str) -> None:
+    """A push of ``generation`` failed but may succeed later; a newer rotation since stays due now."""
+    conn.execute(
+        """
+        UPDATE resources SET config_push_attempts = config_push_attempts + 1,
+            config_push_next_at = now() + make_interval(secs => %s), config_push_error = %s
+        WHERE id = %s AND api_token_generation = %s
+        """,
+        (delay_seconds, error, resource_id, generation),
+    )
+
+
+def config_push_refused(conn: psycopg.Connection, resource_id: uuid.UUID | str, generation: int,
+                        error: str) -> bool:
+    """Heroku refused the push of ``generation``: stop until the next rotation; False when a newer
+    rotation came meanwhile (it stays due)."""
+    return conn.execute(
+        """
+        UPDATE resources SET config_push_attempts = config_push_attempts + 1,
+            config_push_next_at = 'infinity', config_push_error = %s
+        WHERE id = %s AND api_token_generation = %s
+        """,
+        (error, resource_id, generation),
+    ).rowcount == 1

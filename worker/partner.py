@@ -1,4 +1,4 @@
-"""Jobs for the partner side: completing asynchronous provisioning."""
+"""Jobs for the partner side: completing asynchronous provisioning, pushing config after a token rotation."""
 
 from __future__ import annotations
 

@@ -59,6 +59,11 @@ def run(slot: int) -> dict:
                 deliveries += 1
     for resource_id in due:
         jobs.enqueue_provision(connection, str(resource_id))
+    # Config pushes after token rotations live in PostgreSQL; a flushed Redis only delays them (issue 14, item 8).
+    with context.connection() as conn:
+        pushes = resources.due_config_pushes(conn, PROVISIONS_PER_TICK)
+    for resource_id in pushes:
+        jobs.enqueue_config_push(connection, str(resource_id))
     log.info("tick slot=%d due_sources=%d poll_jobs=%d due_drains=%d delivery_jobs=%d provisions=%d purged=%d",
              slot, due_sources, batches, due_drains, deliveries, len(due), purged)
     if pruned and (pruned.batches or pruned.dropped_records):
