@@ -17,9 +17,20 @@ Failures are exceptions the caller turns into its own answer:
   (``refusal.retry_after`` says when it will), so no check ever causes a 429;
 - :class:`PlanLimit` — the plan allows no more sources / drains;
 - :class:`Duplicate` — that app environment is already a source;
-- :class:`NotFound` — no such source / drain on this resource.
+- :class:`NotFound` — no such source / drain on this resource;
+- :class:`Frozen` — the resource takes no more changes: :class:`Gone` (410) once deprovisioned,
+  :class:`ProvisioningFailed` (409) when its provisioning failed;
+- :class:`Busy` — a :class:`Refused` with 429 and ``refusal.retry_after``: the resource already has
+  a call out in flight, or has started its calls of the minute (:class:`broker.ratelimit.OwnerCalls`).
 
 Every :class:`OperationError` carries ``http_status``, ``code`` and ``message``.
+
+A resource that is deprovisioned is frozen: every change here runs in a transaction that first
+locks the resource's row (``FOR SHARE``, or ``FOR UPDATE`` where the plan limit is counted) and
+checks its state, so a dashboard tab left open cannot re-store a drain URL or re-enable a drain
+after deprovision, and deprovision (which updates that row) cannot interleave with a change.
+Operations that call out (verify with Atlassian, send a test record) hold no lock or connection
+during the call: they check the state before, and write their result only if it still holds after.
 """
 
 from __future__ import annotations
@@ -27,14 +38,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, ContextManager
 
 import orjson
 import psycopg
+import redis
 
-from broker import audit, drains, plans, resources, senders, sources
+from broker import audit, drains, forge, plans, ratelimit, resources, senders, sources
 from broker.sinks import Result
 from broker.validation import InputError
 from broker.vault import Vault, VaultError
@@ -73,13 +86,117 @@ class Duplicate(OperationError):
 
 
 class Refused(OperationError):
-    """Atlassian refused the credentials or ids (422), or could not be asked (502/503)."""
+    """Atlassian refused the credentials or ids (422), or could not be asked (502/503); or the call
+    out was not made (:class:`Busy`, 429). ``refusal.retry_after`` says when to try again, if known."""
 
     def __init__(self, refusal: sources.Refusal):
         super().__init__(refusal.message)
         self.refusal = refusal
         self.http_status = refusal.http_status
         self.code = refusal.code
+
+
+class Busy(Refused):
+    """The resource's calls out from the web are at their bound: nothing was sent (429)."""
+
+
+class Frozen(OperationError):
+    """The resource takes no more changes."""
+
+    http_status = 409
+    code = "resource_frozen"
+
+
+class Gone(Frozen):
+    http_status = 410
+    code = "resource_deprovisioned"
+
+
+class ProvisioningFailed(Frozen):
+    http_status = 409
+    code = "resource_failed"
+
+
+def _check_state(row: dict | None) -> dict:
+    """``row`` if the resource takes changes: provisioned, or still provisioning (the owner may set
+    it up meanwhile); NotFound / :class:`Frozen` otherwise."""
+    if row is None:
+        raise NotFound("no such resource")
+    if row["state"] == "deprovisioned":
+        raise Gone("this add-on was removed (deprovisioned): its sources and drains can no longer change; "
+                   "nothing was changed")
+    if row["state"] == "failed":
+        raise ProvisioningFailed("this add-on's provisioning failed: its sources and drains cannot change; "
+                                 "remove it and add it again; nothing was changed")
+    return row
+
+
+def _live(conn: psycopg.Connection, resource_id, *, for_update: bool = False) -> dict:
+    """Lock the resource's row for the rest of the transaction (first in it) and check its state."""
+    return _check_state(resources.get_for_update(conn, resource_id) if for_update
+                        else resources.lock_shared(conn, resource_id))
+
+
+# --- calls out from web threads ----------------------------------------------------
+
+# A call's lease outlives its own deadline by this much, so it is never freed while the call still
+# runs (a syslog send may also wait for the system's resolver, about 5 s a try, before its deadline
+# refuses to connect).
+LEASE_MARGIN_SECONDS = 30.0
+# Atlassian's longest answer to a verification: connect, then one page read under its own deadline.
+VERIFY_SECONDS = forge.TIMEOUT[0] + forge.PAGE_DEADLINE_SECONDS
+# While another call is in flight, come back this soon at most: calls usually end well before
+# their deadline, which is what the lease's own end would say.
+BUSY_RETRY_SECONDS = 5.0
+# Without Redis the calls cannot be counted: refuse them, and say to come back this soon.
+UNAVAILABLE_RETRY_SECONDS = 5.0
+
+
+def _seconds(value: float) -> str:
+    seconds = max(1, int(-(-value // 1)))
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+@contextmanager
+def _calling_out(calls: ratelimit.OwnerCalls | None, resource_id, seconds: float):
+    """Run the body as one of the resource's bounded calls out (``seconds``: its own deadline);
+    :class:`Busy` (429) or a 503 :class:`Refused` at once, and nothing sent, when it may not."""
+    if calls is None:
+        yield
+        return
+    try:
+        call_id, wait, why = calls.take(resource_id, seconds + LEASE_MARGIN_SECONDS)
+    except redis.RedisError as exc:
+        log.warning("owner call resource=%s refused: redis unavailable (%s)", resource_id, type(exc).__name__)
+        raise Refused(sources.Refusal(
+            503, "unavailable", "Forge Drain cannot count this add-on's calls out right now; nothing was sent "
+            "or saved, try again shortly", None, UNAVAILABLE_RETRY_SECONDS)) from None
+    if call_id is None:
+        if why == ratelimit.OwnerCalls.IN_FLIGHT:
+            wait = min(wait, BUSY_RETRY_SECONDS)
+            message = (f"another test or verification of this add-on is still running (one at a time); "
+                       f"nothing was sent or saved, try again in {_seconds(wait)}")
+            code = "busy"
+        else:
+            message = (f"this add-on has started {calls.limit} tests or verifications in the last "
+                       f"{_seconds(calls.period_us / 1e6)} (the most allowed); nothing was sent or saved, "
+                       f"try again in {_seconds(wait)}")
+            code = "too_many_calls"
+        log.info("owner call resource=%s refused why=%s", resource_id, why)
+        raise Busy(sources.Refusal(429, code, message, None, wait))
+    try:
+        yield
+    finally:
+        try:
+            calls.release(resource_id, call_id)
+        except redis.RedisError as exc:  # its lease ends by itself
+            log.warning("owner call resource=%s not released: redis unavailable (%s)", resource_id,
+                        type(exc).__name__)
+
+
+def _verifier_calls(calls: ratelimit.OwnerCalls | None, verifier: sources.Verifier) -> ratelimit.OwnerCalls:
+    """The bounds for a verification: ``calls``, or by default in the Redis holding the Forge budget."""
+    return calls if calls is not None else ratelimit.OwnerCalls(verifier.limiter.connection)
 
 
 # --- sources ---------------------------------------------------------------------
@@ -110,25 +227,25 @@ def _source_limit(conn: psycopg.Connection, resource_id, plan_name: str) -> None
 
 
 def create_source(connect: Connect, vault: Vault, verifier: sources.Verifier, resource_id, payload: object, *,
-                  actor: str) -> dict:
+                  actor: str, calls: ratelimit.OwnerCalls | None = None) -> dict:
     """Validate, verify with Atlassian, then store (encrypted) and audit a new source; its row.
 
-    The plan limit is checked before the Atlassian call (to spare it) and again
-    under the resource's row lock, so two creates cannot both pass it.
+    The plan limit (and the resource's state) is checked before the Atlassian call (to spare it)
+    and again under the resource's row lock, so two creates cannot both pass it. The verification
+    is one of the resource's bounded calls out (``calls``; by default in the verifier's Redis).
     """
     values = sources.validate(payload).values
     with connect() as conn:
-        resource = resources.get(conn, resource_id)
-        if resource is None or resource["state"] == "deprovisioned":
-            raise NotFound("no such resource")
+        resource = _check_state(resources.get(conn, resource_id))
         _source_limit(conn, resource_id, resource["plan"])
-    refusal = _verify(verifier, values)
+    with _calling_out(_verifier_calls(calls, verifier), resource_id, VERIFY_SECONDS):
+        refusal = _verify(verifier, values)
     if refusal is not None:
         raise Refused(refusal)
     token_enc = vault.encrypt(values["api_token"])
     try:
         with connect() as conn, conn.transaction():
-            locked = resources.get_for_update(conn, resource_id)
+            locked = _live(conn, resource_id, for_update=True)
             _source_limit(conn, resource_id, locked["plan"])
             row = sources.insert(conn, resource_id, values, token_enc)
             audit.record(conn, resource_id, actor, "source.created", source_audit_detail(row))
@@ -140,12 +257,14 @@ def create_source(connect: Connect, vault: Vault, verifier: sources.Verifier, re
 
 
 def _owned(connect: Connect, resource_id, child_id, lookup, noun: str) -> dict:
-    """The resource's source or drain ``child_id`` (looked up with ``lookup``); NotFound otherwise."""
+    """The resource's source or drain ``child_id`` (looked up with ``lookup``); NotFound otherwise,
+    :class:`Frozen` when the resource takes no changes (checked again, locked, before any write)."""
     try:
         parsed = str(uuid.UUID(str(child_id)))
     except ValueError:
         raise NotFound(f"no such {noun}") from None
     with connect() as conn:
+        _check_state(resources.get(conn, resource_id))
         row = lookup(conn, resource_id, parsed)
     if row is None:
         raise NotFound(f"no such {noun}")
@@ -157,7 +276,7 @@ def _source(connect: Connect, resource_id, source_id) -> dict:
 
 
 def update_source(connect: Connect, vault: Vault, verifier: sources.Verifier, resource_id, source_id,
-                  payload: object, *, actor: str) -> tuple[dict, list[str]]:
+                  payload: object, *, actor: str, calls: ratelimit.OwnerCalls | None = None) -> tuple[dict, list[str]]:
     """Apply the submitted fields; (the row, the fields that really changed).
 
     Changed credentials or ids are verified first (a refusal raises
@@ -176,12 +295,14 @@ def update_source(connect: Connect, vault: Vault, verifier: sources.Verifier, re
         merged = {f: current[f] for f in ("app_id", "environment_id", "email")}
         merged["api_token"] = stored_token
         merged.update({f: changes[f] for f in sources.VERIFIED_FIELDS if f in changes})
-        refusal = _verify(verifier, merged)
+        with _calling_out(_verifier_calls(calls, verifier), resource_id, VERIFY_SECONDS):
+            refusal = _verify(verifier, merged)
         if refusal is not None:
             raise Refused(refusal)
     token_enc = vault.encrypt(changes["api_token"]) if "api_token" in changed else None
     try:
         with connect() as conn, conn.transaction():
+            _live(conn, resource_id)
             if sources.get(conn, resource_id, current["id"], for_update=True) is None:
                 raise NotFound("no such source")
             row = sources.update(conn, current["id"], {f: changes[f] for f in changed}, token_enc,
@@ -197,6 +318,7 @@ def delete_source(connect: Connect, resource_id, source_id, *, actor: str) -> di
     """Delete a source (audited); the row it was."""
     row = _source(connect, resource_id, source_id)
     with connect() as conn, conn.transaction():
+        _live(conn, resource_id)
         if sources.get(conn, resource_id, row["id"], for_update=True) is None:
             raise NotFound("no such source")
         sources.delete(conn, row["id"])
@@ -206,20 +328,24 @@ def delete_source(connect: Connect, resource_id, source_id, *, actor: str) -> di
 
 
 def verify_source(connect: Connect, vault: Vault, verifier: sources.Verifier, resource_id, source_id, *,
-                  actor: str) -> tuple[dict, sources.Refusal | None]:
+                  actor: str, calls: ratelimit.OwnerCalls | None = None) -> tuple[dict, sources.Refusal | None]:
     """Verify the stored credentials now; (the updated row, the refusal or None when accepted).
 
     Success resumes a paused source; a refusal pauses it with its reason. When
     Atlassian cannot be asked (unreachable, rate limiting) that says nothing
-    about the source: :class:`Refused` is raised and nothing changes.
+    about the source: :class:`Refused` is raised and nothing changes. The call
+    is one of the resource's bounded calls out (``calls``; by default in the
+    verifier's Redis), and its outcome is stored only if the resource is still live.
     """
     row = _source(connect, resource_id, source_id)
     values = {"app_id": row["app_id"], "environment_id": row["environment_id"], "email": row["email"],
               "api_token": vault.decrypt(row["api_token_enc"]) if row["api_token_enc"] else ""}
-    refusal = _verify(verifier, values)
+    with _calling_out(_verifier_calls(calls, verifier), resource_id, VERIFY_SECONDS):
+        refusal = _verify(verifier, values)
     if refusal is not None and refusal.pause_reason is None:
         raise Refused(refusal)
     with connect() as conn, conn.transaction():
+        _live(conn, resource_id)
         if sources.get(conn, resource_id, row["id"], for_update=True) is None:
             raise NotFound("no such source")
         updated = sources.record_verification(
@@ -235,7 +361,8 @@ def backfill_source(connect: Connect, resource_id, source_id, start: str | datet
     if not isinstance(start, datetime):
         start = sources.parse_time(start, field)
     row = _source(connect, resource_id, source_id)
-    with connect() as conn:
+    with connect() as conn, conn.transaction():
+        _live(conn, resource_id)
         updated = sources.backfill(conn, row["id"], start, actor=actor, resource_id=resource_id, field=field)
     if updated is None:
         raise NotFound("no such source")
@@ -271,9 +398,7 @@ def create_drain(connect: Connect, vault: Vault, resource_id, payload: object, *
     url_enc = vault.encrypt(values["url"])
     headers_enc = _headers_enc(vault, values)
     with connect() as conn, conn.transaction():
-        locked = resources.get_for_update(conn, resource_id)
-        if locked is None or locked["state"] == "deprovisioned":
-            raise NotFound("no such resource")
+        locked = _live(conn, resource_id, for_update=True)
         plan = plans.get(locked["plan"])
         if plan is None or drains.count_owned(conn, resource_id) >= plan.max_drains:
             raise PlanLimit(f"plan {locked['plan']} allows {plan.max_drains if plan else 0} drains; "
@@ -323,6 +448,7 @@ def update_drain(connect: Connect, vault: Vault, resource_id, drain_id, payload:
     url_enc = vault.encrypt(values["url"]) if "url" in values else None
     headers_enc = vault.encrypt(orjson.dumps(values["headers"]).decode()) if "headers" in values else None
     with connect() as conn, conn.transaction():
+        _live(conn, resource_id)
         if drains.get(conn, resource_id, current["id"], for_update=True) is None:
             raise NotFound("no such drain")
         updated = drains.update(conn, current["id"], values, url_enc, headers_enc)
@@ -345,6 +471,7 @@ def delete_drain(connect: Connect, resource_id, drain_id, *, actor: str) -> dict
     if row["kind"] == "heroku":
         raise InputError("kind", "the heroku drain is the app's own log stream: disable it instead")
     with connect() as conn, conn.transaction():
+        _live(conn, resource_id)
         if drains.get(conn, resource_id, row["id"], for_update=True) is None:
             raise NotFound("no such drain")
         drains.delete(conn, row["id"])
@@ -357,6 +484,7 @@ def rotate_drain_token(connect: Connect, resource_id, drain_id, *, actor: str) -
     """Give the drain a new ``d.<uuid>`` token (audited); the row."""
     row = _drain(connect, resource_id, drain_id)
     with connect() as conn, conn.transaction():
+        _live(conn, resource_id)
         if drains.get(conn, resource_id, row["id"], for_update=True) is None:
             raise NotFound("no such drain")
         updated = drains.rotate_token(conn, row["id"])
@@ -374,13 +502,16 @@ class DrainTestOutcome:
 
 
 def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: str,
-               message: str | None = None) -> DrainTestOutcome:
+               message: str | None = None, calls: ratelimit.OwnerCalls | None = None) -> DrainTestOutcome:
     """Send one test record through the drain now, in its own format; what happened (audited).
 
     The record looks like one of the resource's first source (or ``forgedrain``
     when it has none) and touches neither the drain's cursor nor its counters.
     It goes straight through the drain's sender (:mod:`broker.senders`) on ``wire``
     (``services().wire()``); the drain's secrets are decrypted with ``vault``.
+    The send is one of the resource's bounded calls out (``calls``: web threads
+    must pass one; None leaves the send unbounded, for callers that are not web
+    threads), and is audited only if the resource is still live after it.
     """
     if message is None:
         message = TEST_MESSAGE
@@ -400,11 +531,15 @@ def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: s
     try:
         where = senders.destination(row["url_enc"], row.get("headers_enc"), vault)
     except senders.SecretLost:
-        where, result = None, Result("drop", detail=senders.SECRET_LOST_ERROR)
+        result = Result("drop", detail=senders.SECRET_LOST_ERROR)
     else:
-        result = (senders.sender_for(drain, where, wire).probe([record], source) if where is not None
-                  else Result("drop", detail="the drain has no destination"))
+        if where is None:
+            result = Result("drop", detail="the drain has no destination")
+        else:
+            with _calling_out(calls, resource_id, wire.deadline_seconds):
+                result = senders.sender_for(drain, where, wire).probe([record], source)
     with connect() as conn, conn.transaction():
+        _live(conn, resource_id)
         audit.record(conn, resource_id, actor, "drain.tested",
                      {**drain_audit_detail(row), "outcome": result.outcome, "status": result.status})
     log.info("drain test resource=%s drain=%s kind=%s outcome=%s status=%s", resource_id, row["id"],

@@ -1,4 +1,5 @@
-"""The per-Forge-app call budget, shared by every worker and every resource (SPEC §3).
+"""Limits kept in Redis: the per-Forge-app call budget, shared by every worker and every resource
+(SPEC §3), and per-resource bounds on calls out that owners start from the web (:class:`OwnerCalls`).
 
 Atlassian allows 30 calls per minute per app id, whoever makes them. Several
 resources may register the same app, and any worker may poll any of them, so
@@ -132,3 +133,94 @@ class RateLimiter:
         now_s, now_us = self.connection.time()
         now = now_s * 1_000_000 + now_us
         return self.connection.zcount(key, now - self.period_us, "+inf")
+
+
+# --- calls out that owners start from the web ------------------------------------
+#
+# "Send a test record" and "verify" call a stranger (a drain's receiver, Atlassian) from a gunicorn
+# thread while the owner waits. A web process has only WEB_CONCURRENCY × WEB_THREADS threads (10 by
+# default) for every face — partner API, SSO, ingest — so a slow receiver tested ten times at once
+# would hold them all. :class:`OwnerCalls` bounds each resource: at most ``in_flight`` such calls at a
+# time (a lease per call, with a TTL longer than the call's own deadline so a thread that dies
+# mid-call frees its slot anyway) and at most ``limit`` calls started per ``period``. Both are checked
+# and taken in one Lua script, on Redis's clock, so two web processes cannot both take the last slot.
+
+OWNER_LEASES_KEY = "forgedrain:owner-calls:{resource}:leases"
+OWNER_LOG_KEY = "forgedrain:owner-calls:{resource}:log"
+
+# One call out at a time per resource, ten a minute: an owner clicking "test" or "verify", or a script
+# adding a few sources, never meets these; a loop or a page reloaded in many tabs does.
+OWNER_IN_FLIGHT = 1
+OWNER_CALLS_PER_PERIOD = 10
+OWNER_PERIOD_SECONDS = 60.0
+
+# KEYS[1] leases (member -> expiry, µs), KEYS[2] log (member -> start, µs);
+# ARGV[1] in flight, ARGV[2] limit, ARGV[3] period (µs), ARGV[4] lease (µs), ARGV[5] member id.
+# Returns {0, 0} when the call may start (its lease and log entry are taken), {1, µs until the
+# earliest lease ends} when too many are in flight, {2, µs until a call of the period ages out}.
+OWNER_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {1, math.max(1, tonumber(first[2]) - now)}
+end
+local period = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - period)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return {2, math.max(1, tonumber(oldest[2]) + period - now)}
+end
+local lease = tonumber(ARGV[4])
+redis.call('ZADD', KEYS[2], now, ARGV[5])
+redis.call('PEXPIRE', KEYS[2], math.ceil(period / 1000) + 1000)
+redis.call('ZADD', KEYS[1], now + lease, ARGV[5])
+local keep = math.ceil(lease / 1000) + 1000
+if redis.call('PTTL', KEYS[1]) < keep then
+  redis.call('PEXPIRE', KEYS[1], keep)
+end
+return {0, 0}
+"""
+
+
+class OwnerCalls:
+    """Per-resource bounds on calls out started from web threads (test a drain, verify a source).
+
+    :meth:`take` answers at once and never waits; the caller must :meth:`release` a taken call in a
+    ``finally``. Redis errors propagate: the caller refuses the call rather than make it unbounded.
+    """
+
+    IN_FLIGHT = "in_flight"
+    RATE = "rate"
+
+    def __init__(self, connection: redis.Redis, *, in_flight: int = OWNER_IN_FLIGHT,
+                 limit: int = OWNER_CALLS_PER_PERIOD, period_seconds: float = OWNER_PERIOD_SECONDS):
+        self.connection = connection
+        self.in_flight = max(1, in_flight)
+        self.limit = max(1, limit)
+        self.period_us = int(period_seconds * 1_000_000)
+        self._take = connection.register_script(OWNER_TAKE)
+
+    def take(self, resource_id, lease_seconds: float) -> tuple[str | None, float, str | None]:
+        """(call id, 0.0, None) when a call may start now; else (None, seconds to wait, why):
+        :attr:`IN_FLIGHT` (the resource's slots are busy) or :attr:`RATE` (its calls of the period
+        are spent). The lease lasts ``lease_seconds`` unless released sooner."""
+        member = uuid.uuid4().hex
+        refused, wait = self._take(
+            keys=[OWNER_LEASES_KEY.format(resource=resource_id), OWNER_LOG_KEY.format(resource=resource_id)],
+            args=[self.in_flight, self.limit, self.period_us, int(lease_seconds * 1_000_000), member],
+        )
+        if int(refused) == 0:
+            return member, 0.0, None
+        return None, int(wait) / 1_000_000, self.IN_FLIGHT if int(refused) == 1 else self.RATE
+
+    def release(self, resource_id, call_id: str) -> None:
+        """The call ``call_id`` has ended: its slot is free (it still counts in the period's rate)."""
+        self.connection.zrem(OWNER_LEASES_KEY.format(resource=resource_id), call_id)
+
+    def busy(self, resource_id) -> int:
+        """Calls in flight for the resource now (for tests and metrics)."""
+        now_s, now_us = self.connection.time()
+        return self.connection.zcount(OWNER_LEASES_KEY.format(resource=resource_id),
+                                      now_s * 1_000_000 + now_us + 1, "+inf")

@@ -56,6 +56,17 @@ def get_for_update(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> di
     ).fetchone()
 
 
+def lock_shared(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> dict | None:
+    """The resource's row, locked ``FOR SHARE`` until the transaction ends (None when there is none).
+
+    Changes of the resource's sources and drains run under this lock: they do not block each other,
+    but deprovision (an UPDATE of the row) waits for them to end, and one that starts after
+    deprovision committed reads the row as deprovisioned. Take it first in the transaction, and
+    never in one that then takes the row ``FOR UPDATE`` (two such would deadlock).
+    """
+    return conn.execute(f"SELECT {COLUMNS} FROM resources WHERE id = %s FOR SHARE", (resource_id,)).fetchone()
+
+
 def by_api_token_digest(conn: psycopg.Connection, digest: bytes) -> dict | None:
     """The live resource this bearer token opens: the current token, or the previous one in its grace
     period (``current_token`` says which)."""

@@ -31,6 +31,7 @@ from broker.vault import VaultError
 from web import dashboard_forms as forms
 from web import dashboard_view as view
 from web import services
+from web.errors import retry_after_header
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
@@ -60,6 +61,22 @@ def _guard():
 def _missing(exc: operations.NotFound):
     """A source or drain gone (or never there): the same 404 as any unknown page."""
     return current_app.handle_http_exception(HTTPNotFound())
+
+
+@bp.errorhandler(operations.Frozen)
+def _frozen(exc: operations.Frozen):
+    """The add-on was removed (or failed) while this page was open: nothing changed (410/409)."""
+    if isinstance(exc, operations.Gone):
+        session.clear()
+    return make_response(render_template("dashboard_error.html", title="Nothing was changed",
+                                         message=exc.message), exc.http_status)
+
+
+@bp.errorhandler(operations.Busy)
+def _busy(exc: operations.Busy):
+    """Too many tests or verifications of this add-on right now: nothing was sent (429)."""
+    return make_response(render_template("dashboard_error.html", title="Try again shortly", message=exc.message),
+                         429, retry_after_header(exc.refusal.retry_after) or {})
 
 
 @bp.app_context_processor
@@ -199,8 +216,8 @@ def update_source(resource_id: uuid.UUID, source_id: uuid.UUID):
     try:
         row, changed = operations.update_source(_connect, svc.vault, svc.verifier(), resource_id, source_id,
                                                 forms.source_payload(request.form, partial=True), actor=_actor())
-    except operations.NotFound:
-        raise  # a 404 (_missing), not a form error
+    except (operations.NotFound, operations.Frozen):
+        raise  # a 404 (_missing) or 410/409 (_frozen), not a form error
     except (InputError, operations.OperationError) as exc:
         field = exc.field if isinstance(exc, InputError) else (
             _refusal_field(exc) if isinstance(exc, operations.Refused) else "form")
@@ -313,8 +330,8 @@ def update_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
         updated, changed = operations.update_drain(
             _connect, svc.vault, resource_id, drain_id, forms.drain_payload(request.form, row["kind"], editing=True),
             actor=_actor(), allow_private=svc.settings.allow_private_drains)
-    except operations.NotFound:
-        raise  # a 404 (_missing), not a form error
+    except (operations.NotFound, operations.Frozen):
+        raise  # a 404 (_missing) or 410/409 (_frozen), not a form error
     except (InputError, operations.OperationError) as exc:
         field = exc.field if isinstance(exc, InputError) else "form"
         return _drain_form(resource_id, row, forms.drain_echo(request.form), {field: exc.message}, 422)
@@ -351,8 +368,8 @@ def set_drain_enabled(resource_id: uuid.UUID, drain_id: uuid.UUID):
     try:
         operations.set_drain_enabled(_connect, svc.vault, resource_id, drain_id, enabled, actor=_actor(),
                                      allow_private=svc.settings.allow_private_drains)
-    except operations.NotFound:
-        raise  # a 404 (_missing), not a form error
+    except (operations.NotFound, operations.Frozen):
+        raise  # a 404 (_missing) or 410/409 (_frozen), not a form error
     except (InputError, operations.OperationError) as exc:
         flash(exc.message, "error")
         return _back(resource_id, f"drain-{drain_id}")
