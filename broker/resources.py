@@ -82,18 +82,20 @@ def by_api_token_digest(conn: psycopg.Connection, digest: bytes) -> dict | None:
 
 
 def rotate_api_token(conn: psycopg.Connection, resource_id: uuid.UUID | str, new_digest: bytes,
-                     grace_seconds: int) -> None:
-    """Make ``new_digest`` current; the old token stays valid for ``grace_seconds``."""
-    conn.execute(
+                     grace_seconds: int) -> datetime:
+    """Make ``new_digest`` current; the old token stays valid for ``grace_seconds``, until the
+    moment returned."""
+    return conn.execute(
         """
         UPDATE resources SET api_token_generation = api_token_generation + 1,
             api_token_previous_hash = api_token_hash,
             api_token_previous_until = now() + make_interval(secs => %s),
             api_token_hash = %s, updated_at = now()
         WHERE id = %s
+        RETURNING api_token_previous_until
         """,
         (grace_seconds, new_digest, resource_id),
-    )
+    ).fetchone()["api_token_previous_until"]
 
 
 def end_token_grace(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> bool:

@@ -86,9 +86,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _utc(moment):
         return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
-    from web import api, dashboard, drains, health, heroku, ingest, metrics, sources, sso
+    from web import api, dashboard, health, heroku, ingest, metrics, sso
 
-    for blueprint in (health.bp, metrics.bp, heroku.bp, sso.bp, dashboard.bp, api.bp, sources.bp, drains.bp, ingest.bp):
+    # api.bp carries the whole resource API: web.drains and web.sources nest under its guard.
+    for blueprint in (health.bp, metrics.bp, heroku.bp, sso.bp, dashboard.bp, api.bp, ingest.bp):
         app.register_blueprint(blueprint)
     return app
 

@@ -1,5 +1,12 @@
 """The resource API under ``/v1`` (SPEC §2): bearer ``FORGEDRAIN_TOKEN``, one resource.
 
+Everything under ``/v1/resources/<resource_id>`` hangs off one blueprint,
+:data:`resource`, whose one ``before_request`` (:func:`_authenticate`) opens the
+resource or answers for it; views then read ``g.resource`` and raise, and the
+error handlers registered once on it (``web.errors``) answer. Its children,
+``web.drains`` and ``web.sources``, nest under it, so no route there can skip
+the guard. ``/v1/openapi.json`` sits outside it and needs no token.
+
 The token is looked up by its SHA-256 digest, so the database never holds a
 usable token. A token opens only its own resource: any other id answers 404,
 exactly as a missing one does, so ids cannot be probed.
@@ -11,16 +18,17 @@ import logging
 import uuid
 
 import redis
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, abort, g, request
 
-from broker import audit, ingest, jobs, plans, resources, tokens
+from broker import audit, ingest, jobs, operations, plans, resources, tokens
 from broker.validation import InputError
-from web import openapi, services
-from web.errors import error, json_response, retry_after_header
+from web import drains, openapi, services, sources
+from web.errors import error, invalid, json_response, refused
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
+resource = Blueprint("resource", __name__, url_prefix="/resources/<resource_id>")
 
 # How long a rotated-out FORGEDRAIN_TOKEN keeps working: Heroku restarts every
 # attached app after a config change, and Private Spaces restart slowly
@@ -30,115 +38,47 @@ TOKEN_GRACE_SECONDS = 2 * 3600
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="forgedrain"'}
 
 
-@bp.errorhandler(405)
-def _method(exc):
-    return error(405, "method_not_allowed", f"method {request.method} is not allowed here")
-
-
-@bp.errorhandler(413)
-def _too_large(exc):
-    return error(413, "too_large", "request body is larger than 1 MiB")
-
-
 @bp.get("/openapi.json")
 def openapi_document():
     return json_response(openapi.document(services().settings.public_url))
 
 
-def authenticated(resource_id: str):
-    """The caller's resource if the bearer token opens ``resource_id``; else an error response."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+@resource.before_request
+def _authenticate() -> None:
+    """Set ``g.resource`` when the bearer token opens the resource the path names; answer otherwise.
+
+    401 (with the challenge) without a valid token, 404 for any other resource's id or one that
+    is no id at all, 403 when the previous token (in its grace period) asks to change anything.
+    The path's ``resource_id`` is taken out of the view's arguments: views use ``g.resource``.
+    """
+    requested = request.view_args.pop("resource_id")
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > 200:
-        return None, error(401, "unauthorized", "a bearer token (FORGEDRAIN_TOKEN) is required",
-                           headers=CHALLENGE)
+        abort(error(401, "unauthorized", "a bearer token (FORGEDRAIN_TOKEN) is required", headers=CHALLENGE))
     with services().db.connection() as conn:
         row = resources.by_api_token_digest(conn, tokens.digest(token))
     if row is None:
-        return None, error(401, "unauthorized", "the bearer token is not valid", headers=CHALLENGE)
-    if str(row["id"]) != resource_id:
-        return None, error(404, "not_found", "no such resource")
+        abort(error(401, "unauthorized", "the bearer token is not valid", headers=CHALLENGE))
+    try:
+        opens = uuid.UUID(requested) == row["id"]
+    except ValueError:
+        opens = False
+    if not opens:
+        abort(error(404, "not_found", "no such resource"))
     if not row["current_token"] and request.method not in ("GET", "HEAD"):
         # A token that leaked is rotated away: its grace period lets running apps keep reading,
         # never change anything, rotate again or lock the owner out.
-        return None, error(403, "previous_token", "the previous FORGEDRAIN_TOKEN only reads during its grace "
-                                                  "period; use the current token to change anything")
-    return row, None
+        abort(error(403, "previous_token", "the previous FORGEDRAIN_TOKEN only reads during its grace "
+                                           "period; use the current token to change anything"))
+    g.resource = row
 
 
-def json_object_body() -> dict:
-    """The request's JSON body, a JSON object whose every string (keys included) is text that can
-    be stored and sent: :class:`InputError` otherwise, naming where (``body`` when unreadable)."""
-    if not request.get_data(cache=True):
-        raise InputError("body", "request body must be a JSON object")
-    try:
-        body = request.get_json(force=True, silent=False, cache=True)
-    except Exception:
-        raise InputError("body", "request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InputError("body", "request body must be a JSON object")
-    _check_text(body, "")
-    return body
+resource.register_error_handler(InputError, invalid)
+resource.register_error_handler(operations.OperationError, refused)
 
 
-def _check_text(value, where: str) -> None:
-    """Refuse NUL characters and lone surrogates (``"\\ud800"`` is valid JSON but not text):
-    PostgreSQL, the vault and HTTP headers each fail on them later."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InputError(where or "body", f"{where or 'a value'} contains a NUL character")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError(where or "body", f"{where or 'a value'} is not valid Unicode text "
-                                              "(a lone surrogate)") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key, f"{where}.{key!r}" if where else "a field name")
-            _check_text(item, f"{where}.{key}" if where else str(key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_text(item, f"{where}[{index}]")
-
-
-def invalid(exc: InputError):
-    """400 for an unreadable body, 422 naming the bad field otherwise."""
-    return json_response({"error": "invalid", "message": exc.message, "field": exc.field},
-                         400 if exc.field == "body" else 422)
-
-
-def operation_failed(exc: Exception):
-    """The answer for a refused :mod:`broker.operations` call (or a bad body)."""
-    from broker import operations
-
-    if isinstance(exc, InputError):
-        return invalid(exc)
-    if isinstance(exc, operations.Refused):
-        refusal = exc.refusal
-        headers = retry_after_header(refusal.retry_after)
-        return error(refusal.http_status, refusal.code, refusal.message, headers=headers)
-    return error(exc.http_status, exc.code, exc.message)
-
-
-def owned(resource_id: str, child_id: str, lookup, noun: str):
-    """(resource, row, None) when the bearer token opens ``resource_id`` and ``lookup(conn,
-    resource id, child id)`` finds the row; else (.., None, the error response)."""
-    resource, failure = authenticated(resource_id)
-    if failure is not None:
-        return None, None, failure
-    try:
-        parsed = str(uuid.UUID(child_id))
-    except ValueError:
-        parsed = None
-    with services().db.connection() as conn:
-        row = lookup(conn, resource["id"], parsed) if parsed else None
-    if row is None:
-        return resource, None, error(404, "not_found", f"no such {noun}")
-    return resource, row, None
-
-
-def resource_view(row: dict, drains: list[dict]) -> dict:
+def resource_view(row: dict, drain_rows: list[dict]) -> dict:
     plan = plans.get(row["plan"])
     return {
         "id": str(row["id"]),
@@ -151,60 +91,46 @@ def resource_view(row: dict, drains: list[dict]) -> dict:
         "log_drain_token": tokens.mask(row["log_drain_token"]),
         "drains": [
             {"id": str(d["id"]), "kind": d["kind"], "token": d["token"], "enabled": d["enabled"]}
-            for d in drains
+            for d in drain_rows
         ],
         "created_at": row["created_at"].isoformat(),
         "provisioned_at": row["provisioned_at"].isoformat() if row["provisioned_at"] else None,
     }
 
 
-@bp.get("/resources/<resource_id>")
-def get_resource(resource_id: str):
-    try:
-        resource_id = str(uuid.UUID(resource_id))
-    except ValueError:
-        pass  # authentication answers first; an unparseable id then fails as 404
-    row, failure = authenticated(resource_id)
-    if failure is not None:
-        return failure
+@resource.get("")
+def get_resource():
     with services().db.connection() as conn:
-        drains = resources.drains(conn, row["id"])
-        received = ingest.stats(conn, row["id"])
-    g.resource_id = row["id"]
-    return json_response({**resource_view(row, drains), "ingest": received})
+        drain_rows = resources.drains(conn, g.resource["id"])
+        received = ingest.stats(conn, g.resource["id"])
+    return json_response({**resource_view(g.resource, drain_rows), "ingest": received})
 
 
-@bp.delete("/resources/<resource_id>/token/previous")
-def end_token_grace(resource_id: str):
+@resource.delete("/token/previous")
+def end_token_grace():
     """End the previous FORGEDRAIN_TOKEN's grace period now (after a leak, say)."""
-    row, failure = authenticated(resource_id)
-    if failure is not None:
-        return failure
+    rid = g.resource["id"]
     with services().db.connection() as conn, conn.transaction():
-        ended = resources.end_token_grace(conn, row["id"])
+        ended = resources.end_token_grace(conn, rid)
         if ended:
-            audit.record(conn, row["id"], "api-token", "resource.token_grace_ended", {})
+            audit.record(conn, rid, "api-token", "resource.token_grace_ended", {})
     if not ended:
         return error(404, "not_found", "no previous token is in its grace period")
-    log.info("token grace ended resource=%s", row["id"])
+    log.info("token grace ended resource=%s", rid)
     return Response(status=204)
 
 
-@bp.post("/resources/<resource_id>/token")
-def rotate_token(resource_id: str):
+@resource.post("/token")
+def rotate_token():
     """Issue a new FORGEDRAIN_TOKEN; the old one keeps working for a grace period."""
-    row, failure = authenticated(resource_id)
-    if failure is not None:
-        return failure
+    row = g.resource
     svc = services()
     with svc.db.connection() as conn, conn.transaction():
         locked = resources.get_for_update(conn, row["id"])
         generation = locked["api_token_generation"] + 1
         token = tokens.api_token(svc.settings.secret_key, row["id"], generation)
-        resources.rotate_api_token(conn, row["id"], tokens.digest(token), TOKEN_GRACE_SECONDS)
+        until = resources.rotate_api_token(conn, row["id"], tokens.digest(token), TOKEN_GRACE_SECONDS)
         audit.record(conn, row["id"], "api-token", "resource.token_rotated", {"generation": generation})
-        until = conn.execute("SELECT api_token_previous_until FROM resources WHERE id = %s",
-                             (row["id"],)).fetchone()["api_token_previous_until"]
     if locked["oauth_access_token_enc"] is not None:
         try:
             jobs.enqueue_config_push(svc.redis, str(row["id"]))
@@ -214,3 +140,10 @@ def rotate_token(resource_id: str):
     response = json_response({"token": token, "previous_token_valid_until": until.isoformat()})
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+# The tree of the resource API: /v1/resources/<resource_id>/{drains,sources}/..., every route
+# under the one guard above.
+resource.register_blueprint(drains.bp)
+resource.register_blueprint(sources.bp)
+bp.register_blueprint(resource)

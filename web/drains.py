@@ -10,18 +10,18 @@ from __future__ import annotations
 import logging
 
 import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
 
 from broker import drains, operations, outbox
 from broker.validation import InputError
 from broker.vault import VaultError
 from web import services
-from web.api import authenticated, json_object_body, operation_failed, owned
-from web.errors import error, json_response
+from web.errors import error, json_object_body, json_response, owned
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("drains", __name__, url_prefix="/v1/resources/<resource_id>/drains")
+# Nested under web.api's resource blueprint: /v1/resources/<resource_id>/drains, behind its guard.
+bp = Blueprint("drains", __name__, url_prefix="/drains")
 
 ACTOR = "api-token"
 
@@ -59,44 +59,34 @@ def drain_view(row: dict, vault, backlog: int | None = None) -> dict:
     return view
 
 
-def _authorized_drain(resource_id: str, drain_id: str):
-    return owned(resource_id, drain_id, drains.get, "drain")
+def get_drain(drain_id: str) -> dict:
+    """The authenticated resource's drain ``drain_id``, or the JSON 404."""
+    return owned(drains.get, drain_id, "drain")
 
 
 @bp.get("")
-def list_drains(resource_id: str):
-    resource, failure = authenticated(resource_id)
-    if failure is not None:
-        return failure
+def list_drains():
     svc = services()
     with svc.db.connection() as conn:
-        rows = drains.list_for(conn, resource["id"])
-        backlogs = outbox.backlogs(conn, resource["id"])
+        rows = drains.list_for(conn, g.resource["id"])
+        backlogs = outbox.backlogs(conn, g.resource["id"])
     return json_response({"drains": [drain_view(r, svc.vault, backlogs.get(r["id"], outbox.Backlog()).records)
                                      for r in rows]})
 
 
 @bp.post("")
-def create_drain(resource_id: str):
-    resource, failure = authenticated(resource_id)
-    if failure is not None:
-        return failure
+def create_drain():
     svc = services()
-    try:
-        row = operations.create_drain(svc.db.connection, svc.vault, resource["id"], json_object_body(),
-                                      actor=ACTOR, allow_private=svc.settings.allow_private_drains)
-    except (InputError, operations.OperationError) as exc:
-        return operation_failed(exc)
+    row = operations.create_drain(svc.db.connection, svc.vault, g.resource["id"], json_object_body(),
+                                  actor=ACTOR, allow_private=svc.settings.allow_private_drains)
     response = json_response(drain_view(row, svc.vault), 201)
-    response.headers["Location"] = f"/v1/resources/{resource['id']}/drains/{row['id']}"
+    response.headers["Location"] = f"/v1/resources/{g.resource['id']}/drains/{row['id']}"
     return response
 
 
 @bp.get("/<drain_id>")
-def read_drain(resource_id: str, drain_id: str):
-    _, row, failure = _authorized_drain(resource_id, drain_id)
-    if failure is not None:
-        return failure
+def read_drain(drain_id: str):
+    row = get_drain(drain_id)
     svc = services()
     with svc.db.connection() as conn:
         backlog = outbox.backlog(conn, row["resource_id"], row["id"])
@@ -104,50 +94,36 @@ def read_drain(resource_id: str, drain_id: str):
 
 
 @bp.patch("/<drain_id>")
-def update_drain(resource_id: str, drain_id: str):
-    resource, row, failure = _authorized_drain(resource_id, drain_id)
-    if failure is not None:
-        return failure
+def update_drain(drain_id: str):
+    row = get_drain(drain_id)
     svc = services()
-    try:
-        updated, _ = operations.update_drain(svc.db.connection, svc.vault, resource["id"], row["id"],
-                                             json_object_body(), actor=ACTOR,
-                                             allow_private=svc.settings.allow_private_drains)
-    except (InputError, operations.OperationError) as exc:
-        return operation_failed(exc)
+    updated, _ = operations.update_drain(svc.db.connection, svc.vault, g.resource["id"], row["id"],
+                                         json_object_body(), actor=ACTOR,
+                                         allow_private=svc.settings.allow_private_drains)
     return json_response(drain_view(updated, svc.vault))
 
 
 @bp.delete("/<drain_id>")
-def delete_drain(resource_id: str, drain_id: str):
-    resource, row, failure = _authorized_drain(resource_id, drain_id)
-    if failure is not None:
-        return failure
+def delete_drain(drain_id: str):
+    row = get_drain(drain_id)
     try:
-        operations.delete_drain(services().db.connection, resource["id"], row["id"], actor=ACTOR)
-    except InputError:
+        operations.delete_drain(services().db.connection, g.resource["id"], row["id"], actor=ACTOR)
+    except InputError:  # the API says what to do instead, in its own words
         return error(422, "invalid", "the heroku drain is the app's own log stream: disable it instead "
                                      "(PATCH {\"enabled\": false})")
-    except operations.OperationError as exc:
-        return operation_failed(exc)
     return Response(status=204)
 
 
 @bp.post("/<drain_id>/token")
-def rotate_drain_token(resource_id: str, drain_id: str):
-    resource, row, failure = _authorized_drain(resource_id, drain_id)
-    if failure is not None:
-        return failure
+def rotate_drain_token(drain_id: str):
+    row = get_drain(drain_id)
     svc = services()
-    try:
-        updated = operations.rotate_drain_token(svc.db.connection, resource["id"], row["id"], actor=ACTOR)
-    except operations.OperationError as exc:
-        return operation_failed(exc)
+    updated = operations.rotate_drain_token(svc.db.connection, g.resource["id"], row["id"], actor=ACTOR)
     return json_response(drain_view(updated, svc.vault))
 
 
 @bp.post("/<drain_id>/test")
-def test_drain(resource_id: str, drain_id: str):
+def test_drain(drain_id: str):
     """Send one test record through the drain now, as a delivery would; the answer says what happened.
 
     The record goes out in the drain's own format (a Forge record from the
@@ -156,21 +132,16 @@ def test_drain(resource_id: str, drain_id: str):
     502 with the reason when it did not (a 4xx/5xx, a refused certificate, an
     unreachable or private address).
     """
-    resource, row, failure = _authorized_drain(resource_id, drain_id)
-    if failure is not None:
-        return failure
+    row = get_drain(drain_id)
     svc = services()
-    try:
-        message = None
-        if request.get_data():
-            body = json_object_body()
-            if set(body) - {"message"}:
-                raise InputError(sorted(set(body) - {"message"})[0], "the only field is message")
-            message = body.get("message", operations.TEST_MESSAGE)
-        outcome = operations.test_drain(svc.db.connection, svc.wire(), svc.vault, resource["id"], row["id"],
-                                        actor=ACTOR, message=message)
-    except (InputError, operations.OperationError) as exc:
-        return operation_failed(exc)
+    message = None
+    if request.get_data():
+        body = json_object_body()
+        if set(body) - {"message"}:
+            raise InputError(sorted(set(body) - {"message"})[0], "the only field is message")
+        message = body.get("message", operations.TEST_MESSAGE)
+    outcome = operations.test_drain(svc.db.connection, svc.wire(), svc.vault, g.resource["id"], row["id"],
+                                    actor=ACTOR, message=message)
     if outcome.delivered:
         return json_response({"delivered": True, "status": outcome.status, "record": outcome.record})
     return json_response({"error": "test_failed", "delivered": False, "status": outcome.status,

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, g
 
 from broker import operations, sources
-from broker.validation import InputError
 from web import services
-from web.api import authenticated, json_object_body, operation_failed, owned
-from web.errors import json_response
+from web.errors import json_object_body, json_response, owned
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("sources", __name__, url_prefix="/v1/resources/<resource_id>/sources")
+# Nested under web.api's resource blueprint: /v1/resources/<resource_id>/sources, behind its guard.
+bp = Blueprint("sources", __name__, url_prefix="/sources")
 
 ACTOR = "api-token"
 
@@ -95,100 +94,71 @@ def source_view(row: dict, vault, gaps: list[dict] | None = None) -> dict:
     return view
 
 
-def _authorized_source(resource_id: str, source_id: str):
-    return owned(resource_id, source_id, sources.get, "source")
+def get_source(source_id: str) -> dict:
+    """The authenticated resource's source ``source_id``, or the JSON 404."""
+    return owned(sources.get, source_id, "source")
 
 
 @bp.get("")
-def list_sources(resource_id: str):
-    resource, failure = authenticated(resource_id)
-    if failure is not None:
-        return failure
+def list_sources():
     svc = services()
     with svc.db.connection() as conn:
-        rows = sources.list_for(conn, resource["id"])
+        rows = sources.list_for(conn, g.resource["id"])
     return json_response({"sources": [source_view(r, svc.vault) for r in rows]})
 
 
 @bp.post("")
-def create_source(resource_id: str):
-    resource, failure = authenticated(resource_id)
-    if failure is not None:
-        return failure
+def create_source():
     svc = services()
-    try:
-        row = operations.create_source(svc.db.connection, svc.vault, svc.verifier(), resource["id"],
-                                       json_object_body(), actor=ACTOR)
-    except (InputError, operations.OperationError) as exc:
-        return operation_failed(exc)
+    row = operations.create_source(svc.db.connection, svc.vault, svc.verifier(), g.resource["id"],
+                                   json_object_body(), actor=ACTOR)
     response = json_response(source_view(row, svc.vault), 201)
-    response.headers["Location"] = f"/v1/resources/{resource['id']}/sources/{row['id']}"
+    response.headers["Location"] = f"/v1/resources/{g.resource['id']}/sources/{row['id']}"
     return response
 
 
 @bp.get("/<source_id>")
-def read_source(resource_id: str, source_id: str):
-    _, row, failure = _authorized_source(resource_id, source_id)
-    if failure is not None:
-        return failure
+def read_source(source_id: str):
+    row = get_source(source_id)
     with services().db.connection() as conn:
         recorded = sources.gaps(conn, row["id"])
     return json_response(source_view(row, services().vault, recorded))
 
 
 @bp.post("/<source_id>/backfill")
-def backfill_source(resource_id: str, source_id: str):
+def backfill_source(source_id: str):
     """Re-poll from a past time (at most 14 days back); progress shows in ``polling.backfill``."""
-    resource, row, failure = _authorized_source(resource_id, source_id)
-    if failure is not None:
-        return failure
+    row = get_source(source_id)
     svc = services()
-    try:
-        body = json_object_body()
-        updated = operations.backfill_source(svc.db.connection, resource["id"], row["id"], body.get("from"),
-                                             actor=ACTOR)
-    except (InputError, operations.OperationError) as exc:
-        return operation_failed(exc)
+    updated = operations.backfill_source(svc.db.connection, g.resource["id"], row["id"],
+                                         json_object_body().get("from"), actor=ACTOR)
     return json_response(source_view(updated, svc.vault), 202)
 
 
 @bp.patch("/<source_id>")
-def update_source(resource_id: str, source_id: str):
-    resource, current, failure = _authorized_source(resource_id, source_id)
-    if failure is not None:
-        return failure
+def update_source(source_id: str):
+    current = get_source(source_id)
     svc = services()
-    try:
-        row, _ = operations.update_source(svc.db.connection, svc.vault, svc.verifier(), resource["id"],
-                                          current["id"], json_object_body(), actor=ACTOR)
-    except (InputError, operations.OperationError) as exc:
-        return operation_failed(exc)
+    row, _ = operations.update_source(svc.db.connection, svc.vault, svc.verifier(), g.resource["id"],
+                                      current["id"], json_object_body(), actor=ACTOR)
     return json_response(source_view(row, svc.vault))
 
 
 @bp.delete("/<source_id>")
-def delete_source(resource_id: str, source_id: str):
-    resource, row, failure = _authorized_source(resource_id, source_id)
-    if failure is not None:
-        return failure
-    try:
-        operations.delete_source(services().db.connection, resource["id"], row["id"], actor=ACTOR)
-    except operations.OperationError as exc:
-        return operation_failed(exc)
+def delete_source(source_id: str):
+    row = get_source(source_id)
+    operations.delete_source(services().db.connection, g.resource["id"], row["id"], actor=ACTOR)
     return Response(status=204)
 
 
 @bp.post("/<source_id>/verify")
-def verify_source(resource_id: str, source_id: str):
-    resource, row, failure = _authorized_source(resource_id, source_id)
-    if failure is not None:
-        return failure
+def verify_source(source_id: str):
+    """Check the stored credentials with Atlassian now. A refusal is an answer (200, ``ok`` false, the
+    source paused); Atlassian being unavailable says nothing about the source (502/503)."""
+    row = get_source(source_id)
     svc = services()
-    try:
-        updated, refusal = operations.verify_source(svc.db.connection, svc.vault, svc.verifier(), resource["id"],
-                                                    row["id"], actor=ACTOR)
-    except operations.OperationError as exc:
-        return operation_failed(exc)  # Atlassian unavailable: says nothing about the source
+    updated, refusal = operations.verify_source(svc.db.connection, svc.vault, svc.verifier(), g.resource["id"],
+                                                row["id"], actor=ACTOR)
     return json_response({
         "source": source_view(updated, svc.vault),
         "verification": {"ok": refusal is None,
