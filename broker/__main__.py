@@ -2,9 +2,11 @@
 
     python -m broker migrate
     python -m broker partners list
-    python -m broker partners create <id> --name "Acme Cloud"   # prints the first password once
+    python -m broker partners create <id> --name "Acme Cloud"   # prints the first password and SSO salt once
     python -m broker partners add-password <id>                  # for a rotation; prints it once
     python -m broker partners remove-password <id>               # reads the password from stdin
+    python -m broker partners rotate-sso-salt <id> [--overlap-minutes N]  # prints the new salt once
+    python -m broker partners end-sso-salt-overlap <id>          # the previous salt stops working now
     python -m broker rotate-keys [--batch-size N] [--limit-batches N]
     python -m broker backfill SOURCE_ID --since 2026-11-20T08:00:00Z [--wait]
     python -m broker replay DRAIN_ID --since 2026-11-20T08:00:00Z [--wait]
@@ -79,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("id")
     remove = actions.add_parser("remove-password", help="remove a password read from stdin")
     remove.add_argument("id")
+    salt = actions.add_parser(
+        "rotate-sso-salt", help="give the partner a new SSO salt and print it",
+        description="Issue a new SSO salt for an integrator (its resources open only with its own salt) and "
+                    "print it once. The previous salt keeps working for --overlap-minutes while the partner "
+                    "deploys the new one; 0 ends it at once (a leaked salt).")
+    salt.add_argument("id")
+    salt.add_argument("--overlap-minutes", type=_minutes(partners.MAX_SSO_SALT_OVERLAP_SECONDS // 60),
+                      default=partners.SSO_SALT_OVERLAP_SECONDS // 60, metavar="N",
+                      help=f"how long the previous salt still works (default "
+                           f"{partners.SSO_SALT_OVERLAP_SECONDS // 60}, at most "
+                           f"{partners.MAX_SSO_SALT_OVERLAP_SECONDS // 60})")
+    end = actions.add_parser("end-sso-salt-overlap", help="stop the previous SSO salt working now")
+    end.add_argument("id")
 
     rotate = commands.add_parser(
         "rotate-keys", help="re-encrypt every secret at rest under the first key of FERNET_KEYS",
@@ -162,15 +177,46 @@ def _note(message: str) -> None:
 
 # --- partners ------------------------------------------------------------------------
 
+def _minutes(limit: int):
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of minutes") from None
+        if not 0 <= number <= limit:
+            raise argparse.ArgumentTypeError(f"{number} is out of range: 0 to {limit}")
+        return number
+    return parse
+
+
 def _partners(conn, settings, args) -> int:
+    from broker.vault import Vault
+
     try:
         if args.action == "list":
             for row in partners.list_all(conn):
-                print(f"{row['id']}\t{row['name']}\tpasswords={row['passwords']}\t"
+                sso = "sso=yes" if row["has_sso_salt"] else "sso=no"
+                if row["sso_salt_previous_until"] is not None:
+                    sso += f"(previous until {_when(row['sso_salt_previous_until'])})"
+                print(f"{row['id']}\t{row['name']}\tpasswords={row['passwords']}\t{sso}\t"
                       f"created={row['created_at']:%Y-%m-%d}")
         elif args.action == "create":
-            password = partners.create(conn, settings, args.id, args.name)
-            print(f"partner {args.id} created; its password (shown once):\n{password}")
+            # One transaction: a partner never exists without its SSO salt.
+            with conn.transaction():
+                password = partners.create(conn, settings, args.id, args.name)
+                salt = partners.rotate_sso_salt(conn, Vault(settings.fernet_keys), args.id, overlap_seconds=0)
+            print(f"partner {args.id} created; its SSO salt, to sign its users' sign-ins (shown once):\n"
+                  f"{salt}\nits password (shown once):\n{password}")
+        elif args.action == "rotate-sso-salt":
+            salt = partners.rotate_sso_salt(conn, Vault(settings.fernet_keys), args.id,
+                                            overlap_seconds=args.overlap_minutes * 60)
+            overlap = (f"the previous one still works for {_plural(args.overlap_minutes, 'minute')}"
+                       if args.overlap_minutes else "the previous one no longer works")
+            print(f"new SSO salt for {args.id} (shown once; {overlap}):\n{salt}")
+        elif args.action == "end-sso-salt-overlap":
+            ended = partners.end_sso_salt_overlap(conn, args.id)
+            print(f"the previous SSO salt of {args.id} no longer works" if ended
+                  else f"{args.id} had no previous SSO salt still working")
         elif args.action == "add-password":
             password = partners.add_password(conn, args.id)
             print(f"new password for {args.id} (shown once; the old ones still work):\n{password}")

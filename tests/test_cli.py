@@ -52,6 +52,48 @@ def test_an_operator_creates_rotates_and_lists_partners(env, client):
     assert provision(first) == 401 and provision(second) == 200
 
 
+def test_an_operator_issues_and_rotates_an_integrators_sso_salt(env, client, conn):
+    from tests.support.partner import sso_token
+
+    created = cli(env, "partners", "create", "acme-cloud", "--name", "Acme Cloud")
+    assert created.returncode == 0, created.stderr
+    lines = created.stdout.strip().splitlines()
+    salt, password = lines[1], lines[-1]
+    assert "SSO salt" in lines[0] and len(salt) >= 32 and salt != password
+    stored = conn.execute("SELECT sso_salt_enc, sso_salt_previous_enc FROM partners").fetchone()
+    assert salt not in str(stored) and stored["sso_salt_enc"] and stored["sso_salt_previous_enc"] is None
+    body = provision_body(log_drain_token=None, log_input_url=None)
+    token = base64.b64encode(f"acme-cloud:{password}".encode()).decode()
+    assert client.post("/heroku/resources", data=json.dumps(body),
+                       headers={"Authorization": f"Basic {token}"}).status_code == 200
+
+    def opens(with_salt: str) -> bool:
+        stamp, signed = sso_token(body["uuid"], salt=with_salt)
+        return client.post("/sso/login", data={"resource_id": body["uuid"], "resource_token": signed,
+                                               "timestamp": stamp}).status_code == 302
+
+    assert opens(salt) and not opens("forgedrain-dev-sso-salt")
+    rotated = cli(env, "partners", "rotate-sso-salt", "acme-cloud", "--overlap-minutes", "5")
+    assert rotated.returncode == 0, rotated.stderr
+    assert "the previous one still works for 5 minutes" in rotated.stdout
+    new = rotated.stdout.strip().splitlines()[-1]
+    assert new != salt and opens(new) and opens(salt)
+    assert re.search(r"^acme-cloud\tAcme Cloud\tpasswords=1\tsso=yes\(previous until \S+Z\)\t",
+                     cli(env, "partners", "list").stdout, re.M)
+    ended = cli(env, "partners", "end-sso-salt-overlap", "acme-cloud")
+    assert ended.returncode == 0 and "no longer works" in ended.stdout
+    assert opens(new) and not opens(salt)
+    for refused in (("rotate-sso-salt", "acme-cloud", "--overlap-minutes", "1441"),
+                    ("rotate-sso-salt", "acme-cloud", "--overlap-minutes", "-1")):
+        done = cli(env, "partners", *refused)
+        assert done.returncode == 2 and "out of range: 0 to 1440" in done.stderr
+    missing = cli(env, "partners", "rotate-sso-salt", "nobody")
+    assert missing.returncode == 1 and "no partner 'nobody'" in missing.stderr
+    assert opens(new)
+    for done in (created, rotated, ended):
+        assert "Traceback" not in done.stderr
+
+
 def test_partner_mistakes_are_reported_without_a_traceback(env):
     cli(env, "partners", "create", "acme-cloud", "--name", "Acme")
     again = cli(env, "partners", "create", "acme-cloud", "--name", "Acme")
@@ -71,6 +113,7 @@ ENCRYPTED = {
     "resources": ("oauth_grant_code_enc", "oauth_access_token_enc", "oauth_refresh_token_enc"),
     "sources": ("api_token_enc",),
     "drains": ("url_enc", "headers_enc"),
+    "partners": ("sso_salt_enc", "sso_salt_previous_enc"),
 }
 
 
@@ -109,6 +152,12 @@ def populate(conn, vault: Vault) -> dict[tuple[str, str, str], str]:
         conn.execute("UPDATE drains SET headers_enc = %s WHERE id = %s", (vault.encrypt(headers), oid))
         secrets.update({("drains", "url_enc", str(hid)): heroku, ("drains", "url_enc", str(oid)): otlp,
                         ("drains", "headers_enc", str(oid)): headers})
+        partner, salt, previous = f"partner-{n}", f"salt-{uuid.uuid4().hex}", f"salt-{uuid.uuid4().hex}"
+        conn.execute("INSERT INTO partners (id, name, sso_salt_enc, sso_salt_previous_enc, sso_salt_previous_until) "
+                     "VALUES (%s, %s, %s, %s, now() + interval '1 hour')",
+                     (partner, partner, vault.encrypt(salt), vault.encrypt(previous)))
+        secrets.update({("partners", "sso_salt_enc", partner): salt,
+                        ("partners", "sso_salt_previous_enc", partner): previous})
     return secrets
 
 
