@@ -50,6 +50,12 @@ def get(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> dict | None:
     return conn.execute(f"SELECT {COLUMNS} FROM resources WHERE id = %s", (resource_id,)).fetchone()
 
 
+def get_as_of_now(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> dict | None:
+    """The resource's row with the database's clock as ``now``: the dashboard measures lags and draws
+    its charts on the clock that stamped checkpoints and activity, not the web dyno's."""
+    return conn.execute(f"SELECT {COLUMNS}, now() AS now FROM resources WHERE id = %s", (resource_id,)).fetchone()
+
+
 def get_for_update(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> dict | None:
     return conn.execute(
         f"SELECT {COLUMNS} FROM resources WHERE id = %s FOR UPDATE", (resource_id,)
@@ -226,14 +232,48 @@ def provision_done(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> bo
 
 
 def provision_failed(conn: psycopg.Connection, resource_id: uuid.UUID | str, error: str) -> bool:
-    return conn.execute(
+    """Mark a provisioning resource failed and erase every secret it holds: a failed resource never
+    comes back (a replayed provision is refused), so nothing it stored will be used again.
+
+    The API token's digest stays (it is no secret) so the owner can still read why it failed; the
+    drain token goes, so Heroku's log drain is refused. ``failed_at`` starts its purge clock.
+    """
+    if conn.execute(
         """
-        UPDATE resources SET state = 'failed', provision_next_at = NULL, provision_error = %s,
-            oauth_grant_code_enc = NULL, updated_at = now()
+        UPDATE resources SET state = 'failed', failed_at = now(), provision_next_at = NULL,
+            provision_error = %s, log_drain_token = NULL,
+            oauth_grant_code_enc = NULL, oauth_grant_expires_at = NULL,
+            oauth_access_token_enc = NULL, oauth_refresh_token_enc = NULL, oauth_expires_at = NULL,
+            updated_at = now()
         WHERE id = %s AND state = 'provisioning'
         """,
         (error, resource_id),
-    ).rowcount == 1
+    ).rowcount != 1:
+        return False
+    retire_children(conn, resource_id)
+    return True
+
+
+def retire_children(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> None:
+    """Disable an ended resource's drains and pause its sources, erasing their secrets."""
+    conn.execute(
+        "UPDATE drains SET enabled = false, url_enc = NULL, headers_enc = NULL, updated_at = now() "
+        "WHERE resource_id = %s",
+        (resource_id,),
+    )
+    conn.execute(
+        "UPDATE sources SET api_token_enc = NULL, state = 'paused', updated_at = now() "
+        "WHERE resource_id = %s",
+        (resource_id,),
+    )
+
+
+def purge_failed(conn: psycopg.Connection, older_than_days: int) -> int:
+    """Delete resources whose provisioning failed long ago, with everything they hold."""
+    return conn.execute(
+        "DELETE FROM resources WHERE state = 'failed' AND failed_at < now() - make_interval(days => %s)",
+        (older_than_days,),
+    ).rowcount
 
 
 def provision_timing(conn: psycopg.Connection, resource_id: uuid.UUID | str, deadline_hours: int,

@@ -303,6 +303,23 @@ def gaps(conn: psycopg.Connection, source_id: uuid.UUID | str, limit: int = 20) 
     ).fetchall()
 
 
+# A gap is a range already past the App logs API's 14 days when it is recorded (or one no poll can
+# read), so it can never be refilled; its owner still sees it on the dashboard for this long.
+GAPS_KEEP_DAYS = 30
+
+
+def forget_gaps(conn: psycopg.Connection, limit: int, days: int = GAPS_KEEP_DAYS) -> int:
+    """Delete at most ``limit`` gaps recorded more than ``days`` ago, oldest first; returns how many.
+
+    Found on source_gaps_recorded_at_idx, deleted by a TID scan (as :data:`broker.audit.FORGET`).
+    """
+    return conn.execute(
+        "DELETE FROM source_gaps WHERE ctid = ANY(ARRAY(SELECT ctid FROM source_gaps "
+        "WHERE recorded_at < now() - make_interval(days => %s) ORDER BY recorded_at LIMIT %s))",
+        (days, limit),
+    ).rowcount
+
+
 def delete(conn: psycopg.Connection, source_id: uuid.UUID | str) -> None:
     conn.execute("DELETE FROM sources WHERE id = %s", (source_id,))
 

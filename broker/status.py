@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import psycopg
 
-from broker import drains, jobs, outbox
+from broker import drains, heartbeats, jobs, outbox
 from broker.vault import Vault, VaultError
 
 
@@ -134,11 +134,11 @@ def fleet(conn: psycopg.Connection, redis_client) -> tuple[str, bool]:
         ok = False
         queues = f"Redis unreachable ({type(exc).__name__})"
     sections.append("Queues\n" + queues)
-    beats = conn.execute("SELECT name, beat_at FROM heartbeats ORDER BY name").fetchall()
+    beats = heartbeats.every(conn)
     sections.append("Heartbeats\n" + table(["name", "last beat", "ago"],
                                            [(b["name"], b["beat_at"], now - b["beat_at"]) for b in beats],
                                            right=[2]))
-    if not any(b["name"] == "tick" for b in beats):
+    if not any(b["name"] == heartbeats.TICK for b in beats):
         sections.append("warning: the clock has never ticked (no 'tick' heartbeat): is a clock process running?")
     return "\n\n".join(sections), ok
 

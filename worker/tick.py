@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
-from broker import activity, delivery, ingest, jobs, outbox, polling, redisconn, resources
+from broker import (activity, audit, delivery, heartbeats, ingest, jobs, outbox, polling, redisconn, resources,
+                    sources)
 from worker import context
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SQL = """
-INSERT INTO heartbeats (name, beat_at) VALUES ('tick', now())
-ON CONFLICT (name) DO UPDATE SET beat_at = excluded.beat_at
-"""
-
-# Deprovisioned resources keep their rows (and audit trail) this long.
+# Deprovisioned resources keep their rows (and audit trail) this long, failed ones this long after they failed.
 PURGE_AFTER_DAYS = 30
+# Old audit entries and gaps go this many rows per delete, each its own short transaction, and at most
+# FORGET_CHUNKS deletes per table a minute: no delete holds locks or bloats the WAL for long, and a first
+# run over years of history still forgets 600,000 rows a minute.
+FORGET_CHUNK_ROWS = 10_000
+FORGET_CHUNKS = 10
 # Enough for any realistic burst of provisions; the rest wait one tick.
 PROVISIONS_PER_TICK = 500
 # The outbox is pruned about once a minute, not every tick.
@@ -24,7 +26,8 @@ PRUNE_EVERY_SECONDS = 60
 
 def run(slot: int) -> dict:
     """Record the tick, keep poll and delivery jobs queued while sources and drains are due, re-enqueue due
-    asynchronous provisions, prune the outbox (about once a minute), purge old resources.
+    asynchronous provisions, prune the outbox and forget old audit entries and gaps (about once a minute), purge
+    old deprovisioned and failed resources.
 
     Cheap at any fleet size: one indexed, capped count of due sources decides how
     many poll jobs to keep queued (slot-unique ids: a job still queued or running
@@ -32,18 +35,20 @@ def run(slot: int) -> dict:
     """
     settings = context.settings()
     with context.connection() as conn:
-        with conn.transaction():
-            conn.execute(HEARTBEAT_SQL)
+        heartbeats.beat(conn, heartbeats.TICK)
         due_sources = polling.count_due(conn, settings.poll_threads * settings.poll_batches)
         due_drains = delivery.count_due(conn, settings.delivery_threads * settings.delivery_jobs)
         due = resources.due_provisions(conn, PROVISIONS_PER_TICK)
         with conn.transaction():
-            purged = resources.purge_deprovisioned(conn, PURGE_AFTER_DAYS)
-        pruned = None
+            purged = (resources.purge_deprovisioned(conn, PURGE_AFTER_DAYS)
+                      + resources.purge_failed(conn, PURGE_AFTER_DAYS))
+        pruned, forgotten = None, 0
         if slot % max(1, PRUNE_EVERY_SECONDS // settings.clock_tick_seconds) == 0:
             pruned = outbox.prune(conn, replay_hours=settings.outbox_replay_hours)
             ingest.forget(conn)
             activity.forget(conn)
+            forgotten = (forget_in_chunks(lambda limit: audit.forget(conn, limit))
+                         + forget_in_chunks(lambda limit: sources.forget_gaps(conn, limit)))
     connection = redisconn.connect(settings.redis_url)
     batches = 0
     if due_sources:
@@ -69,5 +74,19 @@ def run(slot: int) -> dict:
     if pruned and (pruned.batches or pruned.dropped_records):
         log.info("outbox pruned batches=%d drains_behind=%d dropped_records=%d", pruned.batches,
                  pruned.drains_behind, pruned.dropped_records)
+    if forgotten:
+        log.info("forgot audit entries and gaps past their retention rows=%d", forgotten)
     return {"due_sources": due_sources, "poll_jobs": batches, "due_drains": due_drains, "delivery_jobs": deliveries}
 
+
+def forget_in_chunks(forget: Callable[[int], int], chunk_rows: int = FORGET_CHUNK_ROWS,
+                     chunks: int = FORGET_CHUNKS) -> int:
+    """Call a store's bounded delete (``forget(limit)``) until it comes back short or ``chunks`` calls are
+    spent; the rest waits for the next minute. Returns how many rows went."""
+    total = 0
+    for _ in range(chunks):
+        gone = forget(chunk_rows)
+        total += gone
+        if gone < chunk_rows:
+            break
+    return total
