@@ -273,6 +273,41 @@ def test_drain_forms_test_rotate_disable_and_delete(client, signed_in, conn):
     assert "disable it instead" in page(client, rid)
 
 
+def test_the_test_button_waits_while_another_call_of_the_resource_is_out(client, signed_in, conn, redis_url):
+    from broker import ratelimit, redisconn
+
+    rid, token = signed_in
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as receiver:
+        client.post(f"/dashboard/{rid}/drains", data={"kind": "logplex", "url": f"{receiver.url}/drain",
+                                                       "csrf_token": token})
+        drain_id = conn.execute("SELECT id FROM drains WHERE kind = 'logplex'").fetchone()["id"]
+        assert ratelimit.OwnerCalls(redisconn.connect(redis_url)).take(rid, 60)[0] is not None
+        refused = client.post(f"/dashboard/{rid}/drains/{drain_id}/test", data={"csrf_token": token})
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+        assert "still running" in refused.get_data(as_text=True)
+        assert inbox.requests == []
+    assert count(conn, "audit_log", "action = 'drain.tested'") == 0
+
+
+def test_a_button_refused_for_want_of_redis_says_why_on_the_page(client, signed_in, conn, env):
+    rid, token = signed_in
+    client.post(f"/dashboard/{rid}/drains", data={"kind": "logplex", "url": "https://logs.example.com/drain",
+                                                   "csrf_token": token})
+    drain_id = conn.execute("SELECT id FROM drains WHERE kind = 'logplex'").fetchone()["id"]
+    # The same deployment with its Redis gone (nothing listens on port 1): the browser keeps its session.
+    app = create_app(config.load({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, testing=True))
+    try:
+        browser = app.test_client()
+        browser.set_cookie("forgedrain_session", client.get_cookie("forgedrain_session").value)
+        answer = browser.post(f"/dashboard/{rid}/drains/{drain_id}/test", data={"csrf_token": token})
+        assert answer.status_code == 303 and answer.headers["Location"].endswith(f"#drain-{drain_id}")
+        assert "cannot count this add-on&#39;s calls out right now" in page(browser, rid)
+    finally:
+        app.extensions["forgedrain"].db.close()
+    assert count(conn, "audit_log", "action = 'drain.tested'") == 0
+
+
 def test_a_refused_backfill_and_the_plan_limit_say_why(client, signed_in, conn):
     rid, token = signed_in
     assert add_source(client, rid, token).status_code == 303

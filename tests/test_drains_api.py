@@ -204,6 +204,24 @@ def test_a_test_to_a_private_address_is_refused_with_the_reason(api, resource):
     assert unknown.status_code == 422
 
 
+def test_a_test_record_waits_while_another_call_of_the_resource_is_out(api_factory, resource, conn, redis_url):
+    from broker import ratelimit, redisconn
+    from tests.fakes.receivers import logplex_receiver
+    from tests.fakes.server import LocalServer
+
+    api, (rid, auth) = api_factory(allow_private=True), resource
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as receiver:
+        drain = create(api, resource, kind="logplex", url=f"{receiver.url}/drain").json
+        held, _, _ = ratelimit.OwnerCalls(redisconn.connect(redis_url)).take(rid, 60)  # a verification, say
+        assert held is not None
+        refused = api.post(f"/v1/resources/{rid}/drains/{drain['id']}/test", headers=auth)
+        assert refused.status_code == 429 and refused.json["error"] == "busy", refused.json
+        assert 1 <= int(refused.headers["Retry-After"]) <= 5
+        assert inbox.requests == []
+    assert conn.execute("SELECT count(*) AS n FROM audit_log WHERE action = 'drain.tested'").fetchone()["n"] == 0
+
+
 def test_list_and_read_show_each_drains_backlog(api, resource, conn, settings):
     from tests.support.polling import add_source
     from tests.test_delivery import forge_record, store

@@ -113,6 +113,9 @@ class Services:
         # Atlassian spend it too, with the calls polling leaves them and a little headroom.
         self.limiter = RateLimiter(self.redis, ratelimit.owner_limit(settings.forge_rate_limit),
                                    settings.forge_rate_period_seconds)
+        # Sending a test record is a call out from a web thread: bounded per resource (verifications
+        # are bounded by default, in the Redis of the Forge budget).
+        self.owner_calls = ratelimit.OwnerCalls(self.redis)
         self._local = threading.local()
 
     def forge(self) -> ForgeClient:

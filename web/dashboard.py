@@ -79,6 +79,18 @@ def _busy(exc: operations.Busy):
                          429, retry_after_header(exc.refusal.retry_after) or {})
 
 
+@bp.errorhandler(InputError)
+@bp.errorhandler(operations.OperationError)
+def _not_done(exc: InputError | operations.OperationError):
+    """Any other refusal of a button (a form that is not re-rendered): its message, back on the page
+    at the source or drain it was about. The handlers above take the more specific refusals."""
+    flash(exc.message, "error")
+    args = request.view_args or {}
+    anchor = (f"drain-{args['drain_id']}" if "drain_id" in args
+              else f"source-{args['source_id']}" if "source_id" in args else "")
+    return _back(args["resource_id"], anchor)
+
+
 @bp.app_context_processor
 def _template_helpers():
     return {"csrf_token": forms.csrf_token}
@@ -99,7 +111,7 @@ def _back(resource_id, anchor: str = ""):
 def _page(resource_id: uuid.UUID, *, status: int = 200, forms_state: dict | None = None):
     svc = services()
     with svc.db.connection() as conn:
-        row = resources.get(conn, resource_id)
+        row = resources.get_as_of_now(conn, resource_id)
         if row is None or row["state"] == "deprovisioned":
             session.clear()
             abort(404)
@@ -109,7 +121,7 @@ def _page(resource_id: uuid.UUID, *, status: int = 200, forms_state: dict | None
         series = activity.series(conn, resource_id)
         gaps = {s["id"]: sources.gaps(conn, s["id"]) for s in source_rows}
         entries = audit.recent(conn, resource_id, 50)
-        now = conn.execute("SELECT now() AS now").fetchone()["now"]
+    now = row["now"]
     found = view.collect(series, now)
     source_cards = []
     for s in source_rows:
@@ -342,7 +354,8 @@ def update_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
 @bp.post("/<uuid:resource_id>/drains/<uuid:drain_id>/test")
 def test_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
     svc = services()
-    outcome = operations.test_drain(_connect, svc.wire(), svc.vault, resource_id, drain_id, actor=_actor())
+    outcome = operations.test_drain(_connect, svc.wire(), svc.vault, resource_id, drain_id, actor=_actor(),
+                                    calls=svc.owner_calls)
     status = f" (HTTP {outcome.status})" if outcome.status else ""
     if outcome.delivered:
         flash(f"Test record delivered: the receiver accepted it{status}. Look for "
@@ -365,14 +378,8 @@ def rotate_drain_token(resource_id: uuid.UUID, drain_id: uuid.UUID):
 def set_drain_enabled(resource_id: uuid.UUID, drain_id: uuid.UUID):
     svc = services()
     enabled = request.form.get("enabled") == "true"
-    try:
-        operations.set_drain_enabled(_connect, svc.vault, resource_id, drain_id, enabled, actor=_actor(),
-                                     allow_private=svc.settings.allow_private_drains)
-    except (operations.NotFound, operations.Frozen):
-        raise  # a 404 (_missing) or 410/409 (_frozen), not a form error
-    except (InputError, operations.OperationError) as exc:
-        flash(exc.message, "error")
-        return _back(resource_id, f"drain-{drain_id}")
+    operations.set_drain_enabled(_connect, svc.vault, resource_id, drain_id, enabled, actor=_actor(),
+                                 allow_private=svc.settings.allow_private_drains)
     flash("Drain enabled: deliveries resume." if enabled
           else "Drain disabled: records wait for it within the plan's backlog.", "ok")
     return _back(resource_id, f"drain-{drain_id}")
@@ -380,10 +387,6 @@ def set_drain_enabled(resource_id: uuid.UUID, drain_id: uuid.UUID):
 
 @bp.post("/<uuid:resource_id>/drains/<uuid:drain_id>/delete")
 def delete_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
-    try:
-        row = operations.delete_drain(_connect, resource_id, drain_id, actor=_actor())
-    except InputError as exc:
-        flash(exc.message, "error")
-        return _back(resource_id, f"drain-{drain_id}")
+    row = operations.delete_drain(_connect, resource_id, drain_id, actor=_actor())
     flash(f"Drain {row['name'] or row['kind']} deleted.", "ok")
     return _back(resource_id, "drains")

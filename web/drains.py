@@ -141,7 +141,7 @@ def test_drain(drain_id: str):
             raise InputError(sorted(set(body) - {"message"})[0], "the only field is message")
         message = body.get("message", operations.TEST_MESSAGE)
     outcome = operations.test_drain(svc.db.connection, svc.wire(), svc.vault, g.resource["id"], row["id"],
-                                    actor=ACTOR, message=message)
+                                    actor=ACTOR, message=message, calls=svc.owner_calls)
     if outcome.delivered:
         return json_response({"delivered": True, "status": outcome.status, "record": outcome.record})
     return json_response({"error": "test_failed", "delivered": False, "status": outcome.status,
