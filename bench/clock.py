@@ -69,7 +69,7 @@ import psycopg  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from broker import config, db, jobs, migrate, polling, redisconn, resources  # noqa: E402
+from broker import config, db, heartbeats, jobs, migrate, polling, redisconn, resources  # noqa: E402
 from broker.vault import Vault  # noqa: E402
 from common import create_database, drop_database, servers, with_database  # noqa: E402
 from worker import context, tick  # noqa: E402
@@ -229,14 +229,15 @@ def run_scenario(name: str, settings: config.Settings, redis, conn: psycopg.Conn
         try:
             def heartbeat():
                 with fresh.transaction():
-                    fresh.execute(tick.HEARTBEAT_SQL)
+                    heartbeats.beat(fresh, heartbeats.TICK)
             step_hb, _ = timed(heartbeat)
             step_count, _ = timed(lambda: polling.count_due(fresh, cap))
             step_prov, _ = timed(lambda: resources.due_provisions(fresh, tick.PROVISIONS_PER_TICK))
 
             def purge():
                 with fresh.transaction():
-                    return resources.purge_deprovisioned(fresh, tick.PURGE_AFTER_DAYS)
+                    return (resources.purge_deprovisioned(fresh, tick.PURGE_AFTER_DAYS)
+                            + resources.purge_failed(fresh, tick.PURGE_AFTER_DAYS))
             step_purge, _ = timed(purge)
         finally:
             fresh.close()

@@ -295,8 +295,10 @@ def _backfill(conn, settings, args) -> int:
 
 
 def _warn_if_clock_stopped(conn) -> None:
-    beat = conn.execute("SELECT now() - beat_at AS age FROM heartbeats WHERE name = 'tick'").fetchone()
-    if beat is None or beat["age"].total_seconds() > 120:
+    from broker import heartbeats
+
+    age = heartbeats.age(conn)
+    if age is None or age.total_seconds() > 120:
         _err("the clock has not ticked in the last 2 minutes: without clock and workers nothing moves")
 
 

@@ -25,7 +25,7 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from broker import delivery, jobs, outbox, ratelimit
+from broker import delivery, heartbeats, jobs, outbox, ratelimit
 
 PREFIX = "forgedrain"
 # Prometheus' own scrape timeout defaults to 10 s; answer well inside it.
@@ -111,7 +111,6 @@ SELECT count(*) AS gaps, COALESCE(sum(extract(epoch FROM gap_until - gap_from)),
 FROM source_gaps
 """
 
-TICK = "SELECT extract(epoch FROM now() - beat_at)::float AS age FROM heartbeats WHERE name = 'tick'"
 
 
 @dataclass
@@ -149,8 +148,8 @@ def read_database(conn: psycopg.Connection, snapshot: Snapshot) -> None:
         snapshot.outbox = conn.execute(OUTBOX).fetchone()
         snapshot.ingest = conn.execute(INGEST).fetchone()
         snapshot.gaps = conn.execute(GAPS).fetchone()
-        tick = conn.execute(TICK).fetchone()
-        snapshot.tick_age = tick["age"] if tick else None
+        tick_age = heartbeats.age(conn)
+        snapshot.tick_age = tick_age.total_seconds() if tick_age is not None else None
 
 
 def read_redis(connection: redis.Redis, snapshot: Snapshot) -> None:

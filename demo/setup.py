@@ -13,7 +13,7 @@
    day of backlog before anything new shows.
 4. Prints a banner: the sign-in link, the resource id, what to watch.
 5. Serves the sign-in link on ``--signin-port`` until stopped: every ``GET /`` answers a page
-   that POSTs a fresh SSO form (``resource_id``, ``resource_token = sha1(id:salt:timestamp)``,
+   that POSTs a fresh SSO form (``resource_id``, ``resource_token``, ``user_scoped_resource_token``,
    ``timestamp``) to the broker's ``/sso/login``, exactly as Heroku's dashboard does, so the
    link never expires (an SSO timestamp is only good for five minutes). ``--no-serve`` stops
    after the banner.
@@ -76,11 +76,14 @@ def _check(response: requests.Response, what: str, expected: tuple[int, ...]) ->
 
 
 def sso_form(resource_id: str, salt: str, now: float | None = None) -> dict[str, str]:
-    """The fields Heroku's dashboard POSTs to the add-on's sso_url (v3 resource_token)."""
+    """The fields Heroku's dashboard POSTs to the add-on's sso_url: the v3 resource_token and the
+    user_scoped_resource_token that signs who the user is (only signed fields name the user)."""
     timestamp = str(int(time.time() if now is None else now))
+    email, user_id = "demo@forgedrain.test", "demo-user"
     token = hashlib.sha1(f"{resource_id}:{salt}:{timestamp}".encode()).hexdigest()
-    return {"resource_id": resource_id, "resource_token": token, "timestamp": timestamp,
-            "email": "demo@forgedrain.test", "app": "forgedrain-demo"}
+    scoped = hashlib.sha256(f"{resource_id}:{salt}:{timestamp}:{user_id}:{email}".encode()).hexdigest()
+    return {"resource_id": resource_id, "resource_token": token, "user_scoped_resource_token": scoped,
+            "timestamp": timestamp, "user_id": user_id, "email": email, "app": "forgedrain-demo"}
 
 
 def sso_page(web: str, resource_id: str, salt: str) -> str:

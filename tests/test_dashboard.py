@@ -14,7 +14,7 @@ from broker import activity, config
 from tests.fakes.forge import ForgeFake
 from tests.fakes.receivers import logplex_receiver
 from tests.fakes.server import LocalServer
-from tests.support.partner import heroku_headers, provision_body, sso_token
+from tests.support.partner import heroku_headers, provision_body, user_scoped_token
 from web import create_app
 
 APP = "5f0f8a4e-1f5a-4c3e-9d7b-1a2b3c4d5e6f"
@@ -51,8 +51,9 @@ def resource(client):
 
 
 def sign_in(client, rid: str):
-    stamp, token = sso_token(rid)
-    response = client.post("/sso/login", data={"resource_id": rid, "resource_token": token, "timestamp": stamp,
+    stamp, token = user_scoped_token(rid, "u-1", OWNER)
+    response = client.post("/sso/login", data={"resource_id": rid, "user_scoped_resource_token": token,
+                                                "timestamp": stamp,
                                                 "app": "acme", "email": OWNER, "user_id": "u-1"})
     assert response.status_code == 302
     return response

@@ -23,7 +23,7 @@ from tests.fakes.forge import ForgeFake
 from tests.fakes.receivers import logplex_receiver
 from tests.fakes.server import LocalServer
 from tests.support.live import ROOT, live_web
-from tests.support.partner import basic, provision_body, sso_token
+from tests.support.partner import basic, provision_body, user_scoped_token
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / ".local" / "artifacts"
@@ -78,8 +78,8 @@ def browser():
 
 def sso_form(web, rid: str) -> str:
     """The page Heroku's dashboard serves: a form POSTed to the add-on's sso_url."""
-    stamp, token = sso_token(rid)
-    fields = {"resource_id": rid, "resource_token": token, "timestamp": stamp, "app": "acme",
+    stamp, token = user_scoped_token(rid, "u-1", OWNER)
+    fields = {"resource_id": rid, "user_scoped_resource_token": token, "timestamp": stamp, "app": "acme",
               "email": OWNER, "user_id": "u-1", "nav-data": "eyJhcHBuYW1lIjoiYWNtZSJ9"}
     inputs = "".join(f'<input type="hidden" name="{k}" value="{html.escape(v)}">' for k, v in fields.items())
     return (f'<html><body><form method="post" action="{web.url("/sso/login")}">{inputs}'

@@ -131,11 +131,13 @@ def rotate_token():
         token = tokens.api_token(svc.settings.secret_key, row["id"], generation)
         until = resources.rotate_api_token(conn, row["id"], tokens.digest(token), TOKEN_GRACE_SECONDS)
         audit.record(conn, row["id"], "api-token", "resource.token_rotated", {"generation": generation})
-    if locked["oauth_access_token_enc"] is not None:
+        # Pending in PostgreSQL with the rotation itself: the tick enqueues it again if Redis loses the job.
+        push = resources.request_config_push(conn, row["id"])
+    if push:
         try:
             jobs.enqueue_config_push(svc.redis, str(row["id"]))
         except redis.RedisError:
-            log.warning("config push resource=%s not enqueued: redis unavailable", row["id"])
+            log.warning("config push resource=%s not enqueued: redis unavailable (the tick will)", row["id"])
     log.info("token rotated resource=%s generation=%d", row["id"], generation)
     response = json_response({"token": token, "previous_token_valid_until": until.isoformat()})
     response.headers["Cache-Control"] = "no-store"

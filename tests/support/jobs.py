@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import time
 
+from broker import heartbeats
 from worker import context
 
-MARK_SQL = """
-INSERT INTO heartbeats (name, beat_at) VALUES (%s, now())
-ON CONFLICT (name) DO UPDATE SET beat_at = excluded.beat_at
-"""
 
 
 def _mark(name: str) -> None:
     with context.connection() as conn:
-        conn.execute(MARK_SQL, (name,))
+        heartbeats.beat(conn, name)
 
 
 def slow(seconds: float) -> None:
