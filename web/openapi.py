@@ -66,6 +66,14 @@ RESOURCE = {
                 "replays": {"type": "integer", "description": "Batches sent again with the same "
                                                               "Logplex-Frame-Id, stored once."},
                 "last_received_at": {"type": ["string", "null"], "format": "date-time"},
+                "throttled": {"type": "integer",
+                              "description": "429 answers over the plan's ingest volume (frames and bytes a "
+                                             "minute); nothing of a refused batch is stored."},
+                "refused_batches": {"type": "integer", "description": "Batches refused over the volume, "
+                                                                      "each Logplex-Frame-Id once."},
+                "refused_frames": {"type": "integer"},
+                "refused_bytes": {"type": "integer", "description": "Bytes of refused batches, after gzip."},
+                "last_throttled_at": {"type": ["string", "null"], "format": "date-time"},
             },
         },
     },
