@@ -138,7 +138,7 @@ def read_provision_request(body: dict, settings: Settings) -> ProvisionRequest:
         plan=_plan(body),
         region=_region(body),
         name=_optional_text(body, "name"),
-        callback_url=_optional_text(body, "callback_url", MAX_URL),
+        callback_url=_callback_url(body),
         log_drain_token=_drain_token(body),
         log_input_url=_log_input_url(body, settings.allow_private_drains),
         grant=_grant(body),
@@ -227,11 +227,36 @@ def provision(connect: Connect, settings: Settings, vault: Vault, verifier: Call
 
 
 def _optional_text(body: dict, key: str, limit: int = MAX_TEXT) -> str | None:
+    """A printable string of at most ``limit`` characters: no NUL, line break or other control
+    character, and no lone surrogate (valid JSON, but not text PostgreSQL can store)."""
     value = body.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
-        raise RequestRefused(422, f"{key} must be a string of at most {limit} characters")
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable() or not _is_text(value):
+        raise RequestRefused(422, f"{key} must be printable text of at most {limit} characters")
+    return value
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _callback_url(body: dict) -> str | None:
+    """Heroku's callback_url is only recorded, never called: an http(s) URL with a host, no spaces."""
+    value = _optional_text(body, "callback_url", MAX_URL)
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("https", "http") and bool(parts.hostname) and " " not in value
+    except ValueError:
+        ok = False
+    if not ok:
+        raise RequestRefused(422, "callback_url must be an http(s) URL")
     return value
 
 
@@ -303,8 +328,8 @@ def _grant(body: dict) -> tuple[str, datetime] | None:
     if not isinstance(value, dict):
         raise RequestRefused(422, "oauth_grant must be an object with code and expires_at")
     code, expires = value.get("code"), value.get("expires_at")
-    if not isinstance(code, str) or not code or len(code) > 1024:
-        raise RequestRefused(422, "oauth_grant.code must be a non-empty string")
+    if not isinstance(code, str) or not code or len(code) > 1024 or not (code.isascii() and code.isprintable()):
+        raise RequestRefused(422, "oauth_grant.code must be a non-empty string of printable ASCII")
     try:
         expires_at = datetime.fromisoformat(expires.replace("Z", "+00:00"))
         if expires_at.tzinfo is None:

@@ -161,16 +161,7 @@ def deprovision(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> None:
         """,
         (resource_id,),
     )
-    conn.execute(
-        "UPDATE drains SET enabled = false, url_enc = NULL, headers_enc = NULL, updated_at = now() "
-        "WHERE resource_id = %s",
-        (resource_id,),
-    )
-    conn.execute(
-        "UPDATE sources SET api_token_enc = NULL, state = 'paused', updated_at = now() "
-        "WHERE resource_id = %s",
-        (resource_id,),
-    )
+    retire_children(conn, resource_id)
 
 
 def purge_deprovisioned(conn: psycopg.Connection, older_than_days: int) -> int:

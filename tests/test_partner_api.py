@@ -171,7 +171,7 @@ def test_every_configured_password_works_during_a_rotation(app, env, conn):
     (json.dumps(provision_body(oauth_grant="code")).encode(), 422, "oauth_grant must be an object"),
     (json.dumps(provision_body(oauth_grant={"code": "c", "expires_at": "soon"})).encode(), 422, "expires_at"),
     (json.dumps(provision_body(options=["x"])).encode(), 422, "options must be an object"),
-    (json.dumps(provision_body(name="x" * 300)).encode(), 422, "name must be a string"),
+    (json.dumps(provision_body(name="x" * 300)).encode(), 422, "name must be printable text"),
 ])
 def test_bad_input_gets_a_precise_error_and_writes_nothing(client, conn, raw, status, message):
     response = client.post("/heroku/resources", data=raw, headers=heroku_headers())
@@ -378,3 +378,22 @@ def test_a_plain_http_log_input_url_is_refused_where_private_drains_are(env, con
         assert provision(web, provision_body()).status_code in (200, 202)  # https, as Heroku sends
     finally:
         app.extensions["forgedrain"].db.close()
+
+
+@pytest.mark.parametrize("field, raw", [
+    ("name", '"acme\\ud800"'),
+    ("name", '"acme\\nforged"'),
+    ("callback_url", '"https://api.heroku.com/addons/\\ud800"'),
+    ("callback_url", '"https://api.heroku.com/ a\\u0001"'),
+    ("callback_url", '"not a url"'),
+    ("oauth_grant", '{"code": "c\\ud800", "expires_at": "2030-01-01T00:00:00Z"}'),
+])
+def test_a_provision_field_that_is_not_storable_text_is_a_422_and_stores_nothing(client, conn, field, raw):
+    """A lone surrogate is valid JSON but not text PostgreSQL (or the vault) can take: it used to be a 500."""
+    body = provision_body()
+    body.pop(field, None)
+    text = json.dumps(body)[:-1] + f', "{field}": {raw}}}'
+    response = client.post("/heroku/resources", data=text, headers=heroku_headers())
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert field in response.get_json(force=True)["message"]
+    assert count(conn, "resources") == 0
