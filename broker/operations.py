@@ -177,6 +177,10 @@ def _calling_out(calls: ratelimit.OwnerCalls | None, resource_id, seconds: float
             message = (f"another test or verification of this add-on is still running (one at a time); "
                        f"nothing was sent or saved, try again in {_seconds(wait)}")
             code = "busy"
+        elif why == ratelimit.OwnerCalls.PROCESS:
+            message = (f"Forge Drain is making as many tests and verifications at once as it allows; "
+                       f"nothing was sent or saved, try again in {_seconds(wait)}")
+            code = "busy"
         else:
             message = (f"this add-on has started {calls.limit} tests or verifications in the last "
                        f"{_seconds(calls.period_us / 1e6)} (the most allowed); nothing was sent or saved, "

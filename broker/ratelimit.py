@@ -31,6 +31,7 @@ Atlassian answers with 429 — which the block above then absorbs.
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import redis
@@ -153,6 +154,9 @@ OWNER_LOG_KEY = "forgedrain:owner-calls:{resource}:log"
 OWNER_IN_FLIGHT = 1
 OWNER_CALLS_PER_PERIOD = 10
 OWNER_PERIOD_SECONDS = 60.0
+# When a process's own slots for calls out are all taken (other resources' tests and
+# verifications), come back this soon.
+PROCESS_RETRY_SECONDS = 2.0
 
 # KEYS[1] leases (member -> expiry, µs), KEYS[2] log (member -> start, µs);
 # ARGV[1] in flight, ARGV[2] limit, ARGV[3] period (µs), ARGV[4] lease (µs), ARGV[5] member id.
@@ -193,31 +197,50 @@ class OwnerCalls:
 
     IN_FLIGHT = "in_flight"
     RATE = "rate"
+    PROCESS = "process"
 
     def __init__(self, connection: redis.Redis, *, in_flight: int = OWNER_IN_FLIGHT,
-                 limit: int = OWNER_CALLS_PER_PERIOD, period_seconds: float = OWNER_PERIOD_SECONDS):
+                 limit: int = OWNER_CALLS_PER_PERIOD, period_seconds: float = OWNER_PERIOD_SECONDS,
+                 process_slots: int | None = None):
+        """``process_slots``: at most this many calls out at once in this process, whatever the
+        resource, so many resources testing slow receivers at once cannot take every web thread."""
         self.connection = connection
         self.in_flight = max(1, in_flight)
         self.limit = max(1, limit)
         self.period_us = int(period_seconds * 1_000_000)
         self._take = connection.register_script(OWNER_TAKE)
+        self._process = threading.BoundedSemaphore(process_slots) if process_slots else None
 
     def take(self, resource_id, lease_seconds: float) -> tuple[str | None, float, str | None]:
         """(call id, 0.0, None) when a call may start now; else (None, seconds to wait, why):
         :attr:`IN_FLIGHT` (the resource's slots are busy) or :attr:`RATE` (its calls of the period
         are spent). The lease lasts ``lease_seconds`` unless released sooner."""
+        if self._process is not None and not self._process.acquire(blocking=False):
+            return None, PROCESS_RETRY_SECONDS, self.PROCESS
         member = uuid.uuid4().hex
-        refused, wait = self._take(
-            keys=[OWNER_LEASES_KEY.format(resource=resource_id), OWNER_LOG_KEY.format(resource=resource_id)],
-            args=[self.in_flight, self.limit, self.period_us, int(lease_seconds * 1_000_000), member],
-        )
+        try:
+            refused, wait = self._take(
+                keys=[OWNER_LEASES_KEY.format(resource=resource_id), OWNER_LOG_KEY.format(resource=resource_id)],
+                args=[self.in_flight, self.limit, self.period_us, int(lease_seconds * 1_000_000), member],
+            )
+        except BaseException:
+            self._release_process_slot()
+            raise
         if int(refused) == 0:
             return member, 0.0, None
+        self._release_process_slot()
         return None, int(wait) / 1_000_000, self.IN_FLIGHT if int(refused) == 1 else self.RATE
 
     def release(self, resource_id, call_id: str) -> None:
         """The call ``call_id`` has ended: its slot is free (it still counts in the period's rate)."""
-        self.connection.zrem(OWNER_LEASES_KEY.format(resource=resource_id), call_id)
+        try:
+            self.connection.zrem(OWNER_LEASES_KEY.format(resource=resource_id), call_id)
+        finally:
+            self._release_process_slot()
+
+    def _release_process_slot(self) -> None:
+        if self._process is not None:
+            self._process.release()
 
     def busy(self, resource_id) -> int:
         """Calls in flight for the resource now (for tests and metrics)."""

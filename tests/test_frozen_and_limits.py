@@ -314,6 +314,43 @@ def test_concurrent_test_records_for_one_resource_send_one_and_refuse_the_rest_a
         assert again.delivered and receiver_again.hits == 1
 
 
+def test_a_process_calls_out_for_at_most_its_slots_whatever_the_resource(client, svc):
+    """Many resources testing slow receivers at once cannot take every web thread: the web's own
+    bounds (svc.owner_calls) let CALLS_OUT_PER_PROCESS out at once, the next is refused at once."""
+    from web import CALLS_OUT_PER_PROCESS
+
+    owners = [provision(client) for _ in range(CALLS_OUT_PER_PROCESS + 1)]
+    with HostileHTTP("silent") as receiver, HostileHTTP("ok") as later_receiver:
+        drains_ = [add_drain(client, rid, auth, receiver.url) for rid, auth in owners]
+
+        def test(resource_id, drain):
+            wire = dataclasses.replace(svc.wire(), deadline_seconds=SEND_SECONDS)  # this thread's session
+            started = time.monotonic()
+            try:
+                return operations.test_drain(svc.db.connection, wire, svc.vault, resource_id, drain, actor=ACTOR,
+                                             calls=svc.owner_calls), time.monotonic() - started
+            except operations.OperationError as exc:
+                return exc, time.monotonic() - started
+
+        with ThreadPoolExecutor(CALLS_OUT_PER_PROCESS + 1) as pool:
+            out = [pool.submit(test, rid, drain)
+                   for (rid, _), drain in zip(owners[:CALLS_OUT_PER_PROCESS], drains_)]
+            wait_for(lambda: receiver.hits == CALLS_OUT_PER_PROCESS, what="the first calls to go out")
+            last_rid, last_auth = owners[-1]
+            refused, seconds = pool.submit(test, last_rid, drains_[-1]).result(timeout=SEND_SECONDS)
+            results = [f.result(timeout=SEND_SECONDS + 10)[0] for f in out]
+        assert isinstance(refused, operations.Busy), refused
+        assert (refused.http_status, refused.code) == (429, "busy") and "at once" in refused.message
+        assert 0 < refused.refusal.retry_after <= ratelimit.PROCESS_RETRY_SECONDS
+        assert seconds < 1.0
+        assert receiver.hits == CALLS_OUT_PER_PROCESS
+        assert all(not r.delivered for r in results)  # cut by their deadline; their slots are free again
+        client.patch(f"/v1/resources/{last_rid}/drains/{drains_[-1]}", headers=last_auth,
+                     data=json.dumps({"url": later_receiver.url}))
+        assert operations.test_drain(svc.db.connection, svc.wire(), svc.vault, last_rid, drains_[-1], actor=ACTOR,
+                                     calls=svc.owner_calls).delivered
+
+
 def test_the_rate_is_ten_calls_a_minute_per_resource(client, svc):
     rid, auth = provision(client)  # no source: adding one would have spent a call verifying it
     other_rid, other_auth = provision(client)

@@ -28,6 +28,9 @@ from broker.vault import Vault
 # Bodies larger than this are refused with 413 before any view runs. Partner
 # API and resource API bodies are a few KB; drain ingest sets its own limit.
 MAX_CONTENT_LENGTH = 1 * 1024 * 1024
+# Web threads that may be calling out at once (a test record, a verification); the others stay free
+# for the partner API, SSO and drain ingest (gunicorn runs WEB_THREADS, 5 by default, per process).
+CALLS_OUT_PER_PROCESS = 2
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -113,9 +116,9 @@ class Services:
         # Atlassian spend it too, with the calls polling leaves them and a little headroom.
         self.limiter = RateLimiter(self.redis, ratelimit.owner_limit(settings.forge_rate_limit),
                                    settings.forge_rate_period_seconds)
-        # Sending a test record is a call out from a web thread: bounded per resource (verifications
-        # are bounded by default, in the Redis of the Forge budget).
-        self.owner_calls = ratelimit.OwnerCalls(self.redis)
+        # Sending a test record and verifying a source are calls out from web threads: bounded per
+        # resource, and to CALLS_OUT_PER_PROCESS at once in this process whatever the resource.
+        self.owner_calls = ratelimit.OwnerCalls(self.redis, process_slots=CALLS_OUT_PER_PROCESS)
         self._local = threading.local()
 
     def forge(self) -> ForgeClient:

@@ -187,7 +187,8 @@ def add_source(resource_id: uuid.UUID):
     svc = services()
     try:
         row = operations.create_source(_connect, svc.vault, svc.verifier(), resource_id,
-                                       forms.source_payload(request.form, partial=False), actor=_actor())
+                                       forms.source_payload(request.form, partial=False), actor=_actor(),
+                                       calls=svc.owner_calls)
     except (InputError, operations.OperationError) as exc:
         field = exc.field if isinstance(exc, InputError) else (
             _refusal_field(exc) if isinstance(exc, operations.Refused) else "form")
@@ -227,7 +228,8 @@ def update_source(resource_id: uuid.UUID, source_id: uuid.UUID):
     svc = services()
     try:
         row, changed = operations.update_source(_connect, svc.vault, svc.verifier(), resource_id, source_id,
-                                                forms.source_payload(request.form, partial=True), actor=_actor())
+                                                forms.source_payload(request.form, partial=True), actor=_actor(),
+                                                calls=svc.owner_calls)
     except (operations.NotFound, operations.Frozen):
         raise  # a 404 (_missing) or 410/409 (_frozen), not a form error
     except (InputError, operations.OperationError) as exc:
@@ -249,7 +251,7 @@ def verify_source(resource_id: uuid.UUID, source_id: uuid.UUID):
     svc = services()
     try:
         row, refusal = operations.verify_source(_connect, svc.vault, svc.verifier(), resource_id, source_id,
-                                                actor=_actor())
+                                                actor=_actor(), calls=svc.owner_calls)
     except operations.Refused as exc:
         flash(f"Could not verify now: {exc.message}", "error")
         return _back(resource_id, f"source-{source_id}")

@@ -111,7 +111,7 @@ def list_sources():
 def create_source():
     svc = services()
     row = operations.create_source(svc.db.connection, svc.vault, svc.verifier(), g.resource["id"],
-                                   json_object_body(), actor=ACTOR)
+                                   json_object_body(), actor=ACTOR, calls=svc.owner_calls)
     response = json_response(source_view(row, svc.vault), 201)
     response.headers["Location"] = f"/v1/resources/{g.resource['id']}/sources/{row['id']}"
     return response
@@ -140,7 +140,8 @@ def update_source(source_id: str):
     current = get_source(source_id)
     svc = services()
     row, _ = operations.update_source(svc.db.connection, svc.vault, svc.verifier(), g.resource["id"],
-                                      current["id"], json_object_body(), actor=ACTOR)
+                                      current["id"], json_object_body(), actor=ACTOR,
+                                      calls=svc.owner_calls)
     return json_response(source_view(row, svc.vault))
 
 
@@ -158,7 +159,7 @@ def verify_source(source_id: str):
     row = get_source(source_id)
     svc = services()
     updated, refusal = operations.verify_source(svc.db.connection, svc.vault, svc.verifier(), g.resource["id"],
-                                                row["id"], actor=ACTOR)
+                                                row["id"], actor=ACTOR, calls=svc.owner_calls)
     return json_response({
         "source": source_view(updated, svc.vault),
         "verification": {"ok": refusal is None,
