@@ -57,6 +57,10 @@ def rows(conn) -> tuple[int, int, int]:
 # A Forge token in the options that requests could not encode as Latin-1 answered 500.
 @example(body=provision_body(options={"app_id": "5f0f8a4e-1f5a-4c3e-9d7b-1a2b3c4d5e6f", "environment_id": "prod",
                                       "email": "bot@acme.test", "api_token": "ATATT-\U0001F600"}))
+# A lone surrogate in a field stored as given answered 500 (psycopg, the vault).
+@example(body=provision_body(name="acme\ud800"))
+@example(body=provision_body(callback_url="https://api.heroku.com/addons/\udfff"))
+@example(body=provision_body(oauth_grant={"code": "c\ud800", "expires_at": "2030-01-01T00:00:00Z"}))
 def test_no_provision_body_causes_a_5xx_and_refusals_write_nothing(client, conn, body):
     before = rows(conn)
     response = client.post("/heroku/resources", data=json.dumps(body), headers=heroku_headers())
