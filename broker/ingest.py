@@ -173,20 +173,23 @@ def forget(conn: psycopg.Connection, hours: int = KEEP_HOURS) -> int:
 
 VOLUME_KEY = "forgedrain:ingest-volume:{resource}"
 REFUSED_KEY = "forgedrain:ingest-refused:{resource}"
-REFUSED_BATCH_KEY = "forgedrain:ingest-refused:{resource}:{frame_id}"
+REFUSED_BATCH_KEY = "forgedrain:ingest-refused-batches:{resource}"
 THROTTLED_KEY = "forgedrain:ingest-throttled:{resource}"
 
-# A refused Frame-Id is counted once within this (logplex's retries come within seconds).
+# A refused Frame-Id is counted once within this (logplex's retries come within seconds), among the
+# resource's latest REFUSED_BATCHES_KEPT refused ids: one bounded sorted set per resource, so a flood
+# of refused batches with fresh ids cannot fill Redis.
 REFUSED_BATCH_MS = 3_600_000
+REFUSED_BATCHES_KEPT = 1000
 # Refusals not yet written to PostgreSQL are kept this long (the next stored batch writes them).
 REFUSED_KEEP_MS = KEEP_HOURS * 3_600_000
 # One log line (and one write of the refusal counts) per resource and minute while refusing.
 THROTTLE_NOTICE_MS = 60_000
 
-# KEYS[1] volume (hash), KEYS[2] refusals not yet written (hash), KEYS[3] refused Frame-Id, KEYS[4]
-# notice; ARGV[1] frames, ARGV[2] bytes, ARGV[3] frames allowed, ARGV[4] bytes allowed, ARGV[5]
-# period (µs), ARGV[6..8] how long (ms) a refused Frame-Id, the unwritten refusals and the notice
-# are kept. Returns {1, 0, 0, refusals pending} when the batch is admitted (and counted), else
+# KEYS[1] volume (hash), KEYS[2] refusals not yet written (hash), KEYS[3] refused Frame-Ids (sorted
+# set), KEYS[4] notice; ARGV[1] frames, ARGV[2] bytes, ARGV[3] frames allowed, ARGV[4] bytes allowed,
+# ARGV[5] period (µs), ARGV[6..8] how long (ms) a refused Frame-Id, the unwritten refusals and the
+# notice are kept, ARGV[9] the Frame-Id, ARGV[10] how many refused Frame-Ids are kept. Returns {1, 0, 0, refusals pending} when the batch is admitted (and counted), else
 # {0, µs until it would fit, 1 for the resource's first refusal of the minute, 0}.
 ADMIT = """
 local t = redis.call('TIME')
@@ -227,11 +230,14 @@ if wait == 0 then
   return {1, 0, 0, redis.call('EXISTS', KEYS[2])}
 end
 redis.call('HINCRBY', KEYS[2], 'answers', 1)
-if redis.call('SET', KEYS[3], 1, 'NX', 'PX', tonumber(ARGV[6])) then
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]) * 1000)
+if redis.call('ZADD', KEYS[3], 'NX', now, ARGV[9]) == 1 then
   redis.call('HINCRBY', KEYS[2], 'batches', 1)
   redis.call('HINCRBY', KEYS[2], 'frames', size[1])
   redis.call('HINCRBY', KEYS[2], 'bytes', size[2])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[10]) + 1))
 end
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[6]))
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[7]))
 local notice = 0
 if redis.call('SET', KEYS[4], 1, 'NX', 'PX', tonumber(ARGV[8])) then notice = 1 end
@@ -294,10 +300,10 @@ class VolumeLimit:
         try:
             admitted, wait, notice, pending = self._admit(
                 keys=[VOLUME_KEY.format(resource=resource), REFUSED_KEY.format(resource=resource),
-                      REFUSED_BATCH_KEY.format(resource=resource, frame_id=frame_id),
+                      REFUSED_BATCH_KEY.format(resource=resource),
                       THROTTLED_KEY.format(resource=resource)],
                 args=[frames, size, allowance.frames, allowance.bytes, int(self.period_seconds * 1_000_000),
-                      REFUSED_BATCH_MS, REFUSED_KEEP_MS, THROTTLE_NOTICE_MS])
+                      REFUSED_BATCH_MS, REFUSED_KEEP_MS, THROTTLE_NOTICE_MS, frame_id, REFUSED_BATCHES_KEPT])
         except redis.RedisError as exc:
             self._redis_failed(exc)
             return Verdict(True)

@@ -215,21 +215,23 @@ class OwnerCalls:
         """(call id, 0.0, None) when a call may start now; else (None, seconds to wait, why):
         :attr:`IN_FLIGHT` (the resource's slots are busy) or :attr:`RATE` (its calls of the period
         are spent). The lease lasts ``lease_seconds`` unless released sooner."""
-        if self._process is not None and not self._process.acquire(blocking=False):
-            return None, PROCESS_RETRY_SECONDS, self.PROCESS
         member = uuid.uuid4().hex
-        try:
-            refused, wait = self._take(
-                keys=[OWNER_LEASES_KEY.format(resource=resource_id), OWNER_LOG_KEY.format(resource=resource_id)],
-                args=[self.in_flight, self.limit, self.period_us, int(lease_seconds * 1_000_000), member],
-            )
-        except BaseException:
-            self._release_process_slot()
-            raise
-        if int(refused) == 0:
-            return member, 0.0, None
-        self._release_process_slot()
-        return None, int(wait) / 1_000_000, self.IN_FLIGHT if int(refused) == 1 else self.RATE
+        leases, log = OWNER_LEASES_KEY.format(resource=resource_id), OWNER_LOG_KEY.format(resource=resource_id)
+        refused, wait = self._take(
+            keys=[leases, log],
+            args=[self.in_flight, self.limit, self.period_us, int(lease_seconds * 1_000_000), member],
+        )
+        if int(refused) != 0:
+            return None, int(wait) / 1_000_000, self.IN_FLIGHT if int(refused) == 1 else self.RATE
+        # The resource's own bounds first: a call its resource refuses never holds a process slot,
+        # so it cannot make another resource's call look busy.
+        if self._process is not None and not self._process.acquire(blocking=False):
+            pipe = self.connection.pipeline(transaction=False)
+            pipe.zrem(leases, member)
+            pipe.zrem(log, member)  # it did not start: it does not count in the resource's rate
+            pipe.execute()
+            return None, PROCESS_RETRY_SECONDS, self.PROCESS
+        return member, 0.0, None
 
     def release(self, resource_id, call_id: str) -> None:
         """The call ``call_id`` has ended: its slot is free (it still counts in the period's rate)."""

@@ -269,6 +269,27 @@ def test_a_resource_over_its_ingest_volume_gets_429_with_retry_after_and_nothing
     assert (view["throttled"], view["refused_batches"], view["refused_frames"]) == (1, 1, 3)
 
 
+def test_refused_batches_with_fresh_frame_ids_keep_a_fixed_number_of_redis_keys(limited, conn):
+    """Anyone with the drain token can send tiny over-limit batches with new Frame-Ids: what Redis
+    keeps for them must not grow a key per batch."""
+    web = limited.test_client()
+    resource = provision(web)
+    redis_client = limited.extensions["forgedrain"].redis
+    assert post(web, resource["token"], body_of(*[APP_LINE] * 6), 6).status_code == 204
+
+    def keys() -> set[bytes]:
+        return set(redis_client.scan_iter(match=f"*{resource['id']}*", count=1000))
+
+    fixed = {name.format(resource=resource["id"]).encode() for name in (
+        ingest.VOLUME_KEY, ingest.REFUSED_KEY, ingest.REFUSED_BATCH_KEY, ingest.THROTTLED_KEY)}
+    for _ in range(201):
+        assert post(web, resource["token"], body_of(APP_LINE), 1).status_code == 429
+    assert keys() <= fixed
+    refused = redis_client.zcard(ingest.REFUSED_BATCH_KEY.format(resource=resource["id"]))
+    assert refused == 201 <= ingest.REFUSED_BATCHES_KEPT
+    assert len(stored(conn, resource["id"])) == 6
+
+
 def test_another_resource_is_not_throttled_by_one_over_its_limit(limited, conn):
     web = limited.test_client()
     noisy, quiet = provision(web), provision(web)

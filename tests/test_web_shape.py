@@ -73,3 +73,13 @@ def test_every_route_under_a_resource_is_guarded_and_refusals_change_nothing(app
             checked += 1
     assert checked >= 2 * len(guarded)  # every rule has at least its own method and OPTIONS
     assert state(conn) == before
+
+
+def test_a_body_over_one_mib_is_a_413_with_the_api_s_own_error_code(client, conn):
+    rid, token = provisioned(client)
+    before = state(conn)
+    response = client.post(f"/v1/resources/{rid}/drains", headers=bearer(token),
+                           data=json.dumps({"kind": "logplex", "url": "https://" + "x" * (1 << 20)}))
+    assert response.status_code == 413
+    assert response.get_json(force=True) == {"error": "too_large", "message": "request body is larger than 1 MiB"}
+    assert state(conn) == before

@@ -74,6 +74,7 @@ def _authenticate() -> None:
     g.resource = row
 
 
+resource.register_error_handler(413, lambda exc: error(413, "too_large", "request body is larger than 1 MiB"))
 resource.register_error_handler(InputError, invalid)
 resource.register_error_handler(operations.OperationError, refused)
 
