@@ -14,7 +14,7 @@ from broker import activity, config
 from tests.fakes.forge import ForgeFake
 from tests.fakes.receivers import logplex_receiver
 from tests.fakes.server import LocalServer
-from tests.support.partner import heroku_headers, provision_body, user_scoped_token
+from tests.support.partner import heroku_headers, provision_body, sso_token, user_scoped_token
 from web import create_app
 
 APP = "5f0f8a4e-1f5a-4c3e-9d7b-1a2b3c4d5e6f"
@@ -211,6 +211,18 @@ def test_audit_entries_show_who_did_what(client, signed_in, conn):
     assert "added source " + APP in html
     actors = {r["actor"] for r in conn.execute("SELECT actor FROM audit_log WHERE action LIKE 'source.%'")}
     assert actors == {OWNER}
+
+
+def test_changes_after_a_sign_in_that_signs_no_user_are_recorded_under_the_partner(client, resource, conn):
+    """A resource_token signs no user: the email posted beside it is not who the audit log names."""
+    rid = resource["uuid"]
+    stamp, token = sso_token(rid)
+    assert client.post("/sso/login", data={"resource_id": rid, "resource_token": token, "timestamp": stamp,
+                                           "email": "ceo@victim.test", "user_id": "u-ceo"}).status_code == 302
+    assert client.post(f"/dashboard/{rid}/drains", data={"kind": "logplex", "url": "https://logs.example.com/d",
+                                                         "csrf_token": csrf(page(client, rid))}).status_code == 303
+    actors = {r["actor"] for r in conn.execute("SELECT actor FROM audit_log WHERE action LIKE 'drain.%'")}
+    assert actors == {"sso:forgedrain"}
 
 
 def test_a_refused_source_form_keeps_what_was_typed_but_the_token(client, signed_in, conn, forge_fake):

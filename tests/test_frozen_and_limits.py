@@ -37,7 +37,7 @@ TOKEN = "ATATT3xFfGF0-secret-token-0123456789"
 OWNER = "owner@acme.test"
 ACTOR = "api-token"
 # A send cut by its deadline: long enough for the test's own steps to happen meanwhile.
-SEND_SECONDS = 3.0
+SEND_SECONDS = 5.0
 
 
 def wait_for(condition, seconds: float = 10.0, what: str = "condition"):
@@ -227,6 +227,20 @@ def test_the_api_answers_409_for_a_failed_resource(client, conn, world):
                             data=json.dumps({"name": "renamed"}))
     assert response.status_code == 409
     assert response.get_json()["error"] == "resource_failed"
+
+
+def test_the_dashboard_answers_409_for_an_added_drain_of_a_failed_resource(app, conn, world):
+    """The add forms show the refusal page, not a form error as if the input were wrong."""
+    rid, _, _, _ = world
+    tab = app.test_client()
+    token = sign_in(tab, rid)
+    conn.execute("UPDATE resources SET state = 'failed' WHERE id = %s", (rid,))
+    before = snapshot(conn, rid)
+    response = tab.post(f"/dashboard/{rid}/drains", data={"csrf_token": token, "kind": "logplex",
+                                                          "url": "http://127.0.0.1:9/new"})
+    assert response.status_code == 409, response.get_data(as_text=True)[:300]
+    assert "nothing was changed" in response.get_data(as_text=True)
+    assert snapshot(conn, rid) == before
 
 
 def blocked_on_a_lock(conn, application_name: str) -> bool:

@@ -12,7 +12,6 @@ loopback (see :func:`tests.test_fuzz.loopback_only`), Forge is the fake on loopb
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections import Counter
 
@@ -25,8 +24,6 @@ from tests.test_fuzz import children, owner  # noqa: F401 (owner is a fixture)
 
 # Cases per operation and generation mode (valid, invalid by the schema): 13 operations × 2 × 30.
 MAX_EXAMPLES = 30
-# The whole run's bound: a run over it fails rather than drag the suite.
-BUDGET_SECONDS = 100.0
 CASES = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
                  suppress_health_check=list(HealthCheck))
 
@@ -43,7 +40,6 @@ def test_no_request_generated_from_the_openapi_schema_gets_a_5xx(owner, conn):  
     """schemathesis' pytest plugin does not run under pytest 9 (it sets ``Function._nodeid``), so its
     strategies are driven here: one Hypothesis run per operation and mode, failures collected."""
     schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", owner["client"].application)
-    started = time.monotonic()
     failures: list[str] = []
     statuses: Counter = Counter()
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -73,7 +69,6 @@ def test_no_request_generated_from_the_openapi_schema_gets_a_5xx(owner, conn):  
                 run()
             except AssertionError as exc:  # schemathesis' failures are AssertionErrors, shrunk
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
-            assert time.monotonic() - started < BUDGET_SECONDS, "the schemathesis run is over its time budget"
     assert not failures, "\n\n".join(failures)
     # The cases reached the views: some were taken, many refused with a precise 4xx.
     assert statuses[200] >= 20 and statuses[400] >= 100, statuses

@@ -97,7 +97,8 @@ def _template_helpers():
 
 
 def _actor() -> str:
-    return session.get("user") or "heroku user"
+    """Who the audit log names for a change: the email the SSO token signed, else ``sso:<partner>``."""
+    return session.get("actor") or session.get("user") or "heroku user"
 
 
 def _connect():
@@ -189,6 +190,8 @@ def add_source(resource_id: uuid.UUID):
         row = operations.create_source(_connect, svc.vault, svc.verifier(), resource_id,
                                        forms.source_payload(request.form, partial=False), actor=_actor(),
                                        calls=svc.owner_calls)
+    except operations.Frozen:
+        raise  # the 410/409 page (_frozen), not a form error
     except (InputError, operations.OperationError) as exc:
         field = exc.field if isinstance(exc, InputError) else (
             _refusal_field(exc) if isinstance(exc, operations.Refused) else "form")
@@ -295,6 +298,8 @@ def add_drain(resource_id: uuid.UUID):
         row = operations.create_drain(_connect, svc.vault, resource_id,
                                       forms.drain_payload(request.form, kind, editing=False), actor=_actor(),
                                       allow_private=svc.settings.allow_private_drains)
+    except operations.Frozen:
+        raise  # the 410/409 page (_frozen), not a form error
     except (InputError, operations.OperationError) as exc:
         field = exc.field if isinstance(exc, InputError) else "form"
         state = {"values": forms.drain_echo(request.form), "errors": {field: exc.message}}

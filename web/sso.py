@@ -215,7 +215,9 @@ def login():
     session.permanent = True
     session["resource_id"] = str(parsed_id)
     session["user"] = signer.user
-    session["actor"] = signer.actor
+    # What the dashboard's changes are recorded under: the signed email, or sso:<partner> when the
+    # token signed no user.
+    session["actor"] = signer.user if signer.user_scoped else signer.actor
     session["app"] = app
     response = redirect(url_for("dashboard.show", resource_id=parsed_id), code=302)
     nav_data = fields.get("nav-data")
