@@ -84,9 +84,9 @@ def parse(body: bytes, declared_count: int) -> Parsed:
 # --- store ---------------------------------------------------------------------------
 
 def resource_for_token(conn: psycopg.Connection, token: str) -> dict | None:
-    """The live resource a ``Logplex-Drain-Token`` belongs to (never a deprovisioned one)."""
+    """The live resource a ``Logplex-Drain-Token`` belongs to (never a failed or deprovisioned one)."""
     return conn.execute(
-        "SELECT id, plan FROM resources WHERE log_drain_token = %s AND state <> 'deprovisioned'",
+        "SELECT id, plan FROM resources WHERE log_drain_token = %s AND state IN ('provisioning', 'provisioned')",
         (token,)).fetchone()
 
 

@@ -192,7 +192,7 @@ def store_oauth_tokens(conn: psycopg.Connection, resource_id: uuid.UUID | str, a
             oauth_refresh_token_enc = COALESCE(%s, oauth_refresh_token_enc),
             oauth_expires_at = now() + make_interval(secs => %s),
             oauth_grant_code_enc = NULL, updated_at = now()
-        WHERE id = %s AND state <> 'deprovisioned'
+        WHERE id = %s AND state IN ('provisioning', 'provisioned')
         """,
         (access_enc, refresh_enc, expires_in, resource_id),
     )

@@ -168,3 +168,36 @@ def test_a_failed_resource_is_purged_with_its_children_after_the_horizon(conn, d
     assert set(resource_rows(conn, old).values()) == {0}
     assert resource_rows(conn, recent) == before
 
+
+
+def test_migration_0018_erases_what_resources_that_failed_before_0016_still_hold(conn, vault):
+    """Before 0016 a failure left every secret in place; 0018 erases them as provision_failed does."""
+    from broker import migrate
+
+    failed, live = add_resource(conn), add_resource(conn)
+    for resource_id in (failed, live):
+        conn.execute("UPDATE resources SET log_drain_token = %s, oauth_access_token_enc = %s WHERE id = %s",
+                     (f"d.{uuid.uuid4()}", vault.encrypt("oauth-access"), resource_id))
+        add_source(conn, vault, resource_id)
+        conn.execute("INSERT INTO drains (resource_id, kind, url_enc, headers_enc, token) "
+                     "VALUES (%s, 'otlp', %s, %s, %s)",
+                     (resource_id, vault.encrypt("https://key@otlp.example.com"), vault.encrypt('{"k": "v"}'),
+                      f"d.{uuid.uuid4()}"))
+    conn.execute("UPDATE resources SET state = 'failed', failed_at = now() WHERE id = %s", (failed,))
+    [migration] = [m for m in migrate.discover() if m.version == "0018"]
+    with conn.transaction():
+        conn.execute(migration.sql)
+
+    row = conn.execute("SELECT * FROM resources WHERE id = %s", (failed,)).fetchone()
+    assert row["log_drain_token"] is None
+    for table, key in (("resources", "id"), ("drains", "resource_id"), ("sources", "resource_id")):
+        for column in enc_columns(conn, table):
+            assert count(conn, f"{table} WHERE {key} = %s AND {column} IS NOT NULL", failed) == 0, (table, column)
+    assert conn.execute("SELECT enabled FROM drains WHERE resource_id = %s", (failed,)).fetchone()["enabled"] is False
+    assert conn.execute("SELECT state FROM sources WHERE resource_id = %s", (failed,)).fetchone()["state"] == "paused"
+    # A live resource keeps everything.
+    assert conn.execute("SELECT oauth_access_token_enc FROM resources WHERE id = %s", (live,)).fetchone()[
+        "oauth_access_token_enc"] is not None
+    assert count(conn, "drains WHERE resource_id = %s AND url_enc IS NOT NULL", live) == 1
+    assert count(conn, "sources WHERE resource_id = %s AND api_token_enc IS NOT NULL", live) == 1
+    assert count(conn, "pg_indexes WHERE indexname = %s", "resources_deprovisioned_at_idx") == 0
