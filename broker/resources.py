@@ -12,7 +12,8 @@ id, partner_id, name, plan, region, callback_url, state, log_drain_token,
 api_token_generation, created_at, updated_at, provisioned_at, deprovisioned_at,
 provision_attempts, provision_next_at, provision_error,
 oauth_grant_code_enc, oauth_grant_expires_at, oauth_access_token_enc,
-oauth_refresh_token_enc, oauth_expires_at
+oauth_refresh_token_enc, oauth_expires_at, config_pushed_generation, config_push_error,
+CASE WHEN config_push_next_at = 'infinity' THEN NULL ELSE config_push_next_at END AS config_push_next_at
 """
 
 

@@ -157,6 +157,9 @@ def test_a_refusal_stops_the_push_with_the_reason_until_the_next_rotation(
     assert (row["pending"], row["error"], row["later"]) == (True, "config update: HTTP 404", True)
     audit = conn.execute("SELECT detail FROM audit_log WHERE action = 'config_push.refused'").fetchone()
     assert audit["detail"] == {"generation": 2, "reason": "config update: HTTP 404"}
+    view = async_client.get(f"/v1/resources/{resource_id}",
+                            headers={"Authorization": f"Bearer {second}"}).get_json()["config_push"]
+    assert view == {"pending": True, "error": "config update: HTTP 404", "next_attempt_at": None}
     flush(redis_url)
     tick.run(1)
     assert queued(redis_url) == []
@@ -169,6 +172,9 @@ def test_a_refusal_stops_the_push_with_the_reason_until_the_next_rotation(
     assert push_state(conn, resource_id) == {"pending": True, "attempts": 0, "error": None, "later": None}
     assert push(async_settings, resource_id) == "pushed"
     assert heroku_token(heroku, resource_id) == third
+    view = async_client.get(f"/v1/resources/{resource_id}",
+                            headers={"Authorization": f"Bearer {third}"}).get_json()["config_push"]
+    assert view == {"pending": False, "error": None, "next_attempt_at": None}
 
 
 def test_a_push_job_that_finds_nothing_pending_does_nothing(async_client, async_settings, heroku, conn, redis_url):

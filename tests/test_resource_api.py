@@ -40,6 +40,7 @@ def test_it_returns_plan_limits_and_state(client):
     assert data["limits"] == {"max_sources": 1, "max_drains": 2, "poll_interval_seconds": 300,
                               "backlog_hours": 24}
     assert data["state"] == "provisioned"
+    assert data["config_push"] is None  # no Heroku grant: the broker never pushes its config
     assert [d["kind"] for d in data["drains"]] == ["heroku"]
     assert data["log_drain_token"] != body["log_drain_token"]  # masked
     jsonschema.validate(data, schema("Resource"))

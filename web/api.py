@@ -96,7 +96,18 @@ def resource_view(row: dict, drain_rows: list[dict]) -> dict:
         ],
         "created_at": row["created_at"].isoformat(),
         "provisioned_at": row["provisioned_at"].isoformat() if row["provisioned_at"] else None,
+        "config_push": config_push_view(row),
     }
+
+
+def config_push_view(row: dict) -> dict | None:
+    """Whether Heroku has the resource's current config (after a token rotation); None when the
+    broker holds no Heroku grant to push with (integrators get the new token in the rotation's answer)."""
+    if row["oauth_access_token_enc"] is None and row["oauth_grant_code_enc"] is None:
+        return None
+    return {"pending": row["api_token_generation"] > row["config_pushed_generation"],
+            "error": row["config_push_error"],
+            "next_attempt_at": row["config_push_next_at"].isoformat() if row["config_push_next_at"] else None}
 
 
 @resource.get("")

@@ -53,6 +53,17 @@ RESOURCE = {
         "drains": {"type": "array", "items": DRAIN},
         "created_at": {"type": "string", "format": "date-time"},
         "provisioned_at": {"type": ["string", "null"], "format": "date-time"},
+        "config_push": {
+            "type": ["object", "null"],
+            "description": "Whether Heroku has the resource's current config (FORGEDRAIN_TOKEN) after a rotation; "
+                           "null when the broker pushes no config for it.",
+            "properties": {
+                "pending": {"type": "boolean"},
+                "error": {"type": ["string", "null"],
+                          "description": "Why Heroku refused the last push; retried at the next rotation."},
+                "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
+            },
+        },
         "ingest": {
             "type": "object",
             "description": "What the Heroku app's log drain sent to log_drain_url over the last 24 hours "
