@@ -783,7 +783,8 @@ class Chaos:
             time.sleep(0.5)
 
     def schedule(self) -> list[str]:
-        faults = [f for f in self.profile["faults"] for _ in range(self.profile["repeat"])]
+        kinds = self.args.faults.split(",") if self.args.faults else self.profile["faults"]
+        faults = [f for f in kinds for _ in range(self.profile["repeat"])]
         self.rng.shuffle(faults)
         return faults
 
@@ -969,7 +970,8 @@ class Chaos:
 
     def report(self, tallies: dict[str, Tally], cut: datetime) -> int:
         print()
-        print(f"chaos: ./scripts/bench chaos --profile {self.args.profile} --seed {self.args.seed}; "
+        print(f"chaos: ./scripts/bench chaos --profile {self.args.profile} --seed {self.args.seed}"
+              f"{' --faults ' + self.args.faults if self.args.faults else ''}; "
               f"{len(self.resources)} resources (plan {PLAN}), {WORKERS} workers, 3 Forge apps")
         print("coverage per resource (records logged from the source's first checkpoint; prompt until its final "
               "checkpoint or the cut, late until its settled_until or the cut):")
@@ -1081,8 +1083,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=tuple(PROFILES), default="short")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--faults", default="", help="comma-separated fault kinds instead of the profile's: "
+                                                           + ",".join(FAULTS))
     parser.add_argument("--logs", type=Path, default=None, help="keep the processes' logs here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = set(filter(None, args.faults.split(","))) - set(FAULTS)
+    if unknown:
+        parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
+    return args
 
 
 def main(argv: list[str]) -> int:
