@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from rq import Queue
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 from rq.worker import HerokuWorker
 
 from broker import logs
+
+log = logging.getLogger(__name__)
 
 
 class Worker(HerokuWorker):
@@ -28,3 +34,12 @@ class Worker(HerokuWorker):
             return super().perform_job(job, queue)
         finally:
             logs.job_id.reset(token)
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
+        try:
+            super().handle_job_success(job, queue, started_job_registry)
+        except InvalidJobOperation:
+            # The job's own record left Redis while it ran (a FLUSHALL, a restart without persistence):
+            # its work is done and committed in PostgreSQL, and there is nothing left to clean up. RQ
+            # would log it as a failure of a job that succeeded.
+            log.warning("job %s finished after its record left Redis; nothing to clean up", job.id)

@@ -8,7 +8,6 @@ from broker import heartbeats
 from worker import context
 
 
-
 def _mark(name: str) -> None:
     with context.connection() as conn:
         heartbeats.beat(conn, name)
@@ -19,3 +18,12 @@ def slow(seconds: float) -> None:
     _mark("slow-job-started")
     time.sleep(seconds)
     _mark("slow-job-finished")
+
+
+def forget_itself() -> None:
+    """Delete this job's own record from Redis (as a FLUSHALL would while it runs), then mark."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    job.connection.delete(job.key)
+    _mark("forgot-itself")
