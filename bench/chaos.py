@@ -30,7 +30,9 @@ Heroku does), FLUSHALL, restart Redis, restart PostgreSQL (fast shutdown), a rec
 receiver answering 500, Forge answering 503, the clock SIGKILLed and restarted, two clocks at
 once. A process that exits by itself is restarted (as Heroku restarts a crashed dyno) and
 counted. Recovery: every source's checkpoint back within lag + interval + 15 s of now and
-every drain past what the outbox held when the fault ended.
+every drain past what the outbox held when the fault ended, within ``recover`` s of the fault's
+end or of the end of a Retry-After the fake sent (the poller honours it), whichever is later.
+Every scheduled fault runs; Forge's outage lasts longer than a poll interval, so a poll meets it.
 
 Then it stops posting, waits (bounded) until every source's sweep has settled past the cut
 and every drain is caught up, and compares: per drain kind, records expected / lost /
@@ -40,7 +42,8 @@ FORGE_RATE_LIMIT and 429s the fake's own limit answered; recovery p50 / max per 
 Exit 1 on any lost record, any duplicate outside a whole batch, any refused frame, a
 rate-limit 429 or calls over the limit.
 
-``./scripts/bench chaos [--profile short|long] [--seed N] [--logs DIR]``.
+``./scripts/bench chaos [--profile short|long] [--seed N] [--faults kind,...] [--recover S] [--logs DIR]``;
+``run(profile, seed, faults, ...)`` does the same as a function and returns a ``Report``.
 """
 
 from __future__ import annotations
@@ -104,9 +107,9 @@ FAULTS = ("kill_worker", "kill_web", "term_worker", "flushall", "restart_redis",
 PROFILES = {
     # short: a few faults in ~2.5 minutes; long: every fault several times, ≥ 10 minutes.
     "short": {"faults": ("kill_worker", "restart_postgres", "flushall", "kill_web", "receiver_down",
-                         "two_clocks"), "repeat": 1, "hold": 25, "fault_budget": 180, "recover": 90,
+                         "two_clocks"), "repeat": 1, "hold": 25, "recover": 90,
               "settle": 240},
-    "long": {"faults": FAULTS, "repeat": 3, "hold": 60, "receiver_hold": 120, "fault_budget": 1500,
+    "long": {"faults": FAULTS, "repeat": 3, "hold": 60, "receiver_hold": 120,
              "recover": 240, "settle": 420},
 }
 APPS = ("chaos-app-a", "chaos-app-b", "chaos-app-c")
@@ -206,15 +209,32 @@ class ForgeGate:
         self.app = app
         self.down = False
         self.refused: list[tuple[float, str]] = []
+        self.held_until: dict[str, float] = {}   # app id → when the latest Retry-After it was sent ends
         self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
         if self.down:
             with self.lock:
-                self.refused.append((time.time(), environ.get("PATH_INFO", "")))
+                self.refused.append((time.time(), path))
             start_response("503 Service Unavailable", [("Content-Type", "application/json")])
             return [b'{"code": 503, "message": "chaos: Forge is down"}']
-        return self.app(environ, start_response)
+
+        def answer(status, headers, exc_info=None):
+            # A 429's Retry-After holds the app's sources back until it ends (the poller honours it).
+            wait = next((v for k, v in headers if k.lower() == "retry-after"), None)
+            if status.startswith("429") and wait is not None and wait.isdigit():
+                app_id = path.rsplit("/", 1)[-1]
+                with self.lock:
+                    self.held_until[app_id] = max(self.held_until.get(app_id, 0.0), time.time() + int(wait))
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        return self.app(environ, answer)
+
+    def held(self) -> float:
+        """Until when (time.time()) a Retry-After the fake sent still holds some app back."""
+        with self.lock:
+            return max(self.held_until.values(), default=0.0)
 
 
 # --- PostgreSQL and Redis as ./scripts/bench started them ---------------------------------------
@@ -222,10 +242,11 @@ class ForgeGate:
 class Services:
     """Restarts the PostgreSQL and Redis that ./scripts/bench started (their folders are exported)."""
 
-    def __init__(self, database_url: str, redis_url: str):
-        self.pg_data = os.environ.get("FORGEDRAIN_BENCH_PG_DATA", "")
-        self.pg_bin = os.environ.get("FORGEDRAIN_BENCH_PG_BIN", "")
-        self.redis_dir = os.environ.get("FORGEDRAIN_BENCH_REDIS_DIR", "")
+    def __init__(self, database_url: str, redis_url: str, pg_data: str = "", pg_bin: str = "",
+                 redis_dir: str = ""):
+        self.pg_data = pg_data or os.environ.get("FORGEDRAIN_BENCH_PG_DATA", "")
+        self.pg_bin = pg_bin or os.environ.get("FORGEDRAIN_BENCH_PG_BIN", "")
+        self.redis_dir = redis_dir or os.environ.get("FORGEDRAIN_BENCH_REDIS_DIR", "")
         self.redis_port = urlsplit(redis_url).port
         if not (self.pg_data and self.pg_bin and self.redis_dir):
             raise SystemExit("chaos restarts PostgreSQL and Redis: run it with ./scripts/bench chaos, "
@@ -505,13 +526,29 @@ def _prompt(fake: ForgeFake, app_id: str, record: dict, ts_ms: int, levels: list
 
 # --- the run --------------------------------------------------------------------------------------
 
+@dataclass
+class Report:
+    """What a run found: ``status`` 1 on any error (the ``errors`` list says which), else 0."""
+
+    status: int
+    tallies: dict[str, Tally]
+    recoveries: dict[str, list[float | None]]   # fault kind → seconds to recover each time (None: never)
+    forge_calls: dict[str, tuple[int, int, int]]  # app → (calls, most in any 60 s, 429s of the fake's limit)
+    rate_limit: int                              # FORGE_RATE_LIMIT (calls per app per 60 s)
+    fault_log: list[str]
+    unplanned: list[str]
+    errors: list[str]
+    wall_seconds: float
+
+
 class Chaos:
-    def __init__(self, args, server_url: str, redis_url: str):
+    def __init__(self, args, server_url: str, redis_url: str, services: Services | None = None):
         self.args = args
         self.profile = PROFILES[args.profile]
+        self.recover = getattr(args, "recover", None) or self.profile["recover"]
         self.rng = random.Random(args.seed)
         self.server_url, self.redis_url = server_url, redis_url
-        self.services = Services(server_url, redis_url)
+        self.services = services or Services(server_url, redis_url)
         self.workdir = Path(tempfile.mkdtemp(prefix="forgedrain-chaos-"))
         self.logdir = args.logs or self.workdir
         self.logdir.mkdir(parents=True, exist_ok=True)
@@ -671,24 +708,41 @@ class Chaos:
         except psycopg.Error:
             return False
 
-    def wait_recovered(self, kind: str, since: float) -> None:
+    def wait_recovered(self, kind: str, since: float) -> str:
+        """Waits until recovered (see ``recovered``) or the deadline: ``recover`` s after the fault's
+        end, or after a Retry-After the fake sent (its own 429s, the injected ones) stops holding a
+        source back, whichever is later: the poller honours it, so a checkpoint may rightly stay
+        behind until then. The Retry-After's share is capped at the fake's 60 s window."""
         heads = self.heads()
-        deadline = since + self.profile["recover"]
+        recover = self.recover
+        deadline = since + recover
+        held = 0.0   # how long after the fault's end a Retry-After still held a source back
         while time.monotonic() < deadline:
             self.fleet.supervise()
+            remaining = self.gate.held() - time.time()
+            if remaining > 0:
+                held = max(held, time.monotonic() + remaining - since)
+                deadline = max(deadline, min(time.monotonic() + remaining, since + 60) + recover)
             if self.recovered(heads):
                 took = time.monotonic() - since
                 self.recoveries[kind].append(took)
-                say(f"  recovered in {took:.1f} s")
-                return
+                note = f" (a Retry-After held sources back {held:.0f} s of it)" if held else ""
+                say(f"  recovered in {took:.1f} s{note}")
+                return f"recovered in {took:.1f} s{note}"
             time.sleep(1)
         self.recoveries[kind].append(None)
-        say(f"  not recovered within {self.profile['recover']} s")
+        note = f" (after {held:.0f} s of Retry-After)" if held else ""
+        say(f"  not recovered within {recover} s{note}")
+        return f"not recovered within {recover} s{note}"
 
     # -- faults --
     def hold(self, kind: str) -> float:
-        return self.profile.get("receiver_hold", self.profile["hold"]) if kind == "receiver_down" \
-            else self.profile["hold"]
+        if kind == "receiver_down":
+            return self.profile.get("receiver_hold", self.profile["hold"])
+        if kind == "forge_5xx":
+            # Longer than a poll interval (+ the clock's slack), so that some poll surely meets the outage.
+            return max(self.profile["hold"], plans.PLANS[PLAN].poll_interval_seconds + 15)
+        return self.profile["hold"]
 
     def inject(self, kind: str) -> str:
         fleet = self.fleet
@@ -789,22 +843,20 @@ class Chaos:
         return faults
 
     def run_faults(self) -> None:
-        budget_end = time.monotonic() + self.profile["fault_budget"]
+        """Every scheduled fault runs: no budget cuts the schedule short. Each one is bounded by its
+        hold and its recovery deadline (see ``wait_recovered``), so the run is too."""
         began = time.monotonic()
         heads = self.heads()
         while time.monotonic() < began + 180 and not self.recovered(heads):  # warm up: caught up once
             self.sleep_supervised(1)
         say(f"warmed up in {time.monotonic() - began:.0f} s: sources polled up to now, drains caught up")
         for kind in self.schedule():
-            if time.monotonic() > budget_end:
-                say(f"fault budget spent; skipping the rest of the schedule from {kind}")
-                break
             say(f"fault: {kind}")
             what = self.inject(kind)
             ended = time.monotonic()
             say(f"  {what}")
-            self.fault_log.append(f"{time.strftime('%H:%M:%S')} {kind}: {what}")
-            self.wait_recovered(kind, ended)
+            outcome = self.wait_recovered(kind, ended)
+            self.fault_log.append(f"{time.strftime('%H:%M:%S')} {kind}: {what}; {outcome}")
             self.sleep_supervised(self.rng.uniform(3, 8))
 
     # -- settle and compare --
@@ -1027,11 +1079,12 @@ class Chaos:
         for kind, values in self.recoveries.items():
             if None in values:
                 errors.append(f"{kind}: {values.count(None)} of {len(values)} faults not recovered within "
-                              f"{self.profile['recover']} s")
+                              f"{self.recover} s")
         print(f"logs: {self.logdir}")
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
-        return 1 if errors else 0
+        self.calls = calls
+        return errors
 
     def teardown(self) -> None:
         self.stop_bursts.set()
@@ -1063,7 +1116,7 @@ class Chaos:
         if self.args.logs is None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def run(self) -> int:
+    def run(self) -> Report:
         began = time.monotonic()
         try:
             say(f"chaos, profile {self.args.profile}, seed {self.args.seed}: starting the service")
@@ -1072,11 +1125,30 @@ class Chaos:
             self.run_faults()
             cut, rows = self.settle()
             tallies = self.compare(cut, rows)
-            status = self.report(tallies, cut)
-            print(f"wall time {time.monotonic() - began:.0f} s")
-            return status
+            errors = self.report(tallies, cut)
+            wall = time.monotonic() - began
+            print(f"wall time {wall:.0f} s")
+            return Report(1 if errors else 0, tallies, dict(self.recoveries), self.calls,
+                          self.settings.forge_rate_limit, list(self.fault_log), list(self.fleet.unplanned),
+                          errors, wall)
         finally:
             self.teardown()
+
+
+def run(profile: str = "short", seed: int = 1, faults: tuple[str, ...] | list[str] = (), *,
+        database_url: str, redis_url: str, pg_data: str, pg_bin: str, redis_dir: str,
+        recover: float | None = None, logs: Path | None = None) -> Report:
+    """One chaos run as a function (tests/test_chaos.py): ``database_url`` / ``redis_url`` name a
+    PostgreSQL server and Redis of the caller's own that this run may restart (``pg_data`` the
+    server's data folder, ``pg_bin`` its binaries, ``redis_dir`` the folder with Redis' pid file, as
+    scripts/lib.sh's start_postgres / start_redis lay them out). ``faults`` replaces the profile's
+    fault kinds; ``recover`` the profile's recovery deadline (s)."""
+    unknown = set(faults) - set(FAULTS)
+    if unknown:
+        raise ValueError(f"unknown fault kinds: {', '.join(sorted(unknown))}")
+    args = argparse.Namespace(profile=profile, seed=seed, faults=",".join(faults), logs=logs, recover=recover)
+    services = Services(database_url, redis_url, pg_data, pg_bin, redis_dir)
+    return Chaos(args, database_url, redis_url, services).run()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -1086,6 +1158,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--faults", default="", help="comma-separated fault kinds instead of the profile's: "
                                                            + ",".join(FAULTS))
     parser.add_argument("--logs", type=Path, default=None, help="keep the processes' logs here")
+    parser.add_argument("--recover", type=float, default=None,
+                        help="seconds a fault may take to recover (default: the profile's)")
     args = parser.parse_args(argv)
     unknown = set(filter(None, args.faults.split(","))) - set(FAULTS)
     if unknown:
@@ -1099,7 +1173,7 @@ def main(argv: list[str]) -> int:
     if found is None:
         return 2
     try:
-        return Chaos(args, *found).run()
+        return Chaos(args, *found).run().status
     except KeyboardInterrupt:
         print("\ninterrupted; everything was torn down", file=sys.stderr)
         return 130
