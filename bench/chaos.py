@@ -76,7 +76,7 @@ import requests  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
-from broker import config, db, outbox, plans, redisconn  # noqa: E402
+from broker import config, db, outbox, plans, polling, redisconn  # noqa: E402
 from tests.fakes import rotel as rotel_fake  # noqa: E402
 from tests.fakes.forge import ForgeFake  # noqa: E402
 from tests.fakes.receivers import logplex_receiver, otlp_receiver  # noqa: E402
@@ -708,32 +708,49 @@ class Chaos:
         except psycopg.Error:
             return False
 
+    def backed_off(self) -> float:
+        """Seconds until the last source the poller is holding back after a failure (its back-off
+        after 5xx, or a 429's Retry-After) is due again; 0 when none is."""
+        try:
+            with self.pg() as conn:
+                row = conn.execute(
+                    "SELECT extract(epoch FROM max(next_poll_at) - now()) AS wait FROM sources "
+                    "WHERE state = 'active' AND consecutive_failures > 0 AND next_poll_at > now()").fetchone()
+            return float(row["wait"] or 0)
+        except psycopg.Error:
+            return 0.0
+
     def wait_recovered(self, kind: str, since: float) -> str:
         """Waits until recovered (see ``recovered``) or the deadline: ``recover`` s after the fault's
-        end, or after a Retry-After the fake sent (its own 429s, the injected ones) stops holding a
-        source back, whichever is later: the poller honours it, so a checkpoint may rightly stay
-        behind until then. The Retry-After's share is capped at the fake's 60 s window."""
+        end, or after the service was rightly told or chose to wait, whichever is later: a Retry-After
+        the fake sent (its own 429s, the injected ones; the poller honours it, capped here at the
+        fake's 60 s window) and the poller's back-off after failures such as Forge's 5xx (capped at
+        polling.FAILURE_BACKOFF_MAX_SECONDS) both keep a checkpoint behind until they end."""
         heads = self.heads()
         recover = self.recover
         deadline = since + recover
-        held = 0.0   # how long after the fault's end a Retry-After still held a source back
+        waited_until = 0.0   # s after the fault's end until which a Retry-After or back-off held a source
         while time.monotonic() < deadline:
             self.fleet.supervise()
-            remaining = self.gate.held() - time.time()
+            now = time.monotonic()
+            told = min(self.gate.held() - time.time(), since + 60 - now)
+            chose = min(self.backed_off(), since + polling.FAILURE_BACKOFF_MAX_SECONDS - now)
+            remaining = max(told, chose)
             if remaining > 0:
-                held = max(held, time.monotonic() + remaining - since)
-                deadline = max(deadline, min(time.monotonic() + remaining, since + 60) + recover)
+                waited_until = max(waited_until, now + remaining - since)
+                deadline = max(deadline, now + remaining + recover)
             if self.recovered(heads):
                 took = time.monotonic() - since
                 self.recoveries[kind].append(took)
-                note = f" (a Retry-After held sources back {held:.0f} s of it)" if held else ""
+                note = f" (a Retry-After or back-off held sources until {waited_until:.0f} s)" if waited_until else ""
                 say(f"  recovered in {took:.1f} s{note}")
                 return f"recovered in {took:.1f} s{note}"
             time.sleep(1)
         self.recoveries[kind].append(None)
-        note = f" (after {held:.0f} s of Retry-After)" if held else ""
-        say(f"  not recovered within {recover} s{note}")
-        return f"not recovered within {recover} s{note}"
+        took = time.monotonic() - since
+        note = f"; a Retry-After or back-off held sources until {waited_until:.0f} s" if waited_until else ""
+        say(f"  not recovered within {took:.0f} s ({recover} s after the fault{note})")
+        return f"not recovered within {took:.0f} s ({recover} s after the fault{note})"
 
     # -- faults --
     def hold(self, kind: str) -> float:
@@ -1079,7 +1096,7 @@ class Chaos:
         for kind, values in self.recoveries.items():
             if None in values:
                 errors.append(f"{kind}: {values.count(None)} of {len(values)} faults not recovered within "
-                              f"{self.recover} s")
+                              f"{self.recover} s (after the fault, or after a Retry-After or back-off it caused)")
         print(f"logs: {self.logdir}")
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
