@@ -44,19 +44,36 @@ def enqueue_unique(
     ``failure_ttl``); both are kept short so an id frees up by the next period.
     """
     q = queue(queue_name, connection)
-    try:
-        return q.enqueue(
-            func,
-            *args,
-            job_id=job_id,
-            unique=True,
-            ttl=ttl,
-            result_ttl=0,
-            failure_ttl=ttl if failure_ttl is None else failure_ttl,
-            job_timeout=job_timeout,
-        )
-    except DuplicateJobError:
-        return None
+    for _ in range(2):
+        try:
+            return q.enqueue(
+                func,
+                *args,
+                job_id=job_id,
+                unique=True,
+                ttl=ttl,
+                result_ttl=0,
+                failure_ttl=ttl if failure_ttl is None else failure_ttl,
+                job_timeout=job_timeout,
+            )
+        except DuplicateJobError:
+            # A job's hash without a status is no job: a work horse's heartbeat wrote it after Redis
+            # lost the real one (FLUSHALL, a restart without persistence), and it never expires. Left
+            # alone it would block its id, so a delivery slot would never be queued again.
+            if not connection.register_script(FORGET_HUSK)(keys=[Job.key_for(job_id)]):
+                return None
+    return None
+
+
+# Deletes KEYS[1] when it is a job hash with no status (atomically, so a real job enqueued at the
+# same moment is never deleted); returns 1 when it did.
+FORGET_HUSK = """
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], 'status') == 0 then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
 
 
 def enqueue_provision(connection: redis.Redis, resource_id: str) -> Job | None:

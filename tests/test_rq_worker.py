@@ -34,3 +34,20 @@ def test_a_job_whose_record_left_redis_while_it_ran_is_not_a_failure(env, conn, 
     assert errors == [], [r.getMessage() for r in errors]
     assert any(f"job {first.id} finished after its record left Redis" in r.getMessage() for r in caplog.records)
     assert jobs.queue("control", connection).failed_job_registry.count == 0
+
+
+def test_a_job_hash_a_heartbeat_left_after_redis_lost_the_job_does_not_block_its_id(redis_url):
+    """Found by the chaos bench: after Redis restarted empty, a work horse's heartbeat wrote
+    ``rq:job:deliver-0`` back with only ``last_heartbeat`` and no expiry, and every tick after that
+    found delivery slot 0 'still queued': nothing was delivered again."""
+    from rq.job import Job
+
+    connection = redisconn.connect(redis_url)
+    connection.hset(Job.key_for("deliver-0"), "last_heartbeat", "2026-12-02T14:34:55.365634Z")
+    queued = jobs.enqueue_delivery(connection, 0, 5)
+    assert queued is not None and queued.id == "deliver-0"
+    assert jobs.queue("deliver", connection).job_ids == ["deliver-0"]
+    # A real job with the id still blocks it, and is left alone.
+    assert jobs.enqueue_delivery(connection, 0, 5) is None
+    assert connection.hget(Job.key_for("deliver-0"), "status") == b"queued"
+    assert jobs.queue("deliver", connection).job_ids == ["deliver-0"]
