@@ -7,9 +7,8 @@ resource API, the pushes through the clock's tick and a real RQ worker, as in pr
 from __future__ import annotations
 
 import pytest
-import requests
 
-from broker import db, jobs, provisioning, redisconn, resources
+from broker import db, jobs, outbound, provisioning, redisconn, resources
 from broker.vault import Vault
 from tests.fakes import heroku as fake_heroku
 from tests.support.partner import heroku_headers, provision_body
@@ -55,7 +54,7 @@ def rotate(async_client, resource_id: str, token: str) -> str:
 
 
 def push(settings, resource_id: str) -> str:
-    with requests.Session() as session:
+    with outbound.session() as session:  # as worker.partner.push_config calls it
         return provisioning.push_config(lambda: db.connect(settings.database_url), settings,
                                         Vault(settings.fernet_keys), session, resource_id)
 
