@@ -9,9 +9,12 @@ What runs, loopback only, against the PostgreSQL and Redis that ``./scripts/benc
 
 - the Forge fake (``tests/fakes/forge.py``) in this process, its awkward switches on:
   newest-first pages of 40 records, cursors living 20 s, 10 % of records late (up to
-  ``LATE_MAX`` s, below the overlap), ``Retry-After`` on 429; bursts of injected 500s and
-  429s (two calls) about once a minute, across all apps; Atlassian's 30 calls a minute per app. Three apps, one of them used by
-  two resources (their calls share the app's budget);
+  ``LATE_MAX`` s, below the overlap), ``Retry-After`` on 429; Atlassian's 30 calls a minute
+  per app. Three apps, one of them used by two resources (their calls share the app's budget).
+  Bursts of 500s or 429s are a scheduled fault (``forge_burst``), not background noise: a
+  burst landing on sources still recovering from another fault would measure itself (a 429's
+  Retry-After holds an app up to 60 s, and at one burst a minute the same sources were hit
+  again each time they came back);
 - ``gunicorn --config gunicorn.conf.py 'web:create_app()'``, ``WORKERS`` × ``python -m
   worker`` and ``python -m worker.clock``, with FORGE_POLL_OVERLAP_SECONDS=40 so the sweep
   that re-reads late records works within the run;
@@ -27,8 +30,8 @@ What runs, loopback only, against the PostgreSQL and Redis that ``./scripts/benc
 Faults, one at a time in a seeded order, each followed by a wait for recovery: SIGKILL a
 worker and its work horse mid-job, SIGKILL the web, SIGTERM a worker (SIGKILL after 30 s, as
 Heroku does), FLUSHALL, restart Redis, restart PostgreSQL (fast shutdown), a receiver down, a
-receiver answering 500, Forge answering 503, the clock SIGKILLed and restarted, two clocks at
-once. A process that exits by itself is restarted (as Heroku restarts a crashed dyno) and
+receiver answering 500, Forge answering 503, Forge answering two calls 429 (with Retry-After)
+or 500, the clock SIGKILLed and restarted, two clocks at once. A process that exits by itself is restarted (as Heroku restarts a crashed dyno) and
 counted. Recovery: every source's checkpoint back within lag + interval + 15 s of now and
 every drain past what the outbox held when the fault ended, within ``recover`` s of the fault's
 end or of the end of a Retry-After the fake sent (the poller honours it), whichever is later.
@@ -36,8 +39,10 @@ Every scheduled fault runs; Forge's outage lasts longer than a poll interval, so
 
 Then it stops posting, waits (bounded) until every source's sweep has settled past the cut
 and every drain is caught up, and compares: per drain kind, records expected / lost /
-duplicated in whole redelivered batches (same Frame-Id, or the same record ids for OTLP) /
-duplicated otherwise / refused by the receiver; Forge calls per app in any 60 s against
+duplicated in whole redelivered batches (same Frame-Id, the same record ids in an OTLP export
+(rotel runs with batching off, so an export is one request of ours), or for syslog a run
+repeating the tail of what came before) / duplicated otherwise / refused by the receiver /
+dropped or rejected by the drains' own counters; Forge calls per app in any 60 s against
 FORGE_RATE_LIMIT and 429s the fake's own limit answered; recovery p50 / max per fault kind.
 Exit 1 on any lost record, any duplicate outside a whole batch, any refused frame, a
 rate-limit 429 or calls over the limit.
@@ -103,13 +108,13 @@ LINE_BREAK = re.compile(r"\r\n|\r|\n")
 INGEST_ID = re.compile(r"chaos-ingest r(\d+) n(\d+) f(\d+)")
 # (kind, instant?) — instant faults end when injected; the others last PROFILE[...]["hold"] s.
 FAULTS = ("kill_worker", "kill_web", "term_worker", "flushall", "restart_redis", "restart_postgres",
-          "receiver_down", "receiver_500", "forge_5xx", "kill_clock", "two_clocks")
+          "receiver_down", "receiver_500", "forge_5xx", "forge_burst", "kill_clock", "two_clocks")
 PROFILES = {
     # short: a few faults in ~2.5 minutes; long: every fault several times, ≥ 10 minutes.
-    "short": {"faults": ("kill_worker", "restart_postgres", "flushall", "kill_web", "receiver_down",
-                         "two_clocks"), "repeat": 1, "hold": 25, "recover": 90,
+    "short": {"faults": ("kill_worker", "restart_postgres", "flushall", "restart_redis", "kill_web",
+                         "receiver_down", "two_clocks", "forge_burst"), "repeat": 1, "hold": 25, "recover": 90,
               "settle": 240},
-    "long": {"faults": FAULTS, "repeat": 3, "hold": 60, "receiver_hold": 120,
+    "long": {"faults": FAULTS, "repeat": 3, "hold": 45, "receiver_hold": 120,
              "recover": 240, "settle": 420},
 }
 APPS = ("chaos-app-a", "chaos-app-b", "chaos-app-c")
@@ -474,6 +479,8 @@ class Tally:
     batch_dups: int = 0
     other_dups: int = 0
     refused: int = 0
+    dropped: int = 0     # the drains' own counters: records dropped (by age, or refused for good)
+    rejected: int = 0    # and records the receiver rejected (OTLP partial success)
     lost_examples: list = field(default_factory=list)
     dup_examples: list = field(default_factory=list)
 
@@ -493,6 +500,41 @@ def compare(tally: Tally, expected: Counter, got: Counter, rebatched: Counter, w
             if len(tally.dup_examples) < 5:
                 tally.dup_examples.append((what, key))
         tally.batch_dups += rebatched.get(key, 0)
+
+
+def resent_runs(sequence: list, expected: Counter) -> tuple[Counter, Counter]:
+    """Splits what a syslog drain received, in arrival order, into first deliveries and whole resends.
+
+    Syslog has no acknowledgement: a send counts as delivered only when it was all written and the
+    connection closed cleanly (README, Delivery), so a send cut short is sent
+    again from its first record, so the receiver may hold a prefix of it twice. Such a resend shows
+    as a run of records already received, each the one received right after the previous, ending
+    with the last record received before the run. Returns (first deliveries, records in such runs);
+    a repeated record outside such a run stays in the first Counter, over its expected count."""
+    got, resent = Counter(), Counter()
+    position: dict = {}      # record → its place among first deliveries
+    run: list = []           # the current run of repeated records (their places)
+
+    def close(run: list, newest: int) -> None:
+        whole = bool(run) and run[-1][1] == newest and all(b[1] == a[1] + 1 for a, b in zip(run, run[1:]))
+        for key, _ in run:
+            (resent if whole else got)[key] += 1
+
+    newest = -1
+    for key in sequence:
+        if got[key] < expected.get(key, 1):
+            if run:
+                close(run, newest)
+                run = []
+            got[key] += 1
+            if key not in position:
+                newest += 1
+                position[key] = newest
+        else:
+            run.append((key, position[key]))
+    if run:
+        close(run, newest)
+    return got, resent
 
 
 def visibility_split(fake: ForgeFake, app_id: str, start: datetime, prompt_until: datetime,
@@ -558,7 +600,6 @@ class Chaos:
         self.recoveries: dict[str, list[float | None]] = defaultdict(list)
         self.fault_log: list[str] = []
         self.errors: list[str] = []
-        self.stop_bursts = threading.Event()
         self.injected_429 = 0
         self.injected_500 = 0
 
@@ -614,7 +655,6 @@ class Chaos:
         self.started = min(r["checkpoint"] for r in rows)
         self.poster = Poster(f"{self.web}/ingest/logplex", self.resources)
         self.poster.start()
-        threading.Thread(target=self.bursts, daemon=True).start()
 
     def wait_web(self, seconds: float) -> float:
         began = time.monotonic()
@@ -664,17 +704,6 @@ class Chaos:
 
     def pg(self) -> psycopg.Connection:
         return db.connect(self.database_url, "forgedrain-chaos")
-
-    # -- background awkwardness: bursts of Forge 500s and 429s --
-    def bursts(self) -> None:
-        rng = random.Random(self.args.seed + 1)
-        while not self.stop_bursts.wait(rng.uniform(45, 75)):
-            if rng.random() < 0.5:
-                self.fake.fail(500, times=2)
-                self.injected_500 += 2
-            else:
-                self.fake.fail(429, times=2)
-                self.injected_429 += 2
 
     # -- recovery --
     def heads(self) -> dict[str, int]:
@@ -742,13 +771,16 @@ class Chaos:
             if self.recovered(heads):
                 took = time.monotonic() - since
                 self.recoveries[kind].append(took)
-                note = f" (a Retry-After or back-off held sources until {waited_until:.0f} s)" if waited_until else ""
+                # Said only when it mattered: the deadline was stretched past ``recover`` for it.
+                note = (f" (the poller was honouring a Retry-After or its failure back-off until {waited_until:.0f} s "
+                        f"after the fault)") if waited_until and took > recover else ""
                 say(f"  recovered in {took:.1f} s{note}")
                 return f"recovered in {took:.1f} s{note}"
             time.sleep(1)
         self.recoveries[kind].append(None)
         took = time.monotonic() - since
-        note = f"; a Retry-After or back-off held sources until {waited_until:.0f} s" if waited_until else ""
+        note = (f"; the poller was honouring a Retry-After or its failure back-off until {waited_until:.0f} s "
+                f"after the fault") if waited_until else ""
         say(f"  not recovered within {took:.0f} s ({recover} s after the fault{note})")
         return f"not recovered within {took:.0f} s ({recover} s after the fault{note})"
 
@@ -809,6 +841,20 @@ class Chaos:
             began = time.monotonic()
             self.services.restart_postgres()
             return f"PostgreSQL restarted (-m fast) in {time.monotonic() - began:.1f} s"
+        if kind == "forge_burst":
+            status = self.rng.choice((429, 500))
+            self.fake.fail(status, times=2)
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                with self.fake._lock:
+                    if not self.fake._failures:
+                        break
+                self.sleep_supervised(0.5)
+            if status == 429:
+                self.injected_429 += 2
+            else:
+                self.injected_500 += 2
+            return f"Forge answered the next two calls {status}" + (" with its Retry-After" if status == 429 else "")
         if kind == "kill_clock":
             fleet.kill("clock", signal.SIGKILL)
             fleet.procs["clock"].process.wait(10)
@@ -879,7 +925,6 @@ class Chaos:
     # -- settle and compare --
     def settle(self) -> tuple[datetime, dict]:
         self.poster.finish()
-        self.stop_bursts.set()
         cut = datetime.now(timezone.utc)
         say(f"posting stopped; the cut is {cut:%H:%M:%S}; settling (at most {self.profile['settle']} s)")
         heads = self.heads()
@@ -999,21 +1044,30 @@ class Chaos:
                 gathered = Counter({k: v for k, v in got_otlp[(resource.index, kind)].items() if k in expected})
                 compare(tallies[kind], expected, gathered, rebatched_otlp[(resource.index, kind)],
                         f"r{resource.index}")
-        # syslog: what rsyslog wrote, one line per message; no batch boundaries to tell redeliveries by.
-        got_syslog: dict[int, Counter] = defaultdict(Counter)
+        # syslog: what rsyslog wrote, one line per message, in the order it arrived on the drain's
+        # connection; a redelivered send shows as a run repeating the tail of what came before it.
+        sequences: dict[int, list] = defaultdict(list)
         for message in self.rsyslog.messages():
             if message.get("hostname") not in by_token:
-                tallies["syslog"].refused += 0
                 continue
             resource, _ = by_token[message["hostname"]]
             text = message.get("msg") or ""
             ident = ingest_key(text)
-            got_syslog[resource.index][ident or (ms_of(message["timestamp"]), line_key(text))] += 1
+            sequences[resource.index].append(ident or (ms_of(message["timestamp"]), line_key(text)))
         for resource in self.resources:
             expected = Counter(forge[resource.index])
             expected.update(accepted.get(resource.index, set()))
-            gathered = Counter({k: v for k, v in got_syslog[resource.index].items() if k in expected})
-            compare(tallies["syslog"], expected, gathered, Counter(), f"r{resource.index}")
+            gathered, rebatched = resent_runs([k for k in sequences[resource.index] if k in expected], expected)
+            compare(tallies["syslog"], expected, gathered, rebatched, f"r{resource.index}")
+        # The broker's own counters: records it dropped or a receiver rejected must be none.
+        with self.pg() as conn:
+            for row in conn.execute(
+                    "SELECT kind, settings->>'encoding' AS encoding, sum(dropped) AS dropped, "
+                    "sum(rejected) AS rejected FROM drains GROUP BY 1, 2").fetchall():
+                kind = f"otlp/{row['encoding'] or 'protobuf'}" if row["kind"] == "otlp" else row["kind"]
+                if kind in tallies:
+                    tallies[kind].dropped += int(row["dropped"] or 0)
+                    tallies[kind].rejected += int(row["rejected"] or 0)
         return tallies
 
     def forge_calls(self) -> dict[str, tuple[int, int, int]]:
@@ -1065,9 +1119,14 @@ class Chaos:
             top = f"{max(done):7.1f}" if done else f"{'-':>7}"
             print(f"{kind:<18} {len(values):>5} {len(done):>9} {p50} {top}")
         print()
-        print(f"{'drain kind':<14} {'expected':>8} {'lost':>6} {'dup(batch)':>10} {'dup(other)':>10} {'refused':>7}")
+        print(f"{'drain kind':<14} {'expected':>8} {'lost':>6} {'dup(batch)':>10} {'dup(other)':>10} {'refused':>7} "
+              f"{'dropped':>7} {'rejected':>8}")
         for kind, t in tallies.items():
-            print(f"{kind:<14} {t.expected:>8} {t.lost:>6} {t.batch_dups:>10} {t.other_dups:>10} {t.refused:>7}")
+            print(f"{kind:<14} {t.expected:>8} {t.lost:>6} {t.batch_dups:>10} {t.other_dups:>10} {t.refused:>7} "
+                  f"{t.dropped:>7} {t.rejected:>8}")
+        print("dup(batch): whole redelivered batches (same Frame-Id and content; the same record ids in an OTLP "
+              "export; for syslog a resent run repeating the tail of what came before); refused: requests the "
+              "receiver answered with an error; dropped / rejected: the drains' own counters")
         print()
         calls = self.forge_calls()
         limit = self.settings.forge_rate_limit
@@ -1083,11 +1142,13 @@ class Chaos:
         for kind, t in tallies.items():
             if t.lost:
                 errors.append(f"{kind}: {t.lost} records lost, e.g. {t.lost_examples}")
-            if t.other_dups and kind != "syslog":
+            if t.other_dups:
                 errors.append(f"{kind}: {t.other_dups} records received twice outside a whole redelivered batch, "
                               f"e.g. {t.dup_examples}")
             if t.refused:
                 errors.append(f"{kind}: the receiver refused {t.refused} requests")
+            if t.dropped or t.rejected:
+                errors.append(f"{kind}: the drains counted {t.dropped} records dropped and {t.rejected} rejected")
         for app_id, (total, most, limited) in calls.items():
             if most > limit:
                 errors.append(f"{app_id}: {most} calls within 60 s, over FORGE_RATE_LIMIT {limit}")
@@ -1104,7 +1165,6 @@ class Chaos:
         return errors
 
     def teardown(self) -> None:
-        self.stop_bursts.set()
         if self.poster is not None:
             self.poster.finish()
         if self.fleet is not None:
