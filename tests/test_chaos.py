@@ -66,6 +66,7 @@ def private_servers():
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.timeout(900)  # the short profile takes ~4 min alone, up to ~10 on a loaded machine
 def test_short_chaos_run_loses_nothing(private_servers):
     report = chaos.run("short", SEED, FAULTS, recover=RECOVER, **private_servers)
 
