@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
-import socket
 import string
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -15,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
 from tests.support.partner import basic, heroku_headers, provision_body, sso_token
+from tests.support.resolver import loopback_only
 
 # What may appear inside one path segment unescaped.
 PATH_CHARS = "".join(c for c in string.printable if c not in "/?#%\\ \t\n\r\x0b\x0c")
@@ -149,11 +148,48 @@ def test_no_resource_api_request_causes_a_5xx(client, authorization, rid):
     assert response.json is not None
 
 
-def test_a_fuzzed_valid_body_still_provisions(client, conn):
-    # guard against a fuzz suite that only ever sees refusals
-    response = client.post("/heroku/resources", data=json.dumps(provision_body(uuid=str(uuid.uuid4()))),
-                           headers=heroku_headers())
-    assert response.status_code == 200
+# Bodies every field of which is valid (Heroku's own shapes, and the edges the validators allow):
+# the fuzzing above must not pass by refusing everything, so these must all provision.
+# Printable as str.isprintable() says: no "Other" or "Separator" character but the ASCII space.
+PRINTABLE_TEXT = st.text(st.one_of(st.characters(codec="utf-8", exclude_categories=("C", "Z")), st.just(" ")),
+                         max_size=255)
+valid_fields = {
+    "plan": st.sampled_from(["test", "basic", "pro"]),
+    "region": st.one_of(st.none(), st.sampled_from(["amazon-web-services::us-east-1",
+                                                    "amazon-web-services::eu-west-1", "us", "eu"])),
+    "name": st.one_of(st.none(), PRINTABLE_TEXT),
+    "callback_url": st.one_of(st.none(), st.builds("https://api.heroku.com/addons/{}".format, st.uuids()),
+                              st.just("http://integrator.example/callback?x=1")),
+    "log_drain_token": st.one_of(st.none(), st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E),
+                                                    min_size=1, max_size=150)),
+    "log_input_url": st.one_of(st.none(), st.just("https://token:t.5f1d6c0e@1.us.logplex.io/logs"),
+                               st.builds("https://{}.example/logs".format,
+                                         st.text(string.ascii_lowercase + string.digits, min_size=1,
+                                                 max_size=30))),
+    "options": st.one_of(st.none(), st.just({})),
+    "unknown_field": st.one_of(st.none(), json_values),  # unknown fields are ignored
+}
+
+
+@FUZZ
+@given(fields=st.fixed_dictionaries(valid_fields))
+@example(fields={"plan": "test", "region": None, "name": None, "callback_url": None, "log_drain_token": None,
+                 "log_input_url": None, "options": None, "unknown_field": None})  # the least a body may say
+def test_any_valid_provision_body_provisions_once(client, conn, fields):
+    resource_id = uuid.uuid4()  # a new resource each time: replays are the second request below
+    body = {"uuid": str(resource_id), **{k: v for k, v in fields.items() if v is not None}}
+    if "log_drain_token" in body:
+        body["log_drain_token"] += f".{resource_id}"  # unique per resource, as Heroku's d.<uuid> is
+    before = rows(conn)[0]
+    response = client.post("/heroku/resources", data=json.dumps(body), headers=heroku_headers())
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json(force=True)["id"] == str(resource_id)
+    replay = client.post("/heroku/resources", data=json.dumps(body), headers=heroku_headers())
+    assert replay.status_code == 200 and replay.get_json(force=True)["id"] == str(resource_id)
+    assert rows(conn)[0] == before + 1
+    stored = conn.execute("SELECT plan, name, region FROM resources WHERE id = %s", (resource_id,)).fetchone()
+    assert (stored["plan"], stored["name"], stored["region"]) == (body["plan"], body.get("name"),
+                                                                   body.get("region"))
 
 
 source_fields = {
@@ -214,25 +250,6 @@ def test_no_source_body_causes_a_5xx_and_refusals_write_nothing(source_api, conn
 # (raw UTF-8 cannot); forms are sent as bytes, so a lone surrogate arrives as the invalid UTF-8
 # a browser or a script could send. The assertion everywhere: no 5xx (bar the documented 502 of a
 # drain test that did not get through), and a refused request changes none of the resource's rows.
-
-def loopback_only(monkeypatch) -> None:
-    """Names and addresses resolve only when they are loopback, so nothing a fuzzed drain or test
-    points at (a drain test, a verify) can leave this machine; the rest fail as unresolvable."""
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host, *args, **kwargs):
-        name = host.decode() if isinstance(host, bytes) else host
-        if name is not None and name.lower() != "localhost":
-            try:
-                loopback = ipaddress.ip_address(name.strip("[]").split("%", 1)[0]).is_loopback
-            except ValueError:
-                loopback = False
-            if not loopback:
-                raise socket.gaierror(socket.EAI_NONAME, "tests reach loopback only")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-
 
 BREAKERS = ["\x00", "\ud800", "\udfff", "\r\n", "\n", "\x85", "\u2028", "\u200b", "\x7f", "\x01", ":", " ",
             "\U0001F600", "%00", "é"]
