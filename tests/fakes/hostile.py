@@ -8,8 +8,10 @@ ports), with byte-level control no HTTP framework gives:
 - :class:`HostileHTTP` — ``mode`` is one of :data:`MODES`; it is read per
   request (and per connection for ``unread``), so a test can turn a healthy
   receiver hostile between two sends on one kept-alive connection, and back.
-- :class:`HostileSyslog` — reads everything and never closes, so a sender
-  waiting for the receiver's close waits for ever.
+- :class:`HostileSyslog` — by default reads everything and never closes, so a
+  sender waiting for the receiver's close waits for ever; it can also close or
+  reset a connection after so many bytes (mid-send), reset instead of closing
+  once it read everything, or close cleanly (the one acknowledgement syslog has).
 - :func:`gzip_bomb` and :func:`sockets_to` — the bomb they serve, and how many
   sockets this process still holds to a port (for "nothing left open").
 
@@ -25,6 +27,7 @@ import os
 import select
 import socket
 import ssl
+import struct
 import tempfile
 import threading
 import time
@@ -367,18 +370,40 @@ class HostileHTTP(_Server):
 
 
 class HostileSyslog(_Server):
-    """A syslog receiver that reads every byte and never closes (not even after the sender's close).
+    """A syslog receiver that, by default, reads every byte and never closes (not even after the sender's close).
 
     ``url`` is ``syslog+tls://localhost:PORT`` (trust :attr:`client_context`) or
     ``syslog+tcp://127.0.0.1:PORT`` (which needs ``allow_private=True``); ``received`` counts
-    the bytes read, ``ended`` the connections whose sender closed its side.
+    the bytes read, ``ended`` the connections whose sender closed its side, ``payloads`` holds
+    what each connection carried (after TLS), in the order they came.
+
+    How a connection ends is read when it is accepted, so a test can change it between sends:
+
+    - ``end="never"`` (the default): read to the sender's end, then hold the connection open.
+    - ``end="close"``: close the connection (FIN; the kernel sends a reset instead if bytes are
+      still unread) once ``after`` bytes were read, or — ``after=None`` — once the sender closed
+      its side after sending everything: the clean close a sender may count as delivery.
+    - ``end="reset"``: the same moments, but abort the connection with a TCP reset.
+    - ``end="half-close"``: at the same moments, end its side (FIN) and read nothing more; the
+      connection is reset when the server stops. On a real network a receiver that closes while
+      bytes are still on their way shows the sender exactly this order (its FIN, the reset later);
+      loopback delivers the reset at once, so this is how a test gets that order.
+
+    ``after=0`` ends a connection as soon as it is accepted (over TLS: after the handshake),
+    before reading anything.
     """
 
-    def __init__(self, *, tls: bool = False):
+    ENDS = ("never", "close", "reset", "half-close")
+
+    def __init__(self, *, tls: bool = False, end: str = "never", after: int | None = None):
+        if end not in self.ENDS:
+            raise ValueError(f"end must be one of {self.ENDS}")
         self.tls = tls
         super().__init__()
+        self.end, self.after = end, after
         self._received = 0
         self._ended = 0
+        self._payloads: list[bytearray] = []
 
     @property
     def url(self) -> str:
@@ -394,11 +419,35 @@ class HostileSyslog(_Server):
         with self._lock:
             return self._ended
 
-    def handle(self, sock: socket.socket) -> None:
-        wire = self._wrap(sock)
-        while data := wire.recv(65536):
-            with self._lock:
-                self._received += len(data)
+    @property
+    def payloads(self) -> list[bytes]:
         with self._lock:
-            self._ended += 1
-        wire.wait_for_stop()  # no close_notify, no FIN: the sender waits for a close that never comes
+            return [bytes(p) for p in self._payloads]
+
+    def handle(self, sock: socket.socket) -> None:
+        end, after = self.end, self.after
+        got = bytearray()
+        with self._lock:
+            self._payloads.append(got)
+        wire = self._wrap(sock)
+        sender_done = False
+        while after is None or len(got) < after:
+            data = wire.recv(65536 if after is None else min(65536, after - len(got)))
+            if not data:
+                sender_done = True
+                break
+            with self._lock:
+                got += data
+                self._received += len(data)
+        if sender_done:
+            with self._lock:
+                self._ended += 1
+        if end == "never":
+            wire.wait_for_stop()  # no close_notify, no FIN: the sender waits for a close that never comes
+        if end == "half-close":
+            wire.sock.shutdown(socket.SHUT_WR)  # over TLS without close_notify, as a crash or restart would
+            wire.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            wire.wait_for_stop()
+        if end == "reset":
+            wire.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        wire.sock.close()  # over TLS without close_notify: the sender reads the end of the stream
