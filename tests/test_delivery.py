@@ -6,7 +6,7 @@ import contextlib
 import re
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -71,6 +71,11 @@ def drain_row(conn, drain_id) -> dict:
     return conn.execute("SELECT * FROM drains WHERE id = %s", (drain_id,)).fetchone()
 
 
+def db_now(conn) -> datetime:
+    """The database's clock: the one the broker writes next_attempt_at and leases with."""
+    return conn.execute("SELECT now() AS now").fetchone()["now"]
+
+
 @pytest.fixture
 def world(conn, vault):
     resource_id = add_resource(conn)
@@ -107,12 +112,15 @@ def test_a_failed_send_is_retried_later_with_the_same_frame_id(conn, vault, data
         batch = store(conn, resource_id, source_id, [forge_record(i) for i in range(5)])
         inbox.fail(503, retry_after="7")
         deliverer = make_deliverer(database_url, vault)
+        began = db_now(conn)
         (first,) = deliver_all(deliverer, conn)
+        ended = db_now(conn)
         assert first.result == "retry"
         row = drain_row(conn, drain_id)
         assert row["cursor"] == 0 and row["retried"] == 1 and row["consecutive_failures"] == 1
-        wait = (row["next_attempt_at"] - datetime.now(timezone.utc)).total_seconds()
-        assert 5 < wait <= 7.5  # Retry-After honoured
+        # Retry-After honoured: the next attempt is 7 s after the failed one, on the database's clock
+        # (the failure was written at some moment of the delivery, so between these two readings).
+        assert began + timedelta(seconds=7) <= row["next_attempt_at"] <= ended + timedelta(seconds=7)
         assert delivery.claim(conn, 10) == []  # a waiting drain costs nothing
         conn.execute("UPDATE drains SET next_attempt_at = now()")
         (second,) = deliver_all(deliverer, conn)
@@ -224,22 +232,41 @@ def test_an_otlp_413_splits_the_batch(conn, vault, database_url, world):
     assert drain_row(conn, drain_id)["delivered"] == 8
 
 
-@pytest.mark.parametrize("url, reason", [
-    ("http://127.0.0.1:9/", "private, loopback"),
-    ("https://logs.forgedrain-test.invalid/", "cannot resolve"),  # .invalid never resolves (RFC 6761)
+UNRESOLVABLE = "logs.forgedrain-test.invalid"  # answered only by tests.support.resolver
+
+
+@pytest.mark.parametrize("host, reason", [
+    ("127.0.0.1", "private, loopback"),  # then the operator allows private drains (ALLOW_PRIVATE_DRAINS)
+    (UNRESOLVABLE, "cannot resolve"),  # then the name starts to resolve
 ])
 def test_refused_or_unresolvable_destinations_wait_with_the_reason_and_lose_nothing(
-        conn, vault, database_url, world, url, reason):
+        conn, vault, database_url, world, monkeypatch, host, reason):
+    from tests.support.resolver import ScriptedResolver
+
     resource_id, source_id = world
-    drain_id = add_drain(conn, vault, resource_id, "logplex", url)
-    store(conn, resource_id, source_id, [forge_record(i) for i in range(3)])
-    store(conn, resource_id, source_id, [forge_record(i) for i in range(3, 5)])
-    deliverer = make_deliverer(database_url, vault, allow_private=False)
-    (outcome,) = deliver_all(deliverer, conn)
+    dns = ScriptedResolver(monkeypatch, UNRESOLVABLE, [None])
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as server:
+        drain_id = add_drain(conn, vault, resource_id, "logplex", f"http://{host}:{server.port}/logs")
+        store(conn, resource_id, source_id, [forge_record(i) for i in range(3)])
+        last = store(conn, resource_id, source_id, [forge_record(i) for i in range(3, 5)])
+        (outcome,) = deliver_all(make_deliverer(database_url, vault, allow_private=host == UNRESOLVABLE), conn)
+        row = drain_row(conn, drain_id)
+        assert outcome.result == "retry" and row["cursor"] == 0 and row["dropped"] == 0
+        assert "destination refused" in row["last_error"] and reason in row["last_error"]
+        assert outbox.backlog(conn, row["resource_id"], row["id"]).records == 5
+        assert inbox.requests == [] and inbox.refused == []
+
+        # The destination comes back: every record waiting is delivered, once.
+        dns.then("127.0.0.1")
+        conn.execute("UPDATE drains SET next_attempt_at = now() WHERE id = %s", (drain_id,))
+        (outcome,) = deliver_all(make_deliverer(database_url, vault, allow_private=True), conn)
+    assert outcome.result == "caught-up"
+    messages = [e["message"] for r in inbox.requests for e in r["events"]]
+    assert Counter(messages) == Counter(f"record {i} ✓" for i in range(5))
     row = drain_row(conn, drain_id)
-    assert outcome.result == "retry" and row["cursor"] == 0 and row["dropped"] == 0
-    assert "destination refused" in row["last_error"] and reason in row["last_error"]
-    assert outbox.backlog(conn, row["resource_id"], row["id"]).records == 5
+    assert (row["cursor"], row["delivered"], row["dropped"], row["consecutive_failures"]) == (last, 5, 0, 0)
+    assert outbox.backlog(conn, row["resource_id"], row["id"]).records == 0
 
 
 @pytest.mark.parametrize("kind", ["logplex", "otlp"])
@@ -298,7 +325,6 @@ def test_a_worker_killed_mid_send_redelivers_the_batch_with_the_same_frame_id(en
     import signal
     import subprocess
     import threading
-    import time
 
     from flask import Flask, request
 
@@ -335,7 +361,6 @@ def test_a_worker_killed_mid_send_redelivers_the_batch_with_the_same_frame_id(en
         row = drain_row(conn, drain_id)
         assert row["cursor"] == 0 and row["lease_token"] is not None  # the dead delivery still holds it
         conn.execute("UPDATE drains SET lease_expires_at = now() - interval '1 second'")  # the lease runs out
-        time.sleep(0.2)
         (outcome,) = deliver_all(make_deliverer(env["DATABASE_URL"], vault), conn)
     assert outcome.result == "caught-up"
     assert seen[0] == seen[1] == (delivery.frame_id(drain_id, batches[0], 0), 10)  # the same batch, same id
@@ -381,13 +406,18 @@ def test_a_batch_that_commits_late_is_never_passed_over(conn, vault, database_ur
                                     [datetime.now(timezone.utc)])
 
                 def post() -> None:  # an ingest request for the same resource meanwhile
-                    with db.connect(database_url, "forgedrain-tests") as web:
+                    with db.connect(database_url, "forgedrain-tests-ingest") as web:
                         ingest.store(web, resource_id, "F" * 32, parsed)
 
                 posting = threading.Thread(target=post)
                 posting.start()
-                time.sleep(0.5)
-                assert posting.is_alive()  # it waits for the page's commit
+                # It waits for the page's commit: PostgreSQL shows it blocked on the append lock.
+                deadline = time.monotonic() + 30
+                while not conn.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = "
+                                       "'forgedrain-tests-ingest' AND wait_event = 'advisory'").fetchone()["n"]:
+                    assert posting.is_alive() and time.monotonic() < deadline, "the ingest did not wait"
+                    time.sleep(0.02)
+                assert posting.is_alive()
                 assert deliver_all(deliverer, conn) == []  # nothing visible to deliver yet
         posting.join(10)
         (outcome,) = deliver_all(deliverer, conn)

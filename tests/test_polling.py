@@ -265,19 +265,42 @@ def test_fingerprints_tell_records_apart_by_time_invocation_and_body():
 
 
 def test_a_call_counts_for_a_period_from_its_completion_not_its_start(redis_url):
+    """Judged on the limiter's own log (call times from Redis's clock), not on sleeps: done() moves
+    the call's entry to its completion time, and the wait a refused take is told runs from there."""
     import time
 
     import redis as redis_client
 
-    from broker.ratelimit import RateLimiter
+    from broker.ratelimit import KEY, RateLimiter
 
-    limiter = RateLimiter(redis_client.Redis.from_url(redis_url), limit=1, period_seconds=0.5)
+    connection = redis_client.Redis.from_url(redis_url)
+    log = KEY.format(app="app-x")
+
+    def redis_now() -> int:
+        seconds, micros = connection.time()
+        return seconds * 1_000_000 + micros
+
+    period = 60_000_000  # µs: far longer than anything below, so nothing ages out meanwhile
+    limiter = RateLimiter(connection, limit=1, period_seconds=period / 1_000_000)
     wait, call = limiter.take("app-x")
     assert wait == 0 and call
-    time.sleep(0.4)  # a slow call: Atlassian may count it when it arrives, late
+    taken = int(connection.zscore(log, call))
+    while redis_now() <= taken + 20_000:  # a slow call: it completes some time after it was taken
+        time.sleep(0.005)
+    before = redis_now()
     limiter.done("app-x", call)
-    time.sleep(0.2)  # 0.6 s after the take, 0.2 s after completion
-    assert limiter.try_take("app-x") > 0.2  # still counted
+    after = redis_now()
+    completed = int(connection.zscore(log, call))
+    assert taken < before <= completed <= after  # re-stamped at its completion, on Redis's clock
+    assert connection.zcard(log) == 1
+
+    before = redis_now()
+    refused = limiter.try_take("app-x")
+    after = redis_now()
+    waited = round(refused * 1_000_000)
+    # The wait runs a period from the completion (a take-time log would say taken + period - now).
+    assert completed + period - after <= waited <= completed + period - before
+    assert connection.zcard(log) == 1  # the refused take left no entry
 
 
 @pytest.mark.parametrize("visible_within, lag_grows", [(60, True), (3, False)])
