@@ -59,13 +59,14 @@ class Source:
     service_name: str | None = None
     environment_label: str | None = None
     include_arguments: bool = False
+    id: object = None  # the source's id: a drain's rules may take only some sources' records
 
     @classmethod
     def of(cls, row: dict | None) -> "Source":
         row = row or {}
         return cls(app_id=row.get("app_id") or "", environment_id=row.get("environment_id") or "",
                    service_name=row.get("service_name"), environment_label=row.get("environment_label"),
-                   include_arguments=bool(row.get("include_arguments")))
+                   include_arguments=bool(row.get("include_arguments")), id=row.get("id"))
 
 
 @dataclass(frozen=True)
@@ -120,18 +121,37 @@ class Wire:
 @dataclass(frozen=True)
 class Pending:
     """An outbox batch the drain lacks: ``records`` are those it still needs, from ``offset`` on
-    (0 unless an earlier send already settled the batch's first records)."""
+    (0 unless an earlier send already settled the batch's first records).
+
+    Positions in a batch are always *raw*: the index of a record among all the batch's records,
+    whatever the drain's rules keep. When rules removed some, ``positions`` holds each kept
+    record's raw position (None: ``records`` are the raw records ``offset``, ``offset + 1``, …),
+    so a position written after a send, and a ``Logplex-Frame-Id``, mean the same record if the
+    owner changes the rules before the batch is complete.
+    """
 
     batch: int
     records: list[dict]
     offset: int
     source: Source
+    positions: list[int] | None = None
+
+    def position(self, index: int) -> int:
+        """The raw position of ``records[index]``."""
+        return self.offset + index if self.positions is None else self.positions[index]
+
+    def after(self, count: int) -> int:
+        """The raw position just after the first ``count`` records: where the drain stands once
+        they are settled (records the rules removed before the next kept one are settled with it)."""
+        return self.offset + count if self.positions is None else self.positions[count - 1] + 1
 
 
 @dataclass(frozen=True)
 class Step:
     """Where the drain stands after a send: every batch before ``batch`` is settled, and of
-    ``batch`` itself all records (``offset`` None) or the first ``offset``."""
+    ``batch`` itself all records (``offset`` None) or the first ``offset`` (a raw position, see
+    :class:`Pending`). ``filtered`` and ``redacted`` are what the drain's rules removed and
+    redacted in what the step settled; the delivery loop fills them in."""
 
     batch: int
     offset: int | None
@@ -141,6 +161,8 @@ class Step:
     error: str | None = None
     requests: int = 0
     seconds: float = 0.0   # the send's wall time
+    filtered: int = 0
+    redacted: int = 0
 
 
 @dataclass(frozen=True)
@@ -201,14 +223,13 @@ class HttpSender(Sender):
             if skipped is not None:
                 yield Step(skipped.batch, None)
                 skipped = None
-            offset = item.offset
             queue = [(n, body, count) for n, body, count in self.parts(item.records, item.source)]
             done = 0
             while queue:
                 n, body, count = queue.pop(0)
                 chunk = item.records[done:done + n]
                 began = time.monotonic()
-                result = self.post(body, count, frame_id(self.drain.id, item.batch, offset))
+                result = self.post(body, count, frame_id(self.drain.id, item.batch, item.position(done)))
                 seconds = time.monotonic() - began
                 if result.outcome == "split" and n > 1:
                     half = n // 2
@@ -219,7 +240,7 @@ class HttpSender(Sender):
                     yield Halt(result, seconds)
                     return
                 done += n
-                offset += n
+                offset = item.after(done)
                 whole = not queue
                 if result.outcome == "delivered":
                     yield Step(item.batch, None if whole else offset, delivered=n - result.rejected,
@@ -346,7 +367,7 @@ class SyslogSender(Sender):
         position: tuple[int, int | None] | None = None
         for item in pending:
             who = self.identity(item.source)
-            offset = item.offset
+            offset, positions = item.offset, item.positions
             if not item.records:
                 position = (item.batch, None)
                 continue
@@ -362,7 +383,8 @@ class SyslogSender(Sender):
                 size += len(frames)
                 count += 1
                 last = index == len(item.records) - 1
-                position = (item.batch, None if last else offset + index + 1)
+                position = (item.batch, None if last else offset + index + 1 if positions is None
+                            else positions[index] + 1)
         if position is not None:
             if chunks:
                 yield self._flush(chunks, count, position)
