@@ -95,6 +95,13 @@ is a switch; the defaults are the fake's historical behaviour.
   normal visibility delay, for apps that don't set their own.
 * ``latency: float = 0.0``: seconds every call sleeps (outside the lock).
 
+Observing and pausing calls (for tests of concurrency, no switch of Atlassian's behaviour):
+``hold()`` makes every call that arrives from then on wait before it is answered, until
+``release()``; ``held`` is how many calls wait now (a test waits for it instead of sleeping).
+``in_flight_peak(app_id, environment_id)`` is the most calls for that app and environment that
+were ever being answered at once (arrival to answer, the hold and ``latency`` included): 1 for a
+source that only one poller at a time reads.
+
 ``add_app(...)`` keyword arguments, per app: ``records_per_minute=20.0``,
 ``late_fraction=0.05``, ``max_delay_seconds=600.0``, ``prompt_delay_seconds=None`` (None =
 the constructor's), ``awkward_fraction=0.0`` (``--awkward-fraction``): that fraction of the
@@ -352,6 +359,31 @@ class ForgeFake:
         self._injections = 0
         self._selections: OrderedDict[tuple, list[_Record]] = OrderedDict()
         self._app: Flask | None = None
+        self._gate = threading.Event()
+        self._gate.set()
+        self._held = 0
+        self._in_flight: dict[tuple, int] = {}
+        self._in_flight_peaks: dict[tuple, int] = {}
+
+    # ------------------------------------------------------------- observing
+
+    def hold(self) -> None:
+        """Make calls arriving from now on wait, unanswered, until :meth:`release`."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    @property
+    def held(self) -> int:
+        """Calls waiting at the hold now."""
+        with self._lock:
+            return self._held
+
+    def in_flight_peak(self, app_id: str, environment_id: str) -> int:
+        """The most calls for this app and environment ever being answered at once."""
+        with self._lock:
+            return self._in_flight_peaks.get((app_id, environment_id), 0)
 
     # ------------------------------------------------------------------ setup
 
@@ -495,10 +527,27 @@ class ForgeFake:
 
         @app.before_request
         def arrive():
+            flight = ((request.view_args or {}).get("app_id"), request.args.get("environmentId"))
             with self._lock:  # the clock is only ever consulted under the lock
                 g.arrived = self.clock()
+                g.flight = flight
+                self._in_flight[flight] = self._in_flight.get(flight, 0) + 1
+                self._in_flight_peaks[flight] = max(self._in_flight_peaks.get(flight, 0), self._in_flight[flight])
+                held = not self._gate.is_set()
+                self._held += held
+            if held:
+                self._gate.wait()
+                with self._lock:
+                    self._held -= 1
             if self.latency:
                 time.sleep(self.latency)
+
+        @app.teardown_request
+        def leave(exc):
+            flight = g.pop("flight", None)
+            if flight is not None:
+                with self._lock:
+                    self._in_flight[flight] -= 1
 
         @app.after_request
         def record(response: Response):
