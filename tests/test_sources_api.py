@@ -298,14 +298,30 @@ def test_bad_provisioning_options_refuse_the_provision_and_create_nothing(api, c
 
 def test_a_backfill_re_polls_from_a_past_time_with_visible_progress(api, resource, conn, forge_fake,
                                                                     database_url, redis_url, settings):
+    from collections import Counter
     from datetime import datetime, timedelta, timezone
 
     from broker import polling
     from broker.vault import Vault
-    from tests.support.polling import make_poller
+    from tests.support.polling import identity, make_poller, outbox_records
 
     rid, auth = resource
     sid = create(api, resource).json["id"]
+    forge_fake.rate_limit = 10_000  # the budget is not under test here
+    poller = make_poller(database_url, redis_url, forge_fake.url, Vault(settings.fernet_keys))
+
+    def poll_until_caught_up() -> None:
+        for _ in range(10):  # what poll jobs do
+            conn.execute("UPDATE sources SET next_poll_at = now() - interval '1 second'")
+            if poller.poll(polling.claim(conn, 1, 180)[0]).result == "caught-up":
+                return
+        raise AssertionError("the source never caught up")
+
+    created = conn.execute("SELECT checkpoint FROM sources").fetchone()["checkpoint"]  # where polling began
+    poll_until_caught_up()  # the source is live: the hour before it was added is stored
+    polled_from = conn.execute("SELECT backfill_from, checkpoint FROM sources").fetchone()
+    assert polled_from["backfill_from"] is None
+    stored_before = conn.execute("SELECT COALESCE(max(id), 0) AS id FROM outbox").fetchone()["id"]
     path = f"/v1/resources/{rid}/sources/{sid}/backfill"
     now = datetime.now(timezone.utc)
     for bad in ({"from": (now - timedelta(days=15)).isoformat()}, {"from": (now + timedelta(hours=1)).isoformat()},
@@ -318,14 +334,26 @@ def test_a_backfill_re_polls_from_a_past_time_with_visible_progress(api, resourc
     backfill = response.json["polling"]["backfill"]
     assert backfill["progress"] == 0.0
     assert datetime.fromisoformat(response.json["polling"]["checkpoint"]) == start
-    forge_fake.rate_limit = 10_000  # the budget is not under test here
-    poller = make_poller(database_url, redis_url, forge_fake.url, Vault(settings.fernet_keys))
-    for _ in range(5):
-        conn.execute("UPDATE sources SET next_poll_at = now() - interval '1 second'")
-        if poller.poll(polling.claim(conn, 1, 180)[0]).result == "caught-up":
-            break
+    until = conn.execute("SELECT backfill_until FROM sources").fetchone()["backfill_until"]
+    assert until >= polled_from["checkpoint"]  # it runs up to where the source had got
+    poll_until_caught_up()
     after = api.get(f"/v1/resources/{rid}/sources/{sid}", headers=auth).json["polling"]
     assert after["backfill"] is None  # done: the checkpoint passed where it was
     assert datetime.fromisoformat(after["checkpoint"]) > now - timedelta(minutes=3)
     entry = conn.execute("SELECT action FROM audit_log WHERE action = 'source.backfill_started'").fetchone()
     assert entry is not None
+
+    # The backfilled stretch, record by record (the source's levels only). What the backfill stored
+    # is each record once, each one Forge has; it holds every record from the backfill's start to
+    # where polling began (never stored before), and with what was stored before it, every record
+    # up to where the source had been polled to.
+    levels = ["ERROR", "INFO"]
+    backfilled = Counter(map(identity, outbox_records(conn, sid, after=stored_before)))
+    assert max(backfilled.values()) == 1, "the backfill stored a record twice"
+    final = conn.execute("SELECT checkpoint FROM sources").fetchone()["checkpoint"]
+    assert set(backfilled) <= set(map(identity, forge_fake.records(APP, ENV, start, final, levels=levels)))
+    never_polled = forge_fake.records(APP, ENV, start, created, levels=levels)
+    assert len(never_polled) > 1000  # two hours of the app's records
+    assert set(map(identity, never_polled)) <= set(backfilled)
+    everything = set(map(identity, outbox_records(conn, sid)))
+    assert set(map(identity, forge_fake.records(APP, ENV, start, until, levels=levels))) <= everything

@@ -40,9 +40,10 @@ def add_source(conn, vault: Vault, resource_id: uuid.UUID, *, app_id: str = APP,
     ).fetchone()["id"]
 
 
-def outbox_records(conn, source_id=None) -> list[dict]:
-    sql = "SELECT payload FROM outbox" + (" WHERE source_id = %s" if source_id else "") + " ORDER BY id"
-    rows = conn.execute(sql, (source_id,) if source_id else ()).fetchall()
+def outbox_records(conn, source_id=None, after: int = 0) -> list[dict]:
+    """Every Forge record in the outbox (of one source), in batches after the batch id ``after``."""
+    sql = "SELECT payload FROM outbox WHERE id > %s" + (" AND source_id = %s" if source_id else "") + " ORDER BY id"
+    rows = conn.execute(sql, (after, source_id) if source_id else (after,)).fetchall()
     return [record for row in rows for record in outbox.forge_records(bytes(row["payload"]))]
 
 
