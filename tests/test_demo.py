@@ -66,6 +66,17 @@ def wait_for_text(log: Path, pattern: str, seconds: float, proc: subprocess.Pope
         time.sleep(0.25)
 
 
+def first_request(log: Path, seconds: float, proc: subprocess.Popen) -> str:
+    """The receiver's print of the first request it accepted, once all of it is in the log: a
+    header saying how many messages, then a line each (or, past ``max_lines``, the first
+    ``preview`` and a line counting the rest)."""
+    header = wait_for_text(log, r"^POST /logs #1: (\d+) messages.*\n", seconds, proc)
+    count = int(header.group(1))
+    shown = count if count <= receiver.Receiver.max_lines else receiver.Receiver.preview + 1
+    block = re.escape(header.group(0)) + r"(?:  .*\n){%d}" % shown
+    return wait_for_text(log, block, seconds, proc).group(0)
+
+
 class FormReader(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -136,13 +147,12 @@ def test_the_demo_brings_forge_records_to_the_receiver_and_signs_in(env, conn, t
         assert dashboard.url == f"{web.base_url}/dashboard/{resource_id}"
         assert dashboard.history and dashboard.history[0].status_code == 302
 
-        # Forge records from the fake reach the receiver, which accepts them as Vector would.
-        wait_for_text(logs["receiver"], r"^POST /logs #1: \d+ messages", 90, rx)
-        first_at = time.monotonic() - began
-        print(f"first Forge records at the receiver {first_at:.1f} s after the test began")
-        time.sleep(1)  # the rest of that first delivery
-        printed = logs["receiver"].read_text(encoding="utf-8")
-        assert "REFUSED" not in printed
+        # Forge records from the fake reach the receiver, which accepts them as Vector would. How
+        # soon is printed, not judged (it is the machine's load as much as the broker's): the delay
+        # from log to drain is measured by bench/freshness.py.
+        printed = first_request(logs["receiver"], 90, rx)
+        print(f"first Forge records at the receiver {time.monotonic() - began:.1f} s after the test began")
+        assert "REFUSED" not in logs["receiver"].read_text(encoding="utf-8")
         lines = re.findall(r"^  (\S+Z) (\w+)\s+forge\[([\w-]+)\]: (.*)$", printed, re.MULTILINE)
         assert lines, printed[:3000]
         bodies = demo_bodies()
@@ -167,7 +177,6 @@ def test_the_demo_brings_forge_records_to_the_receiver_and_signs_in(env, conn, t
         sources = api.get(f"{web.base_url}/v1/resources/{resource_id}/sources", timeout=10).json()["sources"]
         assert [(d["kind"], d["url"]) for d in drains] == [("logplex", receiver_url)]
         assert [(s["app_id"], s["state"]) for s in sources] == [(APP_ID, "active")]
-        assert first_at < 90
 
         # A source left far behind (the demo stopped for hours) is replaced, not caught up.
         # (Only while no poll holds the source's lease, and not due again soon, so no poll
