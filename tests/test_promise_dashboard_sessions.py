@@ -1,0 +1,158 @@
+"""Dashboard sessions: they last 8 hours (``PERMANENT_SESSION_LIFETIME``: "a working day; SSO starts a
+new one any time"), and a session whose resource is deprovisioned shows nothing of it any more and
+ends (README, "Deprovisioned means frozen and erased").
+
+Time is never waited for: a session cookie as the browser would hold it some hours after it was
+issued is made by signing the session the broker issued with an earlier timestamp (the cookie is
+the broker's own signed, timestamped value; nothing of the broker is patched).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from email.utils import parsedate_to_datetime
+
+import pytest
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+
+from broker import config
+from tests.fakes.forge import ForgeFake
+from tests.fakes.server import LocalServer
+from tests.support.partner import heroku_headers, provision_body, user_scoped_token
+from web import create_app
+
+COOKIE = "forgedrain_session"
+LIFETIME = 8 * 3600
+APP = "5b7d9f1a-3c5e-4a7b-8d0f-2a4c6e8a0b1c"
+ENV = "prod"
+EMAIL = "bot@acme.test"
+TOKEN = "ATATT-sessions-promise-token"
+OWNER = "owner@acme.test"
+
+
+@pytest.fixture
+def forge():
+    fake = ForgeFake(seed=43, rate_limit=10_000)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN)
+    with LocalServer(fake.wsgi()) as server:
+        fake.url = server.url
+        yield fake
+
+
+@pytest.fixture
+def app(env, forge):
+    application = create_app(config.load({**env, "FORGE_API_URL": forge.url}, testing=True))
+    yield application
+    application.extensions["forgedrain"].db.close()
+
+
+def provision(client) -> str:
+    body = provision_body(options={"app_id": APP, "environment_id": ENV, "email": EMAIL, "api_token": TOKEN})
+    assert client.post("/heroku/resources", data=json.dumps(body), headers=heroku_headers()).status_code == 200
+    return body["uuid"]
+
+
+def sign_in(client, rid: str):
+    stamp, token = user_scoped_token(rid, "u-1", OWNER)
+    answer = client.post("/sso/login", data={"resource_id": rid, "user_scoped_resource_token": token,
+                                              "timestamp": stamp, "app": "acme", "email": OWNER, "user_id": "u-1"})
+    assert answer.status_code == 302
+    return answer
+
+
+def issued_cookie(answer) -> tuple[str, str]:
+    """The session cookie a response sets: (value, its Set-Cookie header)."""
+    [header] = [h for h in answer.headers.getlist("Set-Cookie") if h.startswith(f"{COOKIE}=")]
+    return header.split(";", 1)[0].split("=", 1)[1], header
+
+
+def cookie_value(client) -> str:
+    return client.get_cookie(COOKIE).value
+
+
+def aged(app, value: str, seconds: int) -> str:
+    """The same session, signed as if the broker had issued it ``seconds`` ago."""
+    current = app.session_interface.get_signing_serializer(app)
+    data = current.loads(value)
+
+    class Earlier(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time()) - seconds
+
+    return URLSafeTimedSerializer(app.secret_key, salt=current.salt, serializer=current.serializer,
+                                  signer=Earlier, signer_kwargs=current.signer_kwargs).dumps(data)
+
+
+def holding(app, value: str):
+    """A browser holding this session cookie and nothing else."""
+    client = app.test_client()
+    client.set_cookie(COOKIE, value)
+    return client
+
+
+# --- 8 hours ----------------------------------------------------------------------------------------
+
+def test_a_session_cookie_is_issued_for_8_hours(app):
+    client = app.test_client()
+    rid = provision(client)
+    before = int(time.time())
+    value, header = issued_cookie(sign_in(client, rid))
+    after = time.time()
+    expires = parsedate_to_datetime(re.search(r"Expires=([^;]+)", header).group(1)).timestamp()
+    assert before + LIFETIME <= expires <= after + LIFETIME
+    assert "HttpOnly" in header and "SameSite=Lax" in header
+
+
+def test_a_session_left_for_8_hours_is_refused_and_one_just_younger_is_not(app):
+    client = app.test_client()
+    rid = provision(client)
+    sign_in(client, rid)
+    assert client.get(f"/dashboard/{rid}").status_code == 200
+    value = cookie_value(client)
+    younger = holding(app, aged(app, value, LIFETIME - 60)).get(f"/dashboard/{rid}")
+    assert younger.status_code == 200 and OWNER in younger.get_data(as_text=True)
+    for age in (LIFETIME + 1, LIFETIME + 3600, 30 * 86400):
+        expired = holding(app, aged(app, value, age)).get(f"/dashboard/{rid}")
+        assert expired.status_code == 403, age
+        assert "you are not signed in to this add-on" in expired.get_data(as_text=True)
+    # An expired session cannot change anything either (its CSRF token is in the same expired cookie).
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get(f"/dashboard/{rid}").get_data(as_text=True))
+    stale = holding(app, aged(app, cookie_value(client), LIFETIME + 1))
+    source = stale.post(f"/dashboard/{rid}/sources", data={"csrf_token": csrf.group(1), "app_id": APP,
+                                                           "environment_id": ENV, "email": EMAIL,
+                                                           "api_token": TOKEN})
+    assert source.status_code == 403
+    # SSO starts a new one at any time.
+    sign_in(stale, rid)
+    assert stale.get(f"/dashboard/{rid}").status_code == 200
+
+
+# --- deprovisioned ------------------------------------------------------------------------------------
+
+def test_a_session_whose_resource_is_deprovisioned_sees_nothing_of_it_and_ends(app, conn):
+    client = app.test_client()
+    rid = provision(client)
+    sign_in(client, rid)
+    page = client.get(f"/dashboard/{rid}")
+    assert page.status_code == 200
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+    source_id = conn.execute("SELECT id FROM sources").fetchone()["id"]
+    drain_id = conn.execute("SELECT id FROM drains WHERE kind = 'heroku'").fetchone()["id"]
+    assert client.delete(f"/heroku/resources/{rid}", headers=heroku_headers()).status_code == 204
+
+    gone = client.get(f"/dashboard/{rid}")
+    assert gone.status_code == 404
+    assert APP not in gone.get_data(as_text=True) and EMAIL not in gone.get_data(as_text=True)
+    # The session ended with it: every page of the dashboard is refused to this browser from now on.
+    for path in ("", f"/sources/{source_id}/edit", f"/drains/{drain_id}/edit"):
+        assert client.get(f"/dashboard/{rid}{path}").status_code == 403, path
+    assert client.post(f"/dashboard/{rid}/drains/{drain_id}/enabled",
+                       data={"csrf_token": csrf, "enabled": "true"}).status_code == 403
+    # Heroku's SSO will not open it again either.
+    stamp, token = user_scoped_token(rid, "u-1", OWNER)
+    assert client.post("/sso/login", data={"resource_id": rid, "user_scoped_resource_token": token,
+                                            "timestamp": stamp, "app": "acme", "email": OWNER,
+                                            "user_id": "u-1"}).status_code == 403
+
