@@ -20,6 +20,16 @@ send settled only the first records of the next batch, ``partial_batch`` and
    waited), or when the receiver cannot take more (back-off with jitter, or
    its ``Retry-After``), with the reason in ``last_error``.
 
+A drain with rules (:mod:`broker.rules`) has them compiled once a turn and
+applied to each batch after it is decoded and before its sender formats it;
+a drain without rules takes no extra step. Positions stay *raw* (a record's
+index among all its batch's records), so ``partial_records`` and the
+Frame-Ids mean the same records whatever the rules keep and however the
+owner changes them while a batch is half sent. What the rules filtered out
+and redacted in what a step settled (:class:`Ledger`) is counted in the same
+fenced write as what was delivered; a batch whose records are all filtered
+out settles like an empty one.
+
 The loop never branches on the drain's kind. Fairness comes from the claim
 (:data:`CLAIM`): a drain whose receiver answers slowly (``send_seconds``, a
 moving average of its sends' wall time) is claimed only by a job's slow lane,
@@ -38,7 +48,7 @@ from typing import Callable, ContextManager, Iterator
 
 import psycopg
 
-from broker import activity, outbox
+from broker import activity, outbox, rules
 from broker.senders import (KINDS, SECRET_LOST_ERROR, Drain, Halt, Pending, SecretLost, Source, Step, Wire,
                             destination, frame_id, sender_for)
 from broker.vault import Vault
@@ -60,6 +70,8 @@ SLOW_SEND_SECONDS = 1.0
 SEND_SECONDS_WEIGHT = 0.3
 # How long a drain whose secrets cannot be decrypted waits before it is tried again.
 SECRET_LOST_RETRY_SECONDS = 3600
+# How long a drain whose stored rules no longer compile waits before it is tried again.
+RULES_BROKEN_RETRY_SECONDS = 3600
 
 Connect = Callable[[], ContextManager[psycopg.Connection]]
 
@@ -90,7 +102,7 @@ SET lease_token = gen_random_uuid(), lease_expires_at = now() + make_interval(se
 FROM due, resources r
 WHERE d.id = due.id AND r.id = d.resource_id AND r.state <> 'deprovisioned'
 RETURNING d.id, d.resource_id, d.kind, d.url_enc, d.token, d.settings, d.headers_enc, d.cursor,
-          d.partial_batch, d.partial_records, d.lease_token, d.consecutive_failures, d.send_seconds
+          d.partial_batch, d.partial_records, d.lease_token, d.consecutive_failures, d.send_seconds, d.rules
 """
 
 DUE = """
@@ -120,6 +132,7 @@ class Claimed:
     lease_token: object
     consecutive_failures: int
     send_seconds: float
+    rules: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, row: dict) -> "Claimed":
@@ -160,6 +173,8 @@ class Outcome:
     delivered: int = 0
     dropped: int = 0
     rejected: int = 0
+    filtered: int = 0
+    redacted: int = 0
     requests: int = 0
     result: str = "idle"
     errors: list[str] = field(default_factory=list)
@@ -174,7 +189,41 @@ def merged(earlier: Step, later: Step) -> Step:
     return Step(later.batch, later.offset, delivered=earlier.delivered + later.delivered,
                 dropped=earlier.dropped + later.dropped, rejected=earlier.rejected + later.rejected,
                 error=later.error or earlier.error, requests=earlier.requests + later.requests,
-                seconds=max(earlier.seconds, later.seconds))
+                seconds=max(earlier.seconds, later.seconds), filtered=earlier.filtered + later.filtered,
+                redacted=earlier.redacted + later.redacted)
+
+
+class Ledger:
+    """What a drain's rules removed and redacted in each batch of a turn, counted as steps settle it.
+
+    A step settles raw positions up to where it stands; each batch is counted from where the
+    previous step left it (its first pending position at first), so a batch settled over several
+    steps, or several turns, is counted once, and what a turn did not settle is counted by the turn
+    that does.
+    """
+
+    def __init__(self):
+        self.open: dict[int, list] = {}  # batch id -> [settled up to, raw end, rules.Applied]
+
+    def add(self, batch: int, start: int, end: int, applied: rules.Applied) -> None:
+        if applied.filtered or applied.redacted:
+            self.open[batch] = [start, end, applied]
+
+    def settle(self, batch: int, offset: int | None) -> tuple[int, int]:
+        """(filtered, redacted) in what a step at ``batch``/``offset`` settled since the last one."""
+        filtered = redacted = 0
+        for batch_id in list(self.open):
+            if batch_id > batch:
+                break
+            entry = self.open[batch_id]
+            upto = entry[1] if batch_id < batch or offset is None else offset
+            f, r = entry[2].counts(entry[0], upto)
+            filtered, redacted = filtered + f, redacted + r
+            if upto >= entry[1]:
+                del self.open[batch_id]
+            else:
+                entry[0] = upto
+        return filtered, redacted
 
 
 SOURCES = """
@@ -206,18 +255,36 @@ class Deliverer:
             self._release(drain, 3600, error="the drain has no destination")
             outcome.result = "no-destination"
             return outcome
+        try:
+            compiled = rules.compile(drain.rules)
+        except rules.RulesInvalid as exc:
+            # Sending the records unfiltered could send what the owner wanted redacted: wait instead.
+            log.warning("delivery drain=%s: its stored rules do not compile", drain.id)
+            self._release(drain, RULES_BROKEN_RETRY_SECONDS,
+                          error=f"the drain's rules cannot be applied ({exc.message}): save them again; "
+                                "records wait within the plan's backlog")
+            outcome.result = "rules-invalid"
+            outcome.errors.append("rules invalid")
+            return outcome
         sender = sender_for(drain.drain, where, self.wire)
         began = self.clock()
         state = {"drained": False}
+        ledger = Ledger() if compiled is not None else None
         position = drain
         unsaved: Step | None = None  # steps inside a batch are written with the step that completes it
         try:
-            for step in sender.deliver(self._pending(drain, sender, began, state)):
+            for step in sender.deliver(self._pending(drain, sender, began, state, compiled, ledger)):
                 if isinstance(step, Halt):
                     if unsaved is not None:
                         position = self._advance(position, unsaved)
                     self._halt(position, step, outcome)
                     return outcome
+                if ledger is not None:
+                    filtered, redacted = ledger.settle(step.batch, step.offset)
+                    if filtered or redacted:
+                        step = replace(step, filtered=filtered, redacted=redacted)
+                        outcome.filtered += filtered
+                        outcome.redacted += redacted
                 outcome.requests += step.requests
                 outcome.delivered += step.delivered
                 outcome.dropped += step.dropped
@@ -241,8 +308,10 @@ class Deliverer:
             log.warning("delivery drain=%s lost its lease", drain.id)
             return outcome
 
-    def _pending(self, drain: Claimed, sender, began: float, state: dict) -> Iterator[Pending]:
-        """The drain's batches after its position, read in slices while its turn lasts."""
+    def _pending(self, drain: Claimed, sender, began: float, state: dict, compiled: rules.Rules | None = None,
+                 ledger: Ledger | None = None) -> Iterator[Pending]:
+        """The drain's batches after its position, read in slices while its turn lasts, with the
+        drain's rules applied (``compiled``; what they did goes to ``ledger``)."""
         cursor = drain.cursor
         sources: dict = {}
         first = True
@@ -260,7 +329,13 @@ class Deliverer:
             for batch in batches:
                 skip = drain.partial_records if batch.id == drain.partial_batch else 0
                 records = batch.records()[skip:] if sender.receives(batch.origin) else []
-                yield Pending(batch.id, records, skip, sources.get(batch.source_id) or Source())
+                source = sources.get(batch.source_id) or Source()
+                if compiled is None or not records:
+                    yield Pending(batch.id, records, skip, source)
+                    continue
+                applied = compiled.apply(records, batch.origin, source, skip)
+                ledger.add(batch.id, skip, skip + len(records), applied)
+                yield Pending(batch.id, applied.records, skip, source, applied.positions)
             cursor = batches[-1].id
 
     # --- fenced writes -----------------------------------------------------------
@@ -278,7 +353,8 @@ class Deliverer:
                 UPDATE drains SET cursor = GREATEST(cursor, %(cursor)s), partial_batch = %(partial)s,
                     partial_records = %(records)s,
                     delivered = delivered + %(delivered)s, dropped = dropped + %(dropped)s,
-                    rejected = rejected + %(rejected)s,
+                    rejected = rejected + %(rejected)s, filtered = filtered + %(filtered)s,
+                    redacted = redacted + %(redacted)s,
                     last_delivery_at = CASE WHEN %(delivered)s > 0 THEN now() ELSE last_delivery_at END,
                     consecutive_failures = 0, secret_lost_at = NULL,
                     send_seconds = CASE WHEN %(sent)s THEN send_seconds * %(keep)s + %(seconds)s * %(weight)s
@@ -287,7 +363,8 @@ class Deliverer:
                 WHERE id = %(id)s AND lease_token = %(lease)s AND enabled
                 """,
                 {"cursor": cursor, "partial": partial, "records": records, "delivered": max(step.delivered, 0),
-                 "dropped": step.dropped, "rejected": step.rejected, "error": step.error,
+                 "dropped": step.dropped, "rejected": step.rejected, "filtered": step.filtered,
+                 "redacted": step.redacted, "error": step.error,
                  "sent": step.requests > 0, "seconds": step.seconds, "weight": SEND_SECONDS_WEIGHT,
                  "keep": 1 - SEND_SECONDS_WEIGHT, "id": drain.id, "lease": drain.lease_token},
             ).rowcount

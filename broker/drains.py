@@ -4,9 +4,14 @@ Kinds an owner adds: ``logplex`` (HTTPS POST in Heroku's dialect), ``syslog``
 (``syslog+tls://host:port``, strict RFC 5424) and ``otlp`` (OTLP/HTTP, a base
 URL or the full ``/v1/logs`` URL, JSON or protobuf, custom headers). The
 ``heroku`` drain — the app's own log stream — is made at provision from
-``log_input_url``; it can be disabled, not deleted. Plain ``http://`` and
-``syslog+tcp://`` are accepted only where private drains are allowed (tests,
-private deployments).
+``log_input_url``; it can be renamed, disabled and given rules, not deleted or
+redirected. Plain ``http://`` and ``syslog+tcp://`` are accepted only where
+private drains are allowed (tests, private deployments).
+
+Any drain may carry ``rules`` (:mod:`broker.rules`): which records it receives
+and what is redacted from them. They are checked with the rest of the drain,
+before anything is written: :class:`~broker.rules.RulesInvalid` lists every
+problem.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import psycopg
 
-from broker import outbox
+from broker import outbox, rules
 from broker.validation import InputError
 
 OWNER_KINDS = ("logplex", "syslog", "otlp")
-FIELDS = ("kind", "url", "name", "enabled", "encoding", "gzip", "headers", "sd_id")
+FIELDS = ("kind", "url", "name", "enabled", "encoding", "gzip", "headers", "sd_id", "rules")
+# What the heroku drain (the app's own stream, made at provision) lets its owner change.
+HEROKU_FIELDS = {"enabled", "name", "rules"}
 # RFC 5424 §6.3.2: SD-NAME is PRINTUSASCII but '=', SP, ']' and '"' (and '@', which ends it here).
 SD_ID = re.compile(r'^[^= \]"@\x00-\x20\x7f-\U0010ffff]{1,32}@[0-9]+(\.[0-9]+)*\Z')
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}\Z")
@@ -84,10 +91,10 @@ def validate(payload: object, *, allow_private: bool, current: dict | None = Non
         kind = current["kind"]
         if "kind" in payload and payload["kind"] != kind:
             raise InputError("kind", "a drain's kind cannot change; add a new drain instead")
-        if kind == "heroku" and set(payload) - {"enabled", "name"}:
-            raise InputError(sorted(set(payload) - {"enabled", "name"})[0],
+        if kind == "heroku" and set(payload) - HEROKU_FIELDS:
+            raise InputError(sorted(set(payload) - HEROKU_FIELDS)[0],
                                   "the heroku drain is the app's own log stream: it can only be "
-                                  "renamed, enabled or disabled")
+                                  "renamed, enabled or disabled, and given rules")
     if "url" in payload:
         values["url"] = _url(kind, payload["url"], allow_private)
     if "name" in payload:
@@ -132,6 +139,8 @@ def validate(payload: object, *, allow_private: bool, current: dict | None = Non
             raise InputError("headers", "headers must be an object of at most 20 header names to "
                                              "printable ASCII values (not Content-Type, Host, …)")
         values["headers"] = headers
+    if "rules" in payload:
+        values["rules"] = rules.validate(payload["rules"])
     values["settings"] = settings
     return DrainInput(values)
 
@@ -179,7 +188,7 @@ def new_token() -> str:
 COLUMNS = """
 id, resource_id, kind, url_enc, token, enabled, created_at, updated_at, name, settings, headers_enc,
 cursor, next_attempt_at, consecutive_failures, last_error, last_delivery_at, delivered, retried,
-dropped, rejected, secret_lost_at, send_seconds
+dropped, rejected, secret_lost_at, send_seconds, rules, filtered, redacted
 """
 
 
@@ -204,13 +213,13 @@ def insert(conn: psycopg.Connection, resource_id, values: dict, url_enc: str,
     """A new drain starts at the newest outbox batch: it gets what arrives from now on."""
     return conn.execute(
         f"""
-        INSERT INTO drains (resource_id, kind, url_enc, token, name, settings, headers_enc, enabled, cursor)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+        INSERT INTO drains (resource_id, kind, url_enc, token, name, settings, headers_enc, enabled, cursor, rules)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         RETURNING {COLUMNS}
         """,
         (resource_id, values["kind"], url_enc, new_token(), values.get("name"),
          orjson.dumps(values["settings"]).decode(), headers_enc, values.get("enabled", True),
-         outbox.newest(conn, resource_id)),
+         outbox.newest(conn, resource_id), orjson.dumps(values.get("rules") or {}).decode()),
     ).fetchone()
 
 
@@ -232,6 +241,11 @@ def update(conn: psycopg.Connection, drain_id, values: dict, url_enc: str | None
         if field in values:
             sets.append(f"{field} = %({field})s")
             params[field] = values[field]
+    if "rules" in values:
+        # Takes effect at the drain's next delivery turn; positions in a half-sent batch are raw record
+        # positions, so nothing before them is sent again or skipped.
+        sets.append("rules = %(rules)s")
+        params["rules"] = orjson.dumps(values["rules"]).decode()
     return conn.execute(f"UPDATE drains SET {', '.join(sets)} WHERE id = %(id)s RETURNING {COLUMNS}",
                         params).fetchone()
 

@@ -42,14 +42,16 @@ DRAINS = """
 SELECT kind, sum(drains)::bigint AS drains, sum(enabled)::bigint AS enabled,
        sum(failing)::bigint AS failing, sum(delivered)::bigint AS delivered,
        sum(retried)::bigint AS retried, sum(dropped)::bigint AS dropped, sum(rejected)::bigint AS rejected,
+       sum(filtered)::bigint AS filtered, sum(redacted)::bigint AS redacted,
        sum(secret_lost)::bigint AS secret_lost, sum(slow)::bigint AS slow
 FROM (
     SELECT kind, 1 AS drains, enabled::int AS enabled, (enabled AND consecutive_failures > 0)::int AS failing,
-           delivered, retried, dropped, rejected, (secret_lost_at IS NOT NULL)::int AS secret_lost,
-           (send_seconds > %(slow)s)::int AS slow
+           delivered, retried, dropped, rejected, filtered, redacted,
+           (secret_lost_at IS NOT NULL)::int AS secret_lost, (send_seconds > %(slow)s)::int AS slow
     FROM drains
     UNION ALL
-    SELECT kind, 0, 0, 0, delivered, retried, dropped, rejected, 0, 0 FROM retired_counters WHERE subject = 'drain'
+    SELECT kind, 0, 0, 0, delivered, retried, dropped, rejected, filtered, redacted, 0, 0
+    FROM retired_counters WHERE subject = 'drain'
 ) d
 GROUP BY kind
 """
@@ -212,10 +214,12 @@ class Collector:
             "retried": "Sends to drains that failed and will be retried.",
             "dropped": "Records drains dropped (refused by the receiver, or older than the plan's backlog).",
             "rejected": "Records OTLP receivers reported as rejected in a partial success.",
+            "filtered": "Records drains' rules kept from them (origin, source, process, severity, service).",
+            "redacted": "Values drains' rules redacted (detector and pattern matches replaced, attributes dropped).",
         }
+        names = {"retried": "drain_sends_retried", "redacted": "drain_values_redacted"}
         for column, help_text in counters.items():
-            family = CounterMetricFamily(_name(f"drain_records_{column}" if column != "retried"
-                                               else "drain_sends_retried"),
+            family = CounterMetricFamily(_name(names.get(column, f"drain_records_{column}")),
                                          help_text + " Deleted drains included.", labels=["kind"])
             for kind in kinds:
                 family.add_metric([kind], int((by_kind.get(kind) or {}).get(column) or 0))

@@ -3,6 +3,10 @@
 Secrets (a URL's password, OTLP headers) are stored encrypted and shown
 masked; the drain's broker-issued ``d.<uuid>`` token is shown in full, since
 it is what the receiver uses to recognise the drain.
+
+A drain's ``rules`` (:mod:`broker.rules`) are checked before anything is
+written; problems answer 422 ``invalid_rules`` listing every one with its
+field path (``problems``), a source id of another resource among them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import orjson
 from flask import Blueprint, Response, g, request
 
-from broker import drains, operations, outbox
+from broker import drains, operations, outbox, rules, sources
 from broker.validation import InputError
 from broker.vault import VaultError
 from web import services
@@ -42,9 +46,11 @@ def drain_view(row: dict, vault, backlog: int | None = None) -> dict:
         "enabled": row["enabled"],
         "settings": row["settings"],
         "headers": {name: "****" for name in headers},
+        "rules": row["rules"] or {},
         "delivery": {
             "delivered": row["delivered"], "retried": row["retried"], "dropped": row["dropped"],
-            "rejected": row["rejected"], "consecutive_failures": row["consecutive_failures"],
+            "rejected": row["rejected"], "filtered": row["filtered"], "redacted": row["redacted"],
+            "consecutive_failures": row["consecutive_failures"],
             "last_error": row["last_error"],
             "last_delivery_at": row["last_delivery_at"].isoformat() if row["last_delivery_at"] else None,
             "next_attempt_at": row["next_attempt_at"].isoformat(),
@@ -57,6 +63,22 @@ def drain_view(row: dict, vault, backlog: int | None = None) -> dict:
     if backlog is not None:
         view["delivery"]["backlog"] = backlog
     return view
+
+
+def invalid_rules(exc: rules.RulesInvalid) -> Response:
+    """422 naming every problem of the submitted rules (``field``: the first one's path)."""
+    return json_response({"error": "invalid_rules", "message": exc.message, "field": exc.field,
+                          "problems": [{"field": path, "message": message} for path, message in exc.problems]},
+                         422)
+
+
+def check_rules(body: dict) -> None:
+    """Check the body's ``rules`` against the resource's sources too, before any other work."""
+    if "rules" not in body:
+        return
+    with services().db.connection() as conn:
+        known = [row["id"] for row in sources.list_for(conn, g.resource["id"])]
+    rules.validate(body["rules"], sources=known)
 
 
 def get_drain(drain_id: str) -> dict:
@@ -77,8 +99,13 @@ def list_drains():
 @bp.post("")
 def create_drain():
     svc = services()
-    row = operations.create_drain(svc.db.connection, svc.vault, g.resource["id"], json_object_body(),
-                                  actor=ACTOR, allow_private=svc.settings.allow_private_drains)
+    body = json_object_body()
+    try:
+        check_rules(body)
+        row = operations.create_drain(svc.db.connection, svc.vault, g.resource["id"], body,
+                                      actor=ACTOR, allow_private=svc.settings.allow_private_drains)
+    except rules.RulesInvalid as exc:
+        return invalid_rules(exc)
     response = json_response(drain_view(row, svc.vault), 201)
     response.headers["Location"] = f"/v1/resources/{g.resource['id']}/drains/{row['id']}"
     return response
@@ -97,9 +124,13 @@ def read_drain(drain_id: str):
 def update_drain(drain_id: str):
     row = get_drain(drain_id)
     svc = services()
-    updated, _ = operations.update_drain(svc.db.connection, svc.vault, g.resource["id"], row["id"],
-                                         json_object_body(), actor=ACTOR,
-                                         allow_private=svc.settings.allow_private_drains)
+    body = json_object_body()
+    try:
+        check_rules(body)
+        updated, _ = operations.update_drain(svc.db.connection, svc.vault, g.resource["id"], row["id"], body,
+                                             actor=ACTOR, allow_private=svc.settings.allow_private_drains)
+    except rules.RulesInvalid as exc:
+        return invalid_rules(exc)
     return json_response(drain_view(updated, svc.vault))
 
 

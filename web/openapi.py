@@ -6,12 +6,18 @@ Written by hand next to the routes it describes; a test checks that every
 
 from __future__ import annotations
 
+from broker import rules
+
 ERROR = {
     "type": "object",
     "required": ["error", "message"],
     "properties": {
         "error": {"type": "string", "description": "Stable machine-readable code."},
         "message": {"type": "string", "description": "What went wrong, for a human."},
+        "field": {"type": "string", "description": "The field at fault (422)."},
+        "problems": {"type": "array", "description": "invalid_rules: every problem of the submitted rules.",
+                     "items": {"type": "object", "required": ["field", "message"], "properties": {
+                         "field": {"type": "string"}, "message": {"type": "string"}}}},
     },
 }
 
@@ -279,6 +285,64 @@ def _source_paths() -> dict:
     }
 
 
+def _names(maximum: int, length: int, description: str) -> dict:
+    return {"type": "array", "maxItems": maximum, "description": description,
+            "items": {"type": "string", "minLength": 1, "maxLength": length}}
+
+
+RULES = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Which records this drain receives and what is redacted from them, applied at delivery "
+                   "after decoding and before formatting. A record is kept when it passes every rule given; "
+                   "an empty list, or leaving a rule out, keeps everything. Changes apply from the drain's "
+                   "next delivery turn. Counted per drain as delivery.filtered and delivery.redacted.",
+    "properties": {
+        "origins": {"type": "array", "items": {"type": "string", "enum": list(rules.ORIGINS)},
+                    "description": "forge: records polled from the App logs API; heroku: the Heroku app's own "
+                                   "logs (drain ingest)."},
+        "sources": {"type": "array", "maxItems": rules.MAX_ENTRIES,
+                    "items": {"type": "string", "format": "uuid"},
+                    "description": "Forge records only from these sources of this resource."},
+        "heroku_apps": _names(rules.MAX_ENTRIES, 48, "Heroku lines only with these APP-NAMEs (app, heroku)."),
+        "processes": _names(rules.MAX_ENTRIES, 48, "Heroku lines only from these process types: PROCID "
+                                                   "before its first '.' (web of web.1, router)."),
+        "min_severity": {"type": ["string", "null"], "enum": [*rules.LEVELS, None],
+                         "description": "Only records at this level or above (a record without a level "
+                                        "counts as INFO). Not with levels."},
+        "levels": {"type": "array", "items": {"type": "string", "enum": list(rules.LEVELS)},
+                   "description": "Only records at these levels. Not with min_severity."},
+        "services": _names(rules.MAX_GLOBS, rules.MAX_GLOB_CHARS,
+                           "Globs (*, ?, [seq], [!seq]; case-sensitive) on service.name: the source's service "
+                           "name, else forge-app-<app id>; a Heroku line's APP-NAME."),
+        "redact": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Applied to bodies and to every string attribute value; a match becomes "
+                           "[redacted:<detector or pattern name>].",
+            "properties": {
+                "detectors": {"type": "array", "items": {"type": "string", "enum": list(rules.DETECTORS)},
+                              "description": "email; bearer (Authorization bearer tokens); jwt; "
+                                             "atlassian_token (ATATT…/ATCTT…); card (13–19 digits passing "
+                                             "the Luhn check); ipv4; ipv6."},
+                "patterns": {"type": "array", "maxItems": rules.MAX_PATTERNS, "items": {
+                    "type": "object", "required": ["name", "regex"], "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"},
+                        "regex": {"type": "string", "minLength": 1, "maxLength": rules.MAX_PATTERN_CHARS,
+                                  "description": "RE2 syntax (linear time): no backreferences or "
+                                                 "lookaround."}}},
+                    "description": "The owner's patterns, replaced by [redacted:<name>]."},
+                "drop_attributes": _names(rules.MAX_ENTRIES, rules.MAX_ATTRIBUTE_CHARS,
+                                          "Attribute keys to remove: Forge's (installationContext) or as OTLP "
+                                          "drains show them (forge.installation_context)."),
+            },
+        },
+    },
+}
+
+RULES_INPUT = {**RULES, "type": ["object", "null"], "description": RULES["description"] + " null: no rules."}
+
 DRAIN_INPUT = {
     "type": "object",
     "additionalProperties": False,
@@ -295,6 +359,7 @@ DRAIN_INPUT = {
         "headers": {"type": "object", "additionalProperties": {"type": "string"}, "writeOnly": True,
                     "description": "otlp only: custom headers (API keys), stored encrypted."},
         "sd_id": {"type": ["string", "null"], "description": "syslog only: SD-ID name@<PEN> for Forge metadata."},
+        "rules": {"$ref": "#/components/schemas/RulesInput"},
     },
 }
 
@@ -310,9 +375,14 @@ DRAIN_FULL = {
         "enabled": {"type": "boolean"},
         "settings": {"type": "object"},
         "headers": {"type": "object", "description": "Header names, values masked."},
+        "rules": {"$ref": "#/components/schemas/Rules"},
         "delivery": {"type": "object", "properties": {
             "delivered": {"type": "integer"}, "retried": {"type": "integer"}, "dropped": {"type": "integer"},
-            "rejected": {"type": "integer"}, "consecutive_failures": {"type": "integer"},
+            "rejected": {"type": "integer"},
+            "filtered": {"type": "integer", "description": "Records the drain's rules kept from it."},
+            "redacted": {"type": "integer", "description": "Values the drain's rules redacted (matches "
+                                                           "replaced, attributes dropped)."},
+            "consecutive_failures": {"type": "integer"},
             "last_error": {"type": ["string", "null"]}, "backlog": {"type": "integer", "description": "Records stored that this drain will receive and has "
                                                            "not yet (the heroku drain never receives the app's own)."},
             "last_delivery_at": {"type": ["string", "null"], "format": "date-time"},
@@ -348,7 +418,9 @@ def _drain_paths() -> dict:
     common = {"401": _error_response("Missing or invalid bearer token."),
               "404": _error_response("No such resource or drain for this token.")}
     invalid = {"400": _error_response("The body is not a JSON object."),
-               "422": _error_response("A field is invalid or the plan's drain limit is reached.")}
+               "422": _error_response("A field is invalid or the plan's drain limit is reached; "
+                                      "`invalid_rules`: the rules have problems, each listed in `problems` "
+                                      "with its field path (`rules.redact.patterns[0].regex`).")}
     body = {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/DrainInput"}}}}
     one = _json("DrainFull", "The drain.")
@@ -368,8 +440,8 @@ def _drain_paths() -> dict:
             "parameters": [resource_param, drain_param],
             "get": {"operationId": "getDrain", "summary": "One drain with its delivery counters and backlog.",
                     "responses": {"200": one, **common}},
-            "patch": {"operationId": "updateDrain", "summary": "Change a drain (the heroku drain: name "
-                                                               "and enabled only).",
+            "patch": {"operationId": "updateDrain", "summary": "Change a drain (the heroku drain: name, "
+                                                               "enabled and rules only).",
                       "requestBody": body, "responses": {"200": one, **common, **invalid}},
             "delete": {"operationId": "deleteDrain", "summary": "Remove a drain (not the heroku drain).",
                        "responses": {"204": {"description": "Deleted."}, **common,
@@ -427,7 +499,7 @@ def document(public_url: str) -> dict:
                                            "description": "The resource's FORGEDRAIN_TOKEN."}},
             "schemas": {"Error": ERROR, "Resource": RESOURCE, "Limits": LIMITS, "Drain": DRAIN,
                         "Source": SOURCE, "SourceInput": SOURCE_INPUT, "DrainInput": DRAIN_INPUT,
-                        "DrainFull": DRAIN_FULL},
+                        "DrainFull": DRAIN_FULL, "Rules": RULES, "RulesInput": RULES_INPUT},
         },
         "paths": {
             "/v1/resources/{id}": {
