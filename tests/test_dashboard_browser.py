@@ -2,9 +2,14 @@
 
 The owner signs in as Heroku signs them in (a POSTed SSO form), adds a source
 with a wrong token and reads what to do, adds it right, adds a logplex drain
-pointing at a local receiver, sends a test record that the receiver gets, and
-reads the chart once activity exists. Screenshots at desktop and phone sizes go
-to ``.local/artifacts/`` (git-ignored); the phone view must not scroll sideways.
+pointing at a local receiver, sends a test record that the receiver gets, and,
+once the worker's own poll and delivery jobs have run, sees on the dashboard
+what they stored and delivered. A day of activity (with a gap and drops) is
+charted at desktop and phone sizes; screenshots go to ``.local/artifacts/``
+(git-ignored); the phone view must not scroll sideways.
+
+Chromium missing is a failure, not a skip: ``./scripts/test`` installs Debian's
+package, as it does rsyslog for the syslog tests.
 """
 
 from __future__ import annotations
@@ -33,14 +38,13 @@ EMAIL = "bot@acme.test"
 TOKEN = "ATATT3xFfGF0-secret-token-0123456789"
 OWNER = "owner@acme.test"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM) and shutil.which("chromium") is None,
-                                reason="Debian's chromium is not installed (./scripts/test installs it)")
 
 
 @pytest.fixture
 def forge_fake():
-    fake = ForgeFake(seed=11)
-    fake.add_app(APP, [ENV], EMAIL, TOKEN)
+    # Records visible at once and none late: the test expects every record of the polled stretch.
+    fake = ForgeFake(seed=11, prompt_delay_seconds=0)
+    fake.add_app(APP, [ENV], EMAIL, TOKEN, late_fraction=0)
     with LocalServer(fake.wsgi()) as server:
         fake.url = server.url
         yield fake
@@ -55,9 +59,14 @@ def receiver():
 
 
 @pytest.fixture
-def web(env, forge_fake, tmp_path):
-    env = dict(env, FORGE_API_URL=forge_fake.url, ALLOW_PRIVATE_DRAINS="true", PUBLIC_URL="https://127.0.0.1")
-    with live_web(env, tmp_path, tls=True) as live:
+def service_env(env, forge_fake) -> dict:
+    """The environment of every process here: the web, and the worker's jobs run by the test."""
+    return dict(env, FORGE_API_URL=forge_fake.url, ALLOW_PRIVATE_DRAINS="true", PUBLIC_URL="https://127.0.0.1")
+
+
+@pytest.fixture
+def web(service_env, tmp_path):
+    with live_web(service_env, tmp_path, tls=True) as live:
         yield live
 
 
@@ -65,11 +74,14 @@ def web(env, forge_fake, tmp_path):
 def browser():
     from playwright.sync_api import sync_playwright
 
+    executable = shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
+    if executable is None:
+        pytest.fail("Debian's chromium is not installed: ./scripts/test installs it "
+                    "(apt-get install chromium)", pytrace=False)
     with sync_playwright() as playwright:
         # As root, chromium's sandbox cannot start; the pages it opens here are our own.
         args = ["--no-sandbox"] if os.geteuid() == 0 else []
-        launched = playwright.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM,
-                                              headless=True, args=args)
+        launched = playwright.chromium.launch(executable_path=executable, headless=True, args=args)
         try:
             yield launched
         finally:
@@ -90,14 +102,45 @@ def no_horizontal_scroll(page) -> tuple[int, int]:
     return page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
 
 
-def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, receiver, conn):
-    session = web.session()
-    body = provision_body(name="acme-forgedrain", plan="basic")
-    provisioned = session.post(web.url("/heroku/resources"), data=json.dumps(body),
-                               headers={**basic(), "Content-Type": "application/json",
-                                        "Accept": "application/vnd.heroku-addons+json; version=3"})
+def provision(web, **overrides) -> str:
+    """A resource provisioned as Heroku does it (no log_input_url: nothing here may be sent off this
+    machine, and the app's own log stream would be a second drain)."""
+    body = provision_body(name="acme-forgedrain", plan="basic", log_input_url=None, **overrides)
+    provisioned = web.session().post(web.url("/heroku/resources"), data=json.dumps(body),
+                                     headers={**basic(), "Content-Type": "application/json",
+                                              "Accept": "application/vnd.heroku-addons+json; version=3"})
     assert provisioned.status_code == 200, provisioned.text
-    rid = body["uuid"]
+    return body["uuid"]
+
+
+def run_the_workers_jobs(service_env: dict, conn, source_id) -> None:
+    """What the worker does for a new source: poll jobs until it has caught up with Forge, then a
+    delivery job (the jobs themselves, run here in-process, as RQ's SimpleWorker would)."""
+    from broker import config
+    from worker import context, deliver, poll
+
+    context.install(config.load(service_env, testing=True))
+    try:
+        for _ in range(10):
+            poll.run_batch(0, budget_seconds=30)
+            caught_up = conn.execute("SELECT checkpoint > now() - interval '2 minutes' AS done FROM sources "
+                                     "WHERE id = %s", (source_id,)).fetchone()["done"]
+            if caught_up:
+                break
+            conn.execute("UPDATE sources SET next_poll_at = now() WHERE id = %s", (source_id,))
+        assert caught_up, "the source never caught up"
+        deliver.run(0, budget_seconds=30)
+    finally:
+        context.install(None)
+
+
+def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, receiver, conn, forge_fake,
+                                                                   service_env, monkeypatch):
+    from tests.support.polling import identity, outbox_records
+    from tests.support.resolver import loopback_only
+
+    loopback_only(monkeypatch)  # the jobs run in this process: nothing they reach may be off this machine
+    rid = provision(web)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
@@ -129,10 +172,11 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
         page.get_by_role("button", name="Add source").click()
         page.wait_for_url(f"**/dashboard/{rid}#source-*")
         assert "Atlassian accepted the credentials" in page.inner_text(".flashes")
-        assert conn.execute("SELECT count(*) AS n FROM sources").fetchone()["n"] == 1
+        source = conn.execute("SELECT id, checkpoint FROM sources").fetchone()
 
         # a logplex drain to the local receiver, then a test record through it
-        page.click("summary:has-text('Add a drain')")
+        if page.locator("#add-drain[open]").count() == 0:  # open already while the resource has no drain
+            page.click("summary:has-text('Add a drain')")
         page.check("input[name=kind][value=logplex]")
         page.fill("#d-url", f"{receiver.url}/drain")
         page.fill("#d-name", "local receiver")
@@ -153,15 +197,74 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
         page.locator(f"#drain-{drain['id']} button:has-text('Rotate token')").click()
         assert conn.execute("SELECT token FROM drains WHERE id = %s", (drain["id"],)).fetchone()["token"] == drain["token"]
 
-        # activity as the workers record it: the chart and the counts show it
-        source_id = conn.execute("SELECT id FROM sources").fetchone()["id"]
+        # Logs flow: the worker's jobs poll the Forge fake and deliver to the receiver. Every ERROR
+        # record Forge has from where the source began is stored once and delivered.
+        run_the_workers_jobs(service_env, conn, source["id"])
+        polled_to = conn.execute("SELECT checkpoint FROM sources").fetchone()["checkpoint"]
+        expected = forge_fake.records(APP, ENV, source["checkpoint"], polled_to, levels=["ERROR"])
+        stored = outbox_records(conn, source["id"])
+        assert len(expected) > 10  # the hour before the source was added, ERROR only
+        assert sorted(map(identity, stored)) == sorted(map(identity, expected))
+        row = conn.execute("SELECT delivered, dropped, retried FROM drains WHERE id = %s", (drain["id"],)).fetchone()
+        assert (row["delivered"], row["dropped"], row["retried"]) == (len(stored), 0, 0)
+        assert all(r["token"] == drain["token"] for r in receiver.requests) and receiver.refused == []
+        # A body arrives a line a frame, and a line over 10,000 bytes in pieces: end to end, the
+        # frames carry every line of every record.
+        received = "".join(e["message"] for r in receiver.requests[1:] for e in r["events"])
+        for record in stored:
+            for line in record["body"]["stringValue"].splitlines():
+                assert line.strip() in received, record
+
+        # ... and the dashboard shows what the jobs recorded
+        page.goto(web.url(f"/dashboard/{rid}"))
+        assert "Yes: 1 source polling, 1 drain delivering" in page.inner_text(".overview")
+        n = len(stored)
+        source_chart = page.locator(f"#source-{source['id']} svg.chart")
+        assert f"Total: {n:,} stored" in source_chart.locator("text.total").text_content()
+        assert page.inner_text(f"#source-{source['id']} .records-24h") == f"{n:,}"
+        drain_chart = page.locator(f"#drain-{drain['id']} svg.chart")
+        assert f"Total: {n:,} delivered · 0 dropped" in drain_chart.locator("text.total").text_content()
+        assert f"{n:,} delivered · 0 retried · 0 dropped" in page.inner_text(f"#drain-{drain['id']} .counts")
+        audit_text = page.inner_text("#audit")
+        assert OWNER in audit_text and "drain.tested" in audit_text and "source.created" in audit_text
+        page.screenshot(path=str(ARTIFACTS / "dashboard-logs-flowing.png"), full_page=True)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
+        print(web.output()[-4000:])
+        raise
+    finally:
+        context.close()
+
+
+def test_a_day_of_activity_with_a_gap_and_drops_is_charted_and_fits_a_phone(web, browser, conn, settings):
+    """The chart's rendering of a full day, with activity written as the jobs write it (the test
+    above sends real logs through; a day of them would take a day)."""
+    from broker.vault import Vault
+    from tests.support.polling import add_source
+
+    rid = provision(web)
+    vault = Vault(settings.fernet_keys)
+    source_id = add_source(conn, vault, rid, app_id=APP, environment_id=ENV)
+    drain_id = conn.execute("INSERT INTO drains (resource_id, kind, url_enc, token, name) "
+                            "VALUES (%s, 'logplex', %s, 'd.chart-test', 'local receiver') RETURNING id",
+                            (rid, vault.encrypt("https://logs.example/drain"))).fetchone()["id"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        page.set_content(sso_form(web, rid))
+        page.click("#open")
+        page.wait_for_url(f"**/dashboard/{rid}")
+
         now = conn.execute("SELECT date_trunc('minute', now()) AS m").fetchone()["m"]
         stored = Counter({now - timedelta(minutes=m): 20 + (m * 7919) % 61 + (m // 90) * 4 for m in range(24 * 60)})
         activity.add(conn, rid, source_id, "stored", stored)
-        activity.add(conn, rid, drain["id"], "delivered",
+        activity.add(conn, rid, drain_id, "delivered",
                      Counter({now - timedelta(minutes=m): 60 for m in range(0, 12 * 60, 2)}))
-        activity.add(conn, rid, drain["id"], "dropped", Counter({now - timedelta(hours=3): 42}))
-        conn.execute("UPDATE drains SET delivered = 21600, dropped = 42, retried = 3 WHERE id = %s", (drain["id"],))
+        activity.add(conn, rid, drain_id, "dropped", Counter({now - timedelta(hours=3): 42}))
+        conn.execute("UPDATE drains SET delivered = 21600, dropped = 42, retried = 3 WHERE id = %s", (drain_id,))
         conn.execute("INSERT INTO source_gaps (source_id, gap_from, gap_until, reason) VALUES (%s, %s, %s, %s)",
                      (source_id, now - timedelta(hours=9), now - timedelta(hours=8), "older than the App logs API's 14 days"))
         page.goto(web.url(f"/dashboard/{rid}"))
@@ -170,13 +273,11 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
         assert f"Total: {total:,} stored · 1 gap" in source_chart.locator("text.total").text_content()
         assert source_chart.locator("rect.gap").count() == 1
         assert "records stored in the last 24 hours" in source_chart.locator("desc").text_content()
-        drain_chart = page.locator(f"#drain-{drain['id']} svg.chart")
+        drain_chart = page.locator(f"#drain-{drain_id} svg.chart")
         assert "Total: 21,600 delivered · 42 dropped" in drain_chart.locator("text.total").text_content()
         assert drain_chart.locator("path.drop").count() == 1
         assert page.inner_text(f"#source-{source_id} .records-24h") == f"{total:,}"
-        assert "21,600 delivered · 3 retried · 42 dropped" in page.inner_text(f"#drain-{drain['id']} .counts")
-        audit_text = page.inner_text("#audit")
-        assert OWNER in audit_text and "drain.tested" in audit_text and "source.created" in audit_text
+        assert "21,600 delivered · 3 retried · 42 dropped" in page.inner_text(f"#drain-{drain_id} .counts")
         page.screenshot(path=str(ARTIFACTS / "dashboard-desktop.png"), full_page=True)
         width, viewport = no_horizontal_scroll(page)
         assert width <= viewport
@@ -186,10 +287,10 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
         page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard-phone-first-screen.png"))
         page.locator(f"#source-{source_id}").screenshot(path=str(ARTIFACTS / "dashboard-phone-source.png"))
-        page.locator(f"#drain-{drain['id']}").screenshot(path=str(ARTIFACTS / "dashboard-phone-drain.png"))
+        page.locator(f"#drain-{drain_id}").screenshot(path=str(ARTIFACTS / "dashboard-phone-drain.png"))
         width, viewport = no_horizontal_scroll(page)
         assert viewport == 390 and width <= viewport, f"the phone view scrolls sideways: {width} > {viewport}"
-        page.goto(web.url(f"/dashboard/{rid}/drains/{drain['id']}/edit"))
+        page.goto(web.url(f"/dashboard/{rid}/drains/{drain_id}/edit"))
         assert no_horizontal_scroll(page)[0] <= 390
         page.screenshot(path=str(ARTIFACTS / "dashboard-phone-drain-edit.png"), full_page=True)
     except Exception:
