@@ -90,7 +90,8 @@ def rows_of(conn, resource_id, source_ids: list) -> dict[str, int]:
         "AND table_schema = 'public' ORDER BY table_name")]
     rows = {t: conn.execute(f"SELECT count(*) AS n FROM {t} WHERE resource_id = %s", (resource_id,)).fetchone()["n"]
             for t in tables}
-    rows["resources"] = conn.execute("SELECT count(*) AS n FROM resources WHERE id = %s", (resource_id,)).fetchone()["n"]
+    rows["resources"] = conn.execute("SELECT count(*) AS n FROM resources WHERE id = %s",
+                                     (resource_id,)).fetchone()["n"]
     for table in ("forge_seen", "source_gaps"):
         rows[table] = conn.execute(f"SELECT count(*) AS n FROM {table} WHERE source_id = ANY(%s)",
                                    (source_ids,)).fetchone()["n"]
