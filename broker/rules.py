@@ -503,20 +503,42 @@ class Redactor:
         # A key given either way drops the attribute: Forge's own name or the name OTLP drains show.
         self.drop = frozenset(key for key, shown in _OTLP_NAMES.items() if shown in drops) | drops \
             | frozenset(key[len("forge."):] for key in drops if key.startswith("forge."))
+        # When every pass needs a literal, one test of them all skips text none of them can match.
+        if self.passes and all(p.literals is not None for p in self.passes):
+            self.literals = tuple({lit for p in self.passes if not p.lowered for lit in p.literals})
+            self.lowered = tuple({lit for p in self.passes if p.lowered for lit in p.literals})
+        else:
+            self.literals = self.lowered = None
+
+    def _may_match(self, text: str) -> bool:
+        if self.literals is None:
+            return True
+        for literal in self.literals:
+            if literal in text:
+                return True
+        if self.lowered:
+            lowered = text.lower()
+            for literal in self.lowered:
+                if literal in lowered:
+                    return True
+        return False
+
+    def _fresh(self, text: str) -> tuple[str, int]:
+        total = 0
+        if self._may_match(text):
+            for step in self.passes:
+                text, count = step.run(text)
+                total += count
+        return text, total
 
     def text(self, text: str, cache: dict | None = None) -> tuple[str, int]:
-        if cache is not None:
-            hit = cache.get(text)
-            if hit is not None:
-                return hit
-        total = 0
-        out = text
-        for step in self.passes:
-            out, count = step.run(out)
-            total += count
-        if cache is not None:
-            cache[text] = (out, total)
-        return out, total
+        """``text`` redacted, and how many values were (``cache``: what texts came to, by text)."""
+        if cache is None:
+            return self._fresh(text)
+        hit = cache.get(text)
+        if hit is None:
+            hit = cache[text] = self._fresh(text)
+        return hit
 
     def value(self, value, cache: dict | None) -> tuple[object, int]:
         """An AnyValue (or a bare value) with its strings redacted, and the count; the value itself
@@ -564,49 +586,56 @@ class Redactor:
         return value, 0
 
     def record(self, record: dict, cache: dict) -> tuple[dict, int]:
-        """The record with its body and attribute values redacted (a copy when anything changed)."""
+        """The record with its body and attribute values redacted (a copy when anything changed).
+        ``cache`` holds what attribute values came to, for this batch: most repeat from record to record."""
         total = 0
         body = record.get("body")
+        new_body = body
         if body is not None:
             if type(body) is dict and len(body) == 1 and type(body.get("stringValue")) is str:
                 text, total = self.text(body["stringValue"])
-                new_body = {"stringValue": text} if total else body
+                if total:
+                    new_body = {"stringValue": text}
             else:
                 new_body, total = self.value(body, None)
         attributes = record.get("attributes")
-        new_attributes = attributes
+        out = None  # the new attribute list, from the first change on
         if attributes:
-            changed = False
-            out = []
-            for item in attributes:
+            drop, fresh = self.drop, self._fresh
+            for index, item in enumerate(attributes):
+                count = 0
                 if type(item) is dict:
-                    key = item.get("key")
-                    if key in self.drop:
+                    if drop and item.get("key") in drop:
                         total += 1
-                        changed = True
+                        if out is None:
+                            out = attributes[:index]
                         continue
                     value = item.get("value")
-                    if type(value) is dict and len(value) == 1 and type(value.get("stringValue")) is str:
-                        text, count = self.text(value["stringValue"], cache)
+                    text = value.get("stringValue") if type(value) is dict else None
+                    if type(text) is str and len(value) == 1:  # the common case: a stringValue
+                        hit = cache.get(text)
+                        if hit is None:
+                            hit = cache[text] = fresh(text)
+                        count = hit[1]
                         if count:
-                            item = {**item, "value": {"stringValue": text}}
+                            item = {**item, "value": {"stringValue": hit[0]}}
                     else:
                         new, count = self.value(value, cache)
                         if count:
                             item = {**item, "value": new}
-                    if count:
-                        total += count
-                        changed = True
-                out.append(item)
-            if changed:
-                new_attributes = out
+                if count:
+                    total += count
+                    if out is None:
+                        out = attributes[:index]
+                if out is not None:
+                    out.append(item)
         if not total:
             return record, 0
         copy = dict(record)
         if body is not None:
             copy["body"] = new_body
-        if attributes is not None:
-            copy["attributes"] = new_attributes
+        if out is not None:
+            copy["attributes"] = out
         return copy, total
 
 
