@@ -141,6 +141,11 @@ def test_apply_leaves_the_records_it_was_given_unchanged():
     assert applied.records[0]["body"] == {"stringValue": "mail [redacted:email]"}
     assert applied.records[0]["attributes"] == [{"key": "email", "value": {"stringValue": "[redacted:email]"}}]
     assert (applied.redacted, applied.redactions) == (3, [3])
+    # A record with nothing to redact is passed on as it is, not copied; in a batch without any, every one.
+    clean = [forge("nothing here"), forge("nor here")]
+    for batch in (clean, clean + records):
+        again = kept({"redact": {"detectors": ["email", "bearer"]}}, batch)
+        assert again.records[0] is batch[0] and again.records[1] is batch[1]
 
 
 # --- detectors -------------------------------------------------------------------------------
@@ -483,3 +488,41 @@ def test_a_redacted_value_never_survives_in_the_record_or_any_format(placed):
     for data, control in zip(written(record), written(placed.control)):
         for secret in placed.secrets:
             assert data.count(secret.encode()) <= control.count(secret.encode()), (secret, data[:400])
+
+
+LITERAL_DETECTORS = {"redact": {"detectors": ["bearer", "jwt", "atlassian_token", "email"]}}
+LITERAL_KINDS = {"bearer", "jwt", "atlassian_token", "email"}
+
+
+@st.composite
+def batches_with_secrets(draw) -> list[Placed]:
+    """A few records, some with secrets the literal detectors find and some without, so a batch's records
+    are looked at as JSON first (broker.rules.Redactor.may_match_any) and walked only where that finds one."""
+    out = []
+    for _ in range(draw(st.integers(1, 5))):
+        if draw(st.booleans()):
+            body = draw(NOISE)
+            out.append(Placed(forge(body), forge(body), []))
+            continue
+        found = draw(st.lists(SECRETS.filter(lambda s: s[0] in LITERAL_KINDS), min_size=1, max_size=3))
+        pieces, control, values = [draw(NOISE)], None, []
+        control = list(pieces)
+        for _, text, value in found:
+            before, after, noise = draw(SEPARATORS), draw(SEPARATORS), draw(NOISE)
+            pieces += [before, text, after, noise]
+            control += [before, "|", after, noise]
+            values.append(value)
+        where = draw(st.sampled_from(["body", "attribute", "nested"]))
+        out.append(Placed(_placed("".join(pieces), where), _placed("".join(control), where), values))
+    return out
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(batch=batches_with_secrets())
+def test_detectors_that_need_a_literal_miss_nothing_when_whole_batches_are_looked_at_first(batch):
+    applied = rules.compile(LITERAL_DETECTORS).apply([p.record for p in batch], "forge", Source(service_name="acme"))
+    assert applied.redacted >= sum(1 for p in batch if p.secrets)
+    for placed, record in zip(batch, applied.records):
+        for data, control in zip(written(record), written(placed.control)):
+            for secret in placed.secrets:
+                assert data.count(secret.encode()) <= control.count(secret.encode()), (secret, data[:400])
