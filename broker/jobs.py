@@ -36,12 +36,15 @@ def enqueue_unique(
     ttl: int,
     job_timeout: int = 60,
     failure_ttl: int | None = None,
+    result_ttl: int = 0,
 ) -> Job | None:
     """Enqueue ``func`` under ``job_id`` unless a job with that id is still known.
 
-    Returns the new job, or ``None`` when an identical job is queued or running.
-    Finished and failed jobs keep their hash for a while (``result_ttl``,
-    ``failure_ttl``); both are kept short so an id frees up by the next period.
+    Returns the new job, or ``None`` when a job with that id is queued or running, or
+    finished or failed and still kept: a finished job's id is freed after ``result_ttl``
+    seconds (at once by default, so work due again is queued again at once), a failed
+    one's after ``failure_ttl`` (``ttl`` by default). An id that names a period of time
+    (a tick's slot) keeps a finished job for that period, so it runs once in it.
     """
     q = queue(queue_name, connection)
     for _ in range(2):
@@ -52,7 +55,7 @@ def enqueue_unique(
                 job_id=job_id,
                 unique=True,
                 ttl=ttl,
-                result_ttl=0,
+                result_ttl=result_ttl,
                 failure_ttl=ttl if failure_ttl is None else failure_ttl,
                 job_timeout=job_timeout,
             )

@@ -54,3 +54,21 @@ def test_two_clocks_ticking_one_slot_while_its_job_waits_enqueue_it_once(redis, 
     run_queued(redis_url)
     assert ticks_run(caplog) == [SLOT, SLOT + 1]
 
+
+
+def test_a_clock_that_ticks_a_slot_after_the_other_clocks_tick_of_it_ran_enqueues_nothing(redis, redis_url, caplog):
+    """A new clock starting mid-slot (a deploy) ticks at once; the old one ticked that slot at its
+    start and a worker has run it already: the slot's id is still taken, so it is not ticked again."""
+    caplog.set_level(logging.INFO, logger="worker.tick")
+    start = SLOT * TICK_SECONDS
+    assert clock.tick(redis, TICK_SECONDS, now=start + 0.001) is True  # the old clock, at the slot's start
+    run_queued(redis_url)
+    assert ticks_run(caplog) == [SLOT]
+    assert clock.tick(redis, TICK_SECONDS, now=start + 2.5) is False  # the new clock's first tick, same slot
+    assert jobs.queue("control", redis).jobs == []
+    run_queued(redis_url)
+    assert ticks_run(caplog) == [SLOT]  # one tick per slot
+    # The next slot is ticked as usual, by whichever clock asks first.
+    assert clock.tick(redis, TICK_SECONDS, now=start + TICK_SECONDS + 0.001) is True
+    run_queued(redis_url)
+    assert ticks_run(caplog) == [SLOT, SLOT + 1]

@@ -2,9 +2,11 @@
 
 Every ``CLOCK_TICK_SECONDS`` it enqueues one ``worker.tick.run`` job on the
 ``control`` queue. The job id names the tick's time slot and is enqueued with
-``unique=True``, so two clocks running at once for a while (a deploy overlap)
-enqueue each slot once. The clock itself does no work and holds no state:
-a restart, early or late, costs at most one tick.
+``unique=True``, and a finished tick keeps its id for a slot's length, so two
+clocks running at once for a while (a deploy overlap) enqueue and run each slot
+once, whether the second asks while the slot's job waits or after it ran. The
+clock itself does no work and holds no state: a restart, early or late, costs
+at most one tick.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def tick(connection: redis.Redis, tick_seconds: int, now: float | None = None) -
         job_id=f"tick-{slot}",
         # A tick that waited longer than its period is stale: the next one covers it.
         ttl=tick_seconds,
+        # A finished tick keeps its id for a slot's length, past the end of its slot: a clock asking
+        # later in the slot (a second one starting mid-slot during a deploy) finds the slot done.
+        result_ttl=tick_seconds,
         job_timeout=max(tick_seconds, 30),
     )
     return job is not None
