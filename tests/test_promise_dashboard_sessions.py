@@ -156,3 +156,43 @@ def test_a_session_whose_resource_is_deprovisioned_sees_nothing_of_it_and_ends(a
                                             "timestamp": stamp, "app": "acme", "email": OWNER,
                                             "user_id": "u-1"}).status_code == 403
 
+
+
+def test_the_edit_pages_of_a_deprovisioned_resource_are_gone_too_and_end_the_session(app, conn):
+    client = app.test_client()
+    rid = provision(client)
+    sign_in(client, rid)
+    assert client.get(f"/dashboard/{rid}").status_code == 200
+    source_id = conn.execute("SELECT id FROM sources").fetchone()["id"]
+    drain_id = conn.execute("SELECT id FROM drains WHERE kind = 'heroku'").fetchone()["id"]
+    tabs = [holding(app, cookie_value(client)) for _ in range(2)]  # tabs left open, not reloaded since
+    assert client.delete(f"/heroku/resources/{rid}", headers=heroku_headers()).status_code == 204
+    for tab, path in zip(tabs, (f"/sources/{source_id}/edit", f"/drains/{drain_id}/edit")):
+        answer = tab.get(f"/dashboard/{rid}{path}")
+        assert answer.status_code == 404, (path, answer.status_code)
+        assert APP not in answer.get_data(as_text=True) and EMAIL not in answer.get_data(as_text=True), path
+        assert tab.get(f"/dashboard/{rid}").status_code == 403, path  # the session ended with it
+
+
+def test_a_refused_form_of_a_deprovisioned_resource_shows_nothing_of_it_and_ends_the_session(app, conn):
+    """A form refused for what was typed is rendered again over the page: not once the add-on is gone."""
+    client = app.test_client()
+    rid = provision(client)
+    sign_in(client, rid)
+    page = client.get(f"/dashboard/{rid}").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    source_id = conn.execute("SELECT id FROM sources").fetchone()["id"]
+    tabs = [holding(app, cookie_value(client)) for _ in range(3)]
+    assert client.delete(f"/heroku/resources/{rid}", headers=heroku_headers()).status_code == 204
+    refused = {
+        "add source": tabs[0].post(f"/dashboard/{rid}/sources", data={"csrf_token": csrf, "app_id": "not an id"}),
+        "add drain": tabs[1].post(f"/dashboard/{rid}/drains", data={"csrf_token": csrf, "kind": "logplex",
+                                                                    "url": "not a url"}),
+        "backfill": tabs[2].post(f"/dashboard/{rid}/sources/{source_id}/backfill",
+                                 data={"csrf_token": csrf, "from": "yesterday"}),
+    }
+    for (form, answer), tab in zip(refused.items(), tabs):
+        text = answer.get_data(as_text=True)
+        assert answer.status_code == 410 and "Nothing was changed" in text, (form, answer.status_code)
+        assert APP not in text and EMAIL not in text, form
+        assert tab.get(f"/dashboard/{rid}").status_code == 403, form  # the session ended with it

@@ -20,8 +20,8 @@ from __future__ import annotations
 import uuid
 
 import orjson
-from flask import (Blueprint, abort, current_app, flash, make_response, redirect, render_template, request, session,
-                   url_for)
+from flask import (Blueprint, abort, current_app, flash, g, make_response, redirect, render_template, request,
+                   session, url_for)
 from werkzeug.exceptions import NotFound as HTTPNotFound
 
 from broker import activity, audit, drains, operations, outbox, plans, resources, sources, tokens
@@ -45,10 +45,24 @@ def signed_in_resource(resource_id: uuid.UUID) -> None:
 
 @bp.before_request
 def _guard():
+    """Every dashboard request passes here: signed in to this resource, the resource still there
+    (kept in ``g.resource`` for the views), and a form's CSRF token."""
     resource_id = (request.view_args or {}).get("resource_id")
     if resource_id is None:
         abort(404)
     signed_in_resource(resource_id)
+    with services().db.connection() as conn:
+        row = resources.get_as_of_now(conn, resource_id)
+    if row is None or row["state"] == "deprovisioned":
+        # Nothing of a removed add-on is shown again, and its session ends with it: a page is simply
+        # gone; a form left open (even one refused for what was typed, which would show the page again)
+        # gets the refusal operations gives a change of it, 410, and _frozen ends the session.
+        if request.method in ("GET", "HEAD"):
+            session.clear()
+            abort(404)
+        raise operations.Gone("this add-on was removed (deprovisioned): its sources and drains can no longer "
+                              "change; nothing was changed")
+    g.resource = row
     if request.method == "POST" and not forms.csrf_ok(request.form):
         abort(make_response(render_template(
             "dashboard_error.html", title="Form expired",
@@ -111,11 +125,8 @@ def _back(resource_id, anchor: str = ""):
 
 def _page(resource_id: uuid.UUID, *, status: int = 200, forms_state: dict | None = None):
     svc = services()
+    row = g.resource
     with svc.db.connection() as conn:
-        row = resources.get_as_of_now(conn, resource_id)
-        if row is None or row["state"] == "deprovisioned":
-            session.clear()
-            abort(404)
         source_rows = sources.list_for(conn, resource_id)
         drain_rows = drains.list_for(conn, resource_id)
         backlogs = outbox.backlogs(conn, resource_id)
