@@ -1,10 +1,10 @@
-"""Dashboard sessions: they last 8 hours (``PERMANENT_SESSION_LIFETIME``: "a working day; SSO starts a
-new one any time"), and a session whose resource is deprovisioned shows nothing of it any more and
-ends (README, "Deprovisioned means frozen and erased").
+"""Dashboard sessions: they last 8 hours from sign-in (``PERMANENT_SESSION_LIFETIME``: "a working day;
+SSO starts a new one any time"), however often they are used, and a session whose resource is
+deprovisioned shows nothing of it any more and ends (README, "Deprovisioned means frozen and erased").
 
-Time is never waited for: a session cookie as the browser would hold it some hours after it was
-issued is made by signing the session the broker issued with an earlier timestamp (the cookie is
-the broker's own signed, timestamped value; nothing of the broker is patched).
+Time is never waited for: a session cookie as the browser would hold it some hours later is made by
+signing the session the broker issued with an earlier timestamp and an earlier sign-in time (the
+cookie is the broker's own signed, timestamped value; nothing of the broker is patched).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from email.utils import parsedate_to_datetime
 
 import pytest
@@ -72,17 +73,28 @@ def cookie_value(client) -> str:
     return client.get_cookie(COOKIE).value
 
 
-def aged(app, value: str, seconds: int) -> str:
-    """The same session, signed as if the broker had issued it ``seconds`` ago."""
+def signed(app, data: dict, seconds_ago: int = 0) -> str:
+    """``data`` as a session cookie the broker would have issued ``seconds_ago``."""
     current = app.session_interface.get_signing_serializer(app)
-    data = current.loads(value)
 
     class Earlier(TimestampSigner):
         def get_timestamp(self) -> int:
-            return int(time.time()) - seconds
+            return int(time.time()) - seconds_ago
 
     return URLSafeTimedSerializer(app.secret_key, salt=current.salt, serializer=current.serializer,
                                   signer=Earlier, signer_kwargs=current.signer_kwargs).dumps(data)
+
+
+def session_of(app, value: str) -> dict:
+    return app.session_interface.get_signing_serializer(app).loads(value)
+
+
+def aged(app, value: str, seconds: int) -> str:
+    """The same session as the browser holds it ``seconds`` later: issued, and signed in, that much earlier
+    (a cookie re-issued by a later request keeps its sign-in time)."""
+    data = session_of(app, value)
+    data["signed_in_at"] = data.get("signed_in_at", int(time.time())) - seconds
+    return signed(app, data, seconds)
 
 
 def holding(app, value: str):
@@ -127,6 +139,41 @@ def test_a_session_left_for_8_hours_is_refused_and_one_just_younger_is_not(app):
     # SSO starts a new one at any time.
     sign_in(stale, rid)
     assert stale.get(f"/dashboard/{rid}").status_code == 200
+
+
+def test_a_session_in_use_still_ends_8_hours_after_sign_in(app):
+    client = app.test_client()
+    rid = provision(client)
+    sign_in(client, rid)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get(f"/dashboard/{rid}").get_data(as_text=True))
+    # Used now and then through the day: the last visit 7 h 59 min after signing in re-issues the cookie...
+    late = holding(app, aged(app, cookie_value(client), LIFETIME - 60))
+    assert late.get(f"/dashboard/{rid}").status_code == 200
+    reissued = cookie_value(late)
+    assert session_of(app, reissued)["signed_in_at"] <= time.time() - (LIFETIME - 60)  # the sign-in time stays
+    # ...and two minutes later the working day since sign-in is over, though that cookie is two minutes old.
+    over = holding(app, aged(app, reissued, 120))
+    refused = over.get(f"/dashboard/{rid}")
+    assert refused.status_code == 403
+    assert "you are not signed in to this add-on" in refused.get_data(as_text=True)
+    assert over.get_cookie(COOKIE) is None  # the session was ended, not just refused
+    form = holding(app, aged(app, reissued, 120)).post(f"/dashboard/{rid}/drains/{uuid.uuid4()}/enabled",
+                                                       data={"csrf_token": csrf.group(1), "enabled": "true"})
+    assert form.status_code == 403
+    # SSO starts a new working day.
+    sign_in(over, rid)
+    assert over.get(f"/dashboard/{rid}").status_code == 200
+
+
+def test_a_session_signed_in_before_sign_in_times_were_kept_has_ended(app):
+    client = app.test_client()
+    rid = provision(client)
+    sign_in(client, rid)
+    data = session_of(app, cookie_value(client))
+    del data["signed_in_at"]
+    older = holding(app, signed(app, data))  # as the broker issued it before sign-in times were kept
+    assert older.get(f"/dashboard/{rid}").status_code == 403
+    assert older.get_cookie(COOKIE) is None
 
 
 # --- deprovisioned ------------------------------------------------------------------------------------

@@ -12,11 +12,14 @@ disable and delete drains. Every change goes through :mod:`broker.operations`
 Forms are POST + redirect with flash messages; a refused form is rendered
 again (422) with the field's message and what was typed, secrets excepted.
 Every POST carries the session's CSRF token (400 without it); the session is
-bound to one resource (403 for any other). Nothing needs JavaScript.
+bound to one resource (403 for any other) and lasts 8 hours from sign-in
+(``PERMANENT_SESSION_LIFETIME``), however often it is used. Nothing needs
+JavaScript.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import orjson
@@ -43,6 +46,15 @@ def signed_in_resource(resource_id: uuid.UUID) -> None:
             "sso_denied.html", reason="you are not signed in to this add-on"), 403))
 
 
+def _within_working_day(signed_in_at: object) -> bool:
+    """Whether a session signed in at ``signed_in_at`` (SSO's time.time()) is still in its lifetime, counted
+    from sign-in however often it is used since. Flask's cookie expiry alone would slide with every
+    request. A session without a sign-in time was made before they were kept: it has ended."""
+    if not isinstance(signed_in_at, int):
+        return False
+    return time.time() - signed_in_at <= current_app.permanent_session_lifetime.total_seconds()
+
+
 @bp.before_request
 def _guard():
     """Every dashboard request passes here: signed in to this resource, the resource still there
@@ -50,6 +62,8 @@ def _guard():
     resource_id = (request.view_args or {}).get("resource_id")
     if resource_id is None:
         abort(404)
+    if session and not _within_working_day(session.get("signed_in_at")):
+        session.clear()  # then refused as never signed in: SSO starts a new one
     signed_in_resource(resource_id)
     with services().db.connection() as conn:
         row = resources.get_as_of_now(conn, resource_id)

@@ -219,6 +219,9 @@ def login():
     # token signed no user.
     session["actor"] = signer.user if signer.user_scoped else signer.actor
     session["app"] = app
+    # The dashboard's session lasts a working day from here: the cookie, re-issued by every request, cannot
+    # say when that day began.
+    session["signed_in_at"] = int(time.time())
     response = redirect(url_for("dashboard.show", resource_id=parsed_id), code=302)
     nav_data = fields.get("nav-data")
     if nav_data is not None and COOKIE_SAFE.match(nav_data):
