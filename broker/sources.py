@@ -320,6 +320,31 @@ def forget_gaps(conn: psycopg.Connection, limit: int, days: int = GAPS_KEEP_DAYS
     ).rowcount
 
 
+# A poll's claim (last_poll_at) comes before its calls, so it cannot tell calls made before Redis
+# lost the log from a claim made just after; what can is the time of the last page stored
+# (last_success_at: a window completed; window_opened_at: a window left open), a verification, and
+# for a poll that failed, its claim once it has been released.
+CALLED_RECENTLY = """
+SELECT EXISTS (
+    SELECT 1 FROM sources
+    WHERE app_id = %(app)s
+      AND (last_success_at > now() - make_interval(secs => %(seconds)s)
+           OR window_opened_at > now() - make_interval(secs => %(seconds)s)
+           OR verified_at > now() - make_interval(secs => %(seconds)s)
+           OR (consecutive_failures > 0 AND lease_token IS NULL
+               AND last_poll_at > now() - make_interval(secs => %(seconds)s + %(longest)s)))
+) AS called
+"""
+
+
+def called_recently(conn: psycopg.Connection, app_id: str, seconds: float, longest_poll: float = 120.0) -> bool:
+    """Whether a call for ``app_id`` may have reached Atlassian within ``seconds`` (a poll's page
+    stored, a verification, a failed poll that may have run up to ``longest_poll`` after its claim):
+    the rate limiter asks this when Redis has lost the app's call log."""
+    return bool(conn.execute(CALLED_RECENTLY, {"app": app_id, "seconds": seconds,
+                                               "longest": longest_poll}).fetchone()["called"])
+
+
 def delete(conn: psycopg.Connection, source_id: uuid.UUID | str) -> None:
     conn.execute("DELETE FROM sources WHERE id = %s", (source_id,))
 

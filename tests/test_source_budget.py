@@ -168,3 +168,52 @@ def test_polling_leaves_the_owner_a_reserve_of_every_period(redis_url):
     # With the default FORGE_RATE_LIMIT, owner checks may also use a little of the room below
     # Atlassian's 30, never past it.
     assert ratelimit.owner_limit(25) == 28 and ratelimit.owner_limit(29) == 30 and ratelimit.owner_limit(30) == 30
+
+
+def test_after_redis_lost_an_apps_call_log_a_period_counts_as_spent_if_the_app_was_called(conn, redis_url, settings):
+    """Found by the chaos bench: after a FLUSHALL the call log restarted empty and an app that had
+    just spent its budget got a second one in the same minute (29 calls in 60 s, limit 25). Now an
+    app with a page stored, a verification or a failed poll within the last period waits one
+    period; an idle app, one whose only poll was claimed after the loss, and every app on a Redis
+    that never held a log, go on at once."""
+    from broker import sources
+    from broker.vault import Vault
+    from tests.support.polling import add_resource, add_source
+
+    vault = Vault(settings.fernet_keys)
+    connection = redis.Redis.from_url(redis_url)
+    resource = add_resource(conn)
+    polled = add_source(conn, vault, resource, app_id="app-polled")
+    verified = add_source(conn, vault, resource, app_id="app-verified")
+    failed = add_source(conn, vault, resource, app_id="app-failed")
+    idle = add_source(conn, vault, resource, app_id="app-idle")
+    conn.execute("UPDATE sources SET last_poll_at = now() - interval '35 seconds', "
+                 "last_success_at = now() - interval '30 seconds' WHERE id = %s", (polled,))
+    conn.execute("UPDATE sources SET verified_at = now() - interval '10 seconds' WHERE id = %s", (verified,))
+    # A poll that failed 100 s after its claim, released: its calls may still count.
+    conn.execute("UPDATE sources SET last_poll_at = now() - interval '100 seconds', consecutive_failures = 1, "
+                 "last_success_at = now() - interval '1 hour' WHERE id = %s", (failed,))
+    # Claimed a moment ago (after the loss) and not yet past its first call: no call to count.
+    conn.execute("UPDATE sources SET lease_token = gen_random_uuid(), lease_expires_at = now() + interval '1 minute', "
+                 "last_poll_at = now(), last_success_at = now() - interval '5 minutes' WHERE id = %s", (idle,))
+
+    def limiter():
+        return RateLimiter(connection, 5, 60, called_recently=lambda app, seconds: sources.called_recently(
+            conn, app, seconds))
+
+    # A Redis that never held a log (a first start): nothing to fear for an idle app.
+    assert limiter().try_take("app-idle") == 0.0
+    for app in ("app-polled", "app-verified", "app-failed"):
+        assert 55 < limiter().try_take(app) <= 60, app  # the period counts as spent
+        assert limiter().free(app) == 0
+    connection.flushdb()
+    # Lost again: the same answers; an app never seen before is not held back.
+    assert limiter().try_take("app-idle") == 0.0
+    assert limiter().try_take("app-never-polled") == 0.0
+    assert 55 < limiter().try_take("app-polled") <= 60
+    # Once the log is held again, a block ending is the end of it: no second block.
+    connection.delete(ratelimit.BLOCK_KEY.format(app="app-polled"))
+    assert limiter().try_take("app-polled") == 0.0
+    # Without a PostgreSQL to ask (the limiter alone), an empty log is trusted, as before.
+    connection.flushdb()
+    assert RateLimiter(connection, 5, 60).try_take("app-polled") == 0.0

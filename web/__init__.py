@@ -21,7 +21,7 @@ from broker.config import Settings
 from broker.forge import ForgeClient
 from broker.ratelimit import RateLimiter
 from broker.senders import Wire
-from broker.sources import Verifier
+from broker.sources import Verifier, called_recently
 from broker.sinks import http, syslog
 from broker.vault import Vault
 
@@ -115,11 +115,15 @@ class Services:
         # The per-app Forge call budget the workers poll with (SPEC §3): owner actions that call
         # Atlassian spend it too, with the calls polling leaves them and a little headroom.
         self.limiter = RateLimiter(self.redis, ratelimit.owner_limit(settings.forge_rate_limit),
-                                   settings.forge_rate_period_seconds)
+                                   settings.forge_rate_period_seconds, called_recently=self._called_recently)
         # Sending a test record and verifying a source are calls out from web threads: bounded per
         # resource, and to CALLS_OUT_PER_PROCESS at once in this process whatever the resource.
         self.owner_calls = ratelimit.OwnerCalls(self.redis, process_slots=CALLS_OUT_PER_PROCESS)
         self._local = threading.local()
+
+    def _called_recently(self, app_id: str, seconds: float) -> bool:
+        with self.db.connection() as conn:
+            return called_recently(conn, app_id, seconds)
 
     def forge(self) -> ForgeClient:
         """This thread's App logs API client (a requests.Session is not shared across threads)."""

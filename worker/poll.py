@@ -20,7 +20,7 @@ import threading
 import time
 from datetime import timedelta
 
-from broker import jobs, outbound, polling, ratelimit, redisconn
+from broker import jobs, outbound, polling, ratelimit, redisconn, sources
 from broker.forge import ForgeClient
 from broker.polling import PollSettings, Poller
 from broker.ratelimit import RateLimiter
@@ -47,10 +47,14 @@ def poller_for(settings, connect, redis_connection) -> Poller:
             forge_client = local.client = ForgeClient(settings.forge_api_url, outbound.session())
         return forge_client
 
+    def called_recently(app_id: str, seconds: float) -> bool:
+        with connect() as conn:
+            return sources.called_recently(conn, app_id, seconds)
+
     return Poller(
         connect, client,
         RateLimiter(redis_connection, settings.forge_rate_limit, settings.forge_rate_period_seconds,
-                    reserve=ratelimit.OWNER_RESERVE),
+                    reserve=ratelimit.OWNER_RESERVE, called_recently=called_recently),
         Vault(settings.fernet_keys),
         PollSettings(lag=timedelta(seconds=settings.poll_lag_seconds),
                      overlap=timedelta(seconds=settings.poll_overlap_seconds)),
