@@ -447,6 +447,8 @@ def update_drain(connect: Connect, vault: Vault, resource_id, drain_id, payload:
     else:
         values.pop("headers", None)
     changed += [f for f in ("name", "enabled") if f in values and values[f] != current[f]]
+    if "rules" in values and (values["rules"] or {}) != (current["rules"] or {}):
+        changed.append("rules")
     changed += [f for f in sorted(set(values["settings"]) | set(current["settings"]))
                 if values["settings"].get(f) != current["settings"].get(f)]
     url_enc = vault.encrypt(values["url"]) if "url" in values else None

@@ -282,6 +282,11 @@ def test_invalid_rules_answer_422_with_every_problem_and_change_nothing(client, 
     assert client.patch(path, headers=auth(resource_id), json={"rules": None}).json["rules"] == {}
     changed = client.patch(path, headers=auth(resource_id), json={"rules": {"sources": [str(source_id)]}})
     assert changed.status_code == 200 and changed.json["rules"] == {"sources": [str(source_id)]}
+    # Each change of rules alone is audited (SPEC §7); the same rules again are no change.
+    assert client.patch(path, headers=auth(resource_id), json={"rules": {"sources": [str(source_id)]}}).status_code == 200
+    audited = [(r["action"], r["detail"]) for r in conn.execute(
+        "SELECT action, detail FROM audit_log WHERE action = 'drain.updated' ORDER BY id")]
+    assert len(audited) == 2 and all("rules" in str(detail) for _, detail in audited), audited
 
 
 def test_the_heroku_drain_takes_rules_but_still_no_url(client, conn, vault, world):
