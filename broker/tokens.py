@@ -24,6 +24,13 @@ def api_token(secret_key: str, resource_id: uuid.UUID | str, generation: int) ->
     return API_TOKEN_PREFIX + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
+def derived(secret_key: str, token: str, resource_id: uuid.UUID | str, generation: int) -> bool:
+    """Whether ``token`` is the one ``secret_key`` derives for this resource and generation
+    (compared in constant time)."""
+    return hmac.compare_digest(token.encode("utf-8", "surrogatepass"),
+                               api_token(secret_key, resource_id, generation).encode())
+
+
 def digest(token: str) -> bytes:
     """The stored form of a bearer token or password: SHA-256 of its UTF-8 bytes."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()

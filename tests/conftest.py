@@ -21,6 +21,7 @@ from cryptography.fernet import Fernet
 from psycopg import sql
 
 from broker import config, db, migrate, redisconn
+from tests.support.polling import SECRET_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,7 +119,7 @@ def base_env(database_url: str, redis_url: str, fernet_key: str) -> dict[str, st
     return {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
-        "SECRET_KEY": "test-secret-key-" + "x" * 32,
+        "SECRET_KEY": SECRET_KEY,
         "FERNET_KEYS": fernet_key,
         "ADDON_ID": "forgedrain",
         "ADDON_PASSWORDS": "forgedrain-dev-password",

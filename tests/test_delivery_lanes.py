@@ -16,7 +16,7 @@ from tests.fakes.hostile import HostileHTTP
 from tests.fakes.receivers import logplex_receiver
 from tests.fakes.server import LocalServer
 from tests.support.partner import sso_token
-from tests.support.polling import add_resource, add_source
+from tests.support.polling import add_resource, add_source, api_token
 from tests.test_delivery import add_drain, drain_row, forge_record, make_deliverer, store, vault, world  # noqa: F401
 
 
@@ -149,7 +149,7 @@ def client_factory(env, conn):
                                      testing=True))
         apps.append(app)
         # tests.support.polling.add_resource stores the digest of the resource's id as its API token
-        return app.test_client(), {"Authorization": f"Bearer {resource_id}"}
+        return app.test_client(), {"Authorization": f"Bearer {api_token(resource_id)}"}
 
     yield make
     for app in apps:

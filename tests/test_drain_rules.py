@@ -20,7 +20,7 @@ from broker.sinks import http
 from tests.fakes.receivers import logplex_receiver, otlp_receiver
 from tests.fakes.rsyslog import Rsyslog
 from tests.fakes.server import LocalServer
-from tests.support.polling import add_source
+from tests.support.polling import add_source, api_token
 from tests.test_delivery import add_drain, deliver_all, drain_row, forge_record, make_deliverer, store, vault, world  # noqa: F401
 from tests.test_metrics import METRICS_TOKEN, scrape, value
 
@@ -66,8 +66,7 @@ def client(env):
 
 
 def auth(resource_id) -> dict:
-    # tests.support.polling.add_resource stores the digest of the resource's id as its API token
-    return {"Authorization": f"Bearer {resource_id}"}
+    return {"Authorization": f"Bearer {api_token(resource_id)}"}  # add_resource's token
 
 
 # --- filtering -------------------------------------------------------------------------------

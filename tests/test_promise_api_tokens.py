@@ -104,3 +104,29 @@ def test_changing_the_secret_key_ends_every_dashboard_session_and_csrf_token_it_
     # A new sign-in under the new key works; the old cookie still opens the dashboard under the old key.
     assert sign_in(after, rid)
     assert before.get(f"/dashboard/{rid}").status_code == 200
+
+def test_changing_the_secret_key_invalidates_every_token_and_session_it_signed(apps, conn):
+    before = apps["old"].test_client()
+    rid, first = provision(before)
+    current = before.post(f"/v1/resources/{rid}/token", headers=bearer(first)).json["token"]  # first: in grace
+    other_rid, other = provision(before)
+    csrf = sign_in(before, rid)
+    cookie = before.get_cookie("forgedrain_session").value
+    rows = conn.execute("SELECT id, api_token_hash, api_token_previous_hash FROM resources ORDER BY id").fetchall()
+
+    after = apps["new"].test_client()  # the same database, deployed with a new SECRET_KEY
+    for token, resource in ((current, rid), (first, rid), (other, other_rid)):
+        refused = after.get(f"/v1/resources/{resource}", headers=bearer(token))
+        assert refused.status_code == 401 and refused.json["error"] == "unauthorized"
+    after.set_cookie("forgedrain_session", cookie)  # the browser still holds the old session
+    assert after.get(f"/dashboard/{rid}").status_code == 403
+    drain = after.post(f"/dashboard/{rid}/drains", data={"kind": "logplex", "url": "https://logs.example.com/x",
+                                                          "csrf_token": csrf})
+    assert drain.status_code == 403
+    assert conn.execute("SELECT id, api_token_hash, api_token_previous_hash FROM resources ORDER BY id"
+                        ).fetchall() == rows  # nothing was changed: the key alone decides
+    assert conn.execute("SELECT count(*) AS n FROM drains WHERE kind <> 'heroku'").fetchone()["n"] == 0
+    # The same tokens and cookie still open everything under the key that made them.
+    assert before.get(f"/v1/resources/{rid}", headers=bearer(current)).status_code == 200
+    assert before.get(f"/v1/resources/{other_rid}", headers=bearer(other)).status_code == 200
+    assert before.get(f"/dashboard/{rid}").status_code == 200

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from broker import config
 from broker.vault import Vault
 from tests.support.partner import sso_token
-from tests.support.polling import add_resource, add_source
+from tests.support.polling import add_resource, add_source, api_token
 from web import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def fleet(conn, vault):
 
 def test_the_resource_api_shows_capacity_and_unreadable_records(client, fleet):
     resource_id, busy, calm = fleet
-    auth = {"Authorization": f"Bearer {resource_id}"}  # add_resource's token
+    auth = {"Authorization": f"Bearer {api_token(resource_id)}"}  # add_resource's token
     listed = client.get(f"/v1/resources/{resource_id}/sources", headers=auth)
     assert listed.status_code == 200, listed.json
     by_id = {s["id"]: s for s in listed.json["sources"]}

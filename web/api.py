@@ -58,7 +58,10 @@ def _authenticate() -> None:
         abort(error(401, "unauthorized", "a bearer token (FORGEDRAIN_TOKEN) is required", headers=CHALLENGE))
     with services().db.connection() as conn:
         row = resources.by_api_token_digest(conn, tokens.digest(token))
-    if row is None:
+    # The digest finds the row; the token must also be the one SECRET_KEY derives for it now, so a new
+    # SECRET_KEY ends every token the old one made (whoever holds a leaked key can derive them all).
+    if row is None or not tokens.derived(services().settings.secret_key, token, row["id"],
+                                         row["api_token_generation"] - (0 if row["current_token"] else 1)):
         abort(error(401, "unauthorized", "the bearer token is not valid", headers=CHALLENGE))
     try:
         opens = uuid.UUID(requested) == row["id"]

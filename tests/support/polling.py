@@ -22,11 +22,20 @@ EMAIL = "bot@acme.test"
 TOKEN = "ATATT-polling-token"
 
 
+# conftest.base_env's SECRET_KEY: resource tokens are derived from it (broker.tokens.api_token).
+SECRET_KEY = "test-secret-key-" + "x" * 32
+
+
+def api_token(resource_id) -> str:
+    """The FORGEDRAIN_TOKEN of a resource made by :func:`add_resource` (generation 1)."""
+    return tokens.api_token(SECRET_KEY, resource_id, 1)
+
+
 def add_resource(conn, plan: str = "pro") -> uuid.UUID:
     resource_id = uuid.uuid4()
     conn.execute(
         "INSERT INTO resources (id, partner_id, plan, api_token_hash) VALUES (%s, 'forgedrain', %s, %s)",
-        (resource_id, plan, tokens.digest(str(resource_id))),
+        (resource_id, plan, tokens.digest(api_token(resource_id))),
     )
     return resource_id
 
