@@ -117,14 +117,18 @@ class ProvisioningFailed(Frozen):
     code = "resource_failed"
 
 
+# What a change of a deprovisioned resource is told (the API's 410, the dashboard's forms).
+GONE_MESSAGE = ("this add-on was removed (deprovisioned): its sources and drains can no longer change; "
+                "nothing was changed")
+
+
 def _check_state(row: dict | None) -> dict:
     """``row`` if the resource takes changes: provisioned, or still provisioning (the owner may set
     it up meanwhile); NotFound / :class:`Frozen` otherwise."""
     if row is None:
         raise NotFound("no such resource")
     if row["state"] == "deprovisioned":
-        raise Gone("this add-on was removed (deprovisioned): its sources and drains can no longer change; "
-                   "nothing was changed")
+        raise Gone(GONE_MESSAGE)
     if row["state"] == "failed":
         raise ProvisioningFailed("this add-on's provisioning failed: its sources and drains cannot change; "
                                  "remove it and add it again; nothing was changed")

@@ -74,8 +74,7 @@ def _guard():
         if request.method in ("GET", "HEAD"):
             session.clear()
             abort(404)
-        raise operations.Gone("this add-on was removed (deprovisioned): its sources and drains can no longer "
-                              "change; nothing was changed")
+        raise operations.Gone(operations.GONE_MESSAGE)
     g.resource = row
     if request.method == "POST" and not forms.csrf_ok(request.form):
         abort(make_response(render_template(
