@@ -367,7 +367,6 @@ class SyslogSender(Sender):
         position: tuple[int, int | None] | None = None
         for item in pending:
             who = self.identity(item.source)
-            offset, positions = item.offset, item.positions
             if not item.records:
                 position = (item.batch, None)
                 continue
@@ -383,8 +382,7 @@ class SyslogSender(Sender):
                 size += len(frames)
                 count += 1
                 last = index == len(item.records) - 1
-                position = (item.batch, None if last else offset + index + 1 if positions is None
-                            else positions[index] + 1)
+                position = (item.batch, None if last else item.after(index + 1))
         if position is not None:
             if chunks:
                 yield self._flush(chunks, count, position)

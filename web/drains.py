@@ -65,6 +65,7 @@ def drain_view(row: dict, vault, backlog: int | None = None) -> dict:
     return view
 
 
+@bp.errorhandler(rules.RulesInvalid)
 def invalid_rules(exc: rules.RulesInvalid) -> Response:
     """422 naming every problem of the submitted rules (``field``: the first one's path)."""
     return json_response({"error": "invalid_rules", "message": exc.message, "field": exc.field,
@@ -100,12 +101,9 @@ def list_drains():
 def create_drain():
     svc = services()
     body = json_object_body()
-    try:
-        check_rules(body)
-        row = operations.create_drain(svc.db.connection, svc.vault, g.resource["id"], body,
-                                      actor=ACTOR, allow_private=svc.settings.allow_private_drains)
-    except rules.RulesInvalid as exc:
-        return invalid_rules(exc)
+    check_rules(body)
+    row = operations.create_drain(svc.db.connection, svc.vault, g.resource["id"], body,
+                                  actor=ACTOR, allow_private=svc.settings.allow_private_drains)
     response = json_response(drain_view(row, svc.vault), 201)
     response.headers["Location"] = f"/v1/resources/{g.resource['id']}/drains/{row['id']}"
     return response
@@ -125,12 +123,9 @@ def update_drain(drain_id: str):
     row = get_drain(drain_id)
     svc = services()
     body = json_object_body()
-    try:
-        check_rules(body)
-        updated, _ = operations.update_drain(svc.db.connection, svc.vault, g.resource["id"], row["id"], body,
-                                             actor=ACTOR, allow_private=svc.settings.allow_private_drains)
-    except rules.RulesInvalid as exc:
-        return invalid_rules(exc)
+    check_rules(body)
+    updated, _ = operations.update_drain(svc.db.connection, svc.vault, g.resource["id"], row["id"], body,
+                                         actor=ACTOR, allow_private=svc.settings.allow_private_drains)
     return json_response(drain_view(updated, svc.vault))
 
 
