@@ -127,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a time with a zone, such as 2026-11-20T08:00:00Z")
     replay.add_argument("--wait", action="store_true", help="show the backlog going down until it is empty")
 
+    drains = commands.add_parser("log-drains", help="the Heroku add-ons' log drains")
+    drain_actions = drains.add_subparsers(dest="action", required=True)
+    sync = drain_actions.add_parser(
+        "sync", help="move every add-on's log drain to the current log_drain_url",
+        description="Point every Heroku add-on's log drain at the current log_drain_url (PUBLIC_URL/ingest/"
+                    "logplex) through the Platform API, with the add-on's stored OAuth token (refreshed when "
+                    "stale). Resources already there are skipped, so an interrupted run continues where it "
+                    "stopped. Each move is audited. Exit 0 when every drain is at the URL, 1 when some could "
+                    "not be moved (listed with what to do).")
+    sync.add_argument("--dry-run", action="store_true",
+                      help="read the drains and say what would move, without moving or recording anything")
+
     status = commands.add_parser("status", help="the fleet at a glance, or one resource in detail")
     status.add_argument("resource_id", metavar="RESOURCE_ID", nargs="?", type=_uuid("resource"))
     return parser
@@ -141,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = config.load_or_exit()
     logs.configure(settings.log_level)
     command = {"partners": _partners, "rotate-keys": _rotate_keys, "backfill": _backfill,
-               "replay": _replay, "status": _status}[args.command]
+               "replay": _replay, "status": _status, "log-drains": _log_drains}[args.command]
     with db.connect(settings.database_url, "forgedrain-cli") as conn:
         try:
             return command(conn, settings, args)
@@ -292,6 +304,39 @@ def _backfill(conn, settings, args) -> int:
         return 0
     _warn_if_clock_stopped(conn)
     return _wait_for_backfill(conn, updated)
+
+
+def _log_drains(conn, settings, args) -> int:
+    import functools
+
+    from broker import log_drains, outbound, provisioning
+    from broker.vault import Vault
+
+    url = provisioning.log_drain_url(settings)
+    if not url.startswith("https://"):
+        raise InputError("PUBLIC_URL", f"the drain URL would be {url}: Heroku takes only https:// drain URLs "
+                                       "; set PUBLIC_URL to the "
+                                       "service's https address")
+    connect = functools.partial(db.connect, settings.database_url, "forgedrain-cli")
+    total = log_drains.pending(connect, settings)
+    print(f"{_plural(total, 'add-on')} not known to have their drain at {url}")
+    needs_a_look: dict[str, list] = {}
+    counts: dict[str, int] = {}
+    with outbound.session() as session, _bar(total=total, unit="add-on") as bar:
+        for outcome in log_drains.sync(connect, settings, Vault(settings.fernet_keys), session, actor=ACTOR,
+                                       dry_run=args.dry_run):
+            bar.update(1)
+            counts[outcome.result] = counts.get(outcome.result, 0) + 1
+            if outcome.result == log_drains.WOULD_MOVE:
+                _note(f"{outcome.resource_id}: would move from {outcome.previous_url}")
+            if outcome.result in log_drains.WHAT_TO_DO:
+                needs_a_look.setdefault(outcome.result, []).append(outcome)
+    print(", ".join(f"{result}: {n}" for result, n in counts.items()) or "nothing to do")
+    for result, outcomes in needs_a_look.items():
+        print(f"\n{result} ({len(outcomes)}): {log_drains.WHAT_TO_DO[result]}")
+        for outcome in outcomes:
+            print(f"  {outcome.resource_id}" + (f"  {outcome.reason}" if outcome.reason else ""))
+    return EXIT_FAILED if needs_a_look else 0
 
 
 def _warn_if_clock_stopped(conn) -> None:

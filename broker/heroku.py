@@ -7,7 +7,9 @@ later attempt could succeed. Messages never carry tokens, codes or secrets.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import requests
 
@@ -103,3 +105,32 @@ def mark_provisioned(session: requests.Session, settings: Settings, addon_id: st
         session, "POST", f"{settings.heroku_api_url}/addons/{addon_id}/actions/provision",
         "provision action", headers=_platform_headers(access_token),
     )
+
+
+# An add-on has one or two log drains; a listing past this is not Heroku's answer.
+MAX_LISTING_BYTES = 1 << 20
+
+
+def log_drains(session: requests.Session, settings: Settings, addon_id: str, access_token: str) -> list[dict]:
+    """The add-on's log drains (``id``, ``url``, ``token``, …), read at most :data:`MAX_LISTING_BYTES`."""
+    what = "log drain listing"
+    response = _send(session, "GET", f"{settings.heroku_api_url}/addons/{addon_id}/log-drains", what,
+                     headers=_platform_headers(access_token), stream=True)
+    with response:
+        body = response.raw.read(MAX_LISTING_BYTES + 1, decode_content=True)
+    if len(body) > MAX_LISTING_BYTES:
+        raise HerokuError(f"{what}: answer larger than {MAX_LISTING_BYTES} bytes", retryable=False)
+    try:
+        drains = json.loads(body)
+        if not isinstance(drains, list) or not all(isinstance(d, dict) for d in drains):
+            raise ValueError
+    except ValueError:
+        raise HerokuError(f"{what}: malformed answer", retryable=True) from None
+    return drains
+
+
+def move_log_drain(session: requests.Session, settings: Settings, addon_id: str, access_token: str,
+                   drain_token: str, url: str) -> None:
+    """Point the add-on's drain (found by its ``d.…`` token) at ``url``."""
+    _send(session, "PUT", f"{settings.heroku_api_url}/addons/{addon_id}/log-drains/{quote(drain_token, safe='')}",
+          "log drain update", json={"url": url}, headers=_platform_headers(access_token))

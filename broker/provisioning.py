@@ -406,6 +406,22 @@ def complete(connect, settings: Settings, vault: Vault, session: requests.Sessio
     return "provisioned"
 
 
+def log_drain_url(settings: Settings) -> str:
+    """Where Heroku's logplex sends the app's own logs: the provision answer's ``log_drain_url``."""
+    return f"{settings.public_url}/ingest/logplex"
+
+
+def access_token(connect, settings: Settings, vault: Vault, session: requests.Session,
+                 resource_id: uuid.UUID | str) -> str | None:
+    """The resource's usable Heroku access token, refreshed when stale; None when it has none."""
+    with connect() as conn:
+        row = resources.get(conn, resource_id)
+        timing = resources.provision_timing(conn, resource_id, DEADLINE_HOURS, REFRESH_MARGIN_SECONDS)
+    if row is None or row["oauth_access_token_enc"] is None:
+        return None
+    return _access_token(connect, settings, vault, session, row, timing)
+
+
 def _access_token(connect, settings: Settings, vault: Vault, session: requests.Session,
                   row: dict, timing: dict) -> str | None:
     """A usable access token, exchanging the grant or refreshing as needed; None if the grant expired."""

@@ -375,3 +375,39 @@ def config_push_refused(conn: psycopg.Connection, resource_id: uuid.UUID | str, 
         """,
         (error, resource_id, generation),
     ).rowcount == 1
+
+
+# --- the add-on's log drain at Heroku (issue 17 item 1) ----------------------------------
+# Heroku makes an add-on's drain from the provision answer's log_drain_url; the broker can move it
+# later with the add-on's OAuth token. ``log_drain_url`` is what Heroku was last seen to hold.
+
+DRAIN_TO_SYNC = """
+partner_id = %(partner)s AND state = 'provisioned' AND log_drain_token IS NOT NULL
+AND log_drain_url IS DISTINCT FROM %(url)s
+"""
+
+
+def count_log_drains_to_sync(conn: psycopg.Connection, partner_id: str, url: str) -> int:
+    """How many of the partner's provisioned resources with a drain token are not known to be at ``url``."""
+    return conn.execute(f"SELECT count(*) AS n FROM resources WHERE {DRAIN_TO_SYNC}",
+                        {"partner": partner_id, "url": url}).fetchone()["n"]
+
+
+def log_drains_to_sync(conn: psycopg.Connection, partner_id: str, url: str, after: uuid.UUID | None,
+                       limit: int) -> list[dict]:
+    """The next ``limit`` of them by id after ``after`` (keyset pages: a long run holds no snapshot)."""
+    return conn.execute(
+        f"""
+        SELECT id, log_drain_token, log_drain_url,
+               oauth_access_token_enc IS NOT NULL OR oauth_refresh_token_enc IS NOT NULL AS has_oauth
+        FROM resources WHERE {DRAIN_TO_SYNC} AND (%(after)s::uuid IS NULL OR id > %(after)s::uuid)
+        ORDER BY id LIMIT %(limit)s
+        """,
+        {"partner": partner_id, "url": url, "after": after, "limit": limit},
+    ).fetchall()
+
+
+def log_drain_seen(conn: psycopg.Connection, resource_id: uuid.UUID | str, url: str) -> None:
+    """Record that Heroku holds ``url`` as the add-on's drain now."""
+    conn.execute("UPDATE resources SET log_drain_url = %s, log_drain_checked_at = now() WHERE id = %s",
+                 (url, resource_id))

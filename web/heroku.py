@@ -99,7 +99,7 @@ def provision_body(resource: dict, issued_drain_token: bool) -> dict:
         ),
     }
     if resource["log_drain_token"]:
-        body["log_drain_url"] = f"{settings.public_url}/ingest/logplex"
+        body["log_drain_url"] = provisioning.log_drain_url(settings)
         if issued_drain_token:
             body["log_drain_token"] = resource["log_drain_token"]
     return body

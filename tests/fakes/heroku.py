@@ -8,9 +8,18 @@ every request it receives the way Heroku would:
   ``grant_type=refresh_token`` with a known refresh token; answers
   ``access_token``, ``refresh_token``, ``expires_in``, ``token_type``,
   ``user_id``, ``session_nonce``; 400 ``invalid_grant`` / 401 ``invalid_client``.
-- ``PATCH /addons/<id>/config`` with ``{"config": [{"name", "value"}]}`` and
-  ``POST /addons/<id>/actions/provision``: ``Accept: application/vnd.heroku+json;
-  version=3`` (else 406) and a bearer token issued for that add-on (else 401).
+- ``PATCH /addons/<id>/config`` with ``{"config": [{"name", "value"}]}``,
+  ``POST /addons/<id>/actions/provision``, ``GET /addons/<id>/log-drains`` and
+  ``PUT /addons/<id>/log-drains/<id|url|token>`` with ``{"url": "https://…"}``:
+  ``Accept: application/vnd.heroku+json; version=3`` (else 406) and a bearer
+  token issued for that add-on (else 401).
+
+Like Heroku, the fake creates an add-on's log drain from the partner's answer to
+a provision request that asked for ``syslog_drain`` (:func:`answer_provision`):
+at once for a 200/201 answer, and for a 202 answer only when the partner calls
+the provision action. A drain's object has the fields of the Platform API's
+``log-drain`` (research §2.2): ``id``, ``url``, ``token``, ``addon``, ``app``,
+``created_at``, ``updated_at``.
 
 Anything else is answered 404 and recorded as a violation; tests assert the
 list of violations is empty. ``fail(path_fragment, status, times)`` injects
@@ -22,6 +31,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from flask import Flask, jsonify, request
@@ -44,6 +54,8 @@ class State:
     refresh: dict[str, str] = field(default_factory=dict)  # token -> addon
     config: dict[str, dict[str, str]] = field(default_factory=dict)
     provisioned: set[str] = field(default_factory=set)
+    drains: dict[str, list[dict]] = field(default_factory=dict)  # add-on -> its log drains
+    pending_drains: dict[str, dict] = field(default_factory=dict)  # add-on -> drain made at its provision action
     requests: list[tuple[str, str]] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     failures: list[list] = field(default_factory=list)  # [fragment, status, remaining]
@@ -135,13 +147,69 @@ def create_fake(client_secret: str) -> tuple[Flask, State]:
             return refused
         with state.lock:
             state.provisioned.add(addon_id)
+            pending = state.pending_drains.pop(addon_id, None)
+            if pending is not None:
+                state.drains.setdefault(addon_id, []).append(pending)
         return jsonify(id=addon_id, state="provisioned")
+
+    @app.get("/addons/<addon_id>/log-drains")
+    def list_log_drains(addon_id: str):
+        refused = platform_auth(addon_id)
+        if refused:
+            return refused
+        with state.lock:
+            return jsonify(list(state.drains.get(addon_id, [])))
+
+    @app.put("/addons/<addon_id>/log-drains/<path:identity>")
+    def update_log_drain(addon_id: str, identity: str):
+        refused = platform_auth(addon_id)
+        if refused:
+            return refused
+        body = request.get_json(silent=True)
+        url = body.get("url") if isinstance(body, dict) else None
+        if not isinstance(url, str) or not url.startswith(("https://", "syslog://", "syslog+tls://")):
+            return violation('body must be {"url": "https://…" or "syslog://…"}', 422)
+        with state.lock:
+            for drain in state.drains.get(addon_id, []):
+                if identity in (drain["id"], drain["url"], drain["token"]):
+                    drain["url"] = url
+                    drain["updated_at"] = _now()
+                    return jsonify(drain)
+        return jsonify(id="not_found", message="Couldn't find that log drain."), 404
 
     @app.errorhandler(404)
     def unknown(exc):
         return violation("no such endpoint in Heroku's API", 404)
 
     return app, state
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def answer_provision(state: State, request_body: dict, status: int, answer: dict, app_name: str = "forge-app") -> None:
+    """What Heroku does with a partner's answer to a provision request (research §6).
+
+    A 200/201 or 202 answer carrying ``log_drain_url`` to a request that had a
+    ``log_drain_token`` makes the add-on's drain with that token: at once for a
+    synchronous answer, at the partner's provision action for an asynchronous one.
+    """
+    token = request_body.get("log_drain_token")
+    url = answer.get("log_drain_url")
+    if status not in (200, 201, 202) or not token or not url:
+        return
+    addon_id = request_body["uuid"]
+    drain = {"id": str(uuid.uuid4()), "url": url, "token": token,
+             "addon": {"id": addon_id, "name": f"forgedrain-{addon_id[:8]}",
+                       "app": {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, app_name)), "name": app_name}},
+             "app": {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, app_name)), "name": app_name},
+             "created_at": _now(), "updated_at": _now()}
+    with state.lock:
+        if status == 202 and addon_id not in state.provisioned:
+            state.pending_drains[addon_id] = drain
+        else:
+            state.drains.setdefault(addon_id, []).append(drain)
 
 
 def add_grant(state: State, addon_id: str, ttl_seconds: float = 300) -> str:
