@@ -48,7 +48,7 @@ from typing import Callable, ContextManager, Iterator
 
 import psycopg
 
-from broker import activity, outbox, rules
+from broker import activity, outbox, rules, usage
 from broker.senders import (KINDS, SECRET_LOST_ERROR, Drain, Halt, Pending, SecretLost, Source, Step, Wire,
                             destination, frame_id, sender_for)
 from broker.vault import Vault
@@ -371,6 +371,8 @@ class Deliverer:
             if updated:
                 activity.add_now(conn, drain.resource_id, drain.id, "delivered", max(step.delivered, 0))
                 activity.add_now(conn, drain.resource_id, drain.id, "dropped", step.dropped)
+                usage.add(conn, drain.resource_id, "delivered", max(step.delivered, 0), kind=drain.kind)
+                usage.add(conn, drain.resource_id, "dropped", step.dropped, kind=drain.kind)
         if not updated:
             raise LostLease(str(drain.id))
         return replace(drain, cursor=max(drain.cursor, cursor), partial_batch=partial, partial_records=records)

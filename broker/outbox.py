@@ -28,7 +28,7 @@ from datetime import datetime
 import orjson
 import psycopg
 
-from broker import activity, plans
+from broker import activity, plans, usage
 from broker.formats import logplex
 
 # zlib level 3: measured (bench/poll_cpu.py) at half the CPU of level 6 for 1.15x the bytes.
@@ -125,14 +125,19 @@ def append(conn: psycopg.Connection, resource_id, *, origin: str, record_count: 
 def append_forge(conn: psycopg.Connection, resource_id, source_id, records: list[dict],
                  times: list[datetime]) -> int:
     """Add the records a Forge page brought (``times``: each record's time)."""
-    return append(conn, resource_id, origin="forge", source_id=source_id, record_count=len(records),
-                  min_ts=min(times), max_ts=max(times), payload=forge_payload(records))
+    raw = orjson.dumps(records)
+    batch = append(conn, resource_id, origin="forge", source_id=source_id, record_count=len(records),
+                   min_ts=min(times), max_ts=max(times), payload=zlib.compress(raw, COMPRESSION_LEVEL))
+    usage.add(conn, resource_id, "forge", len(records), len(raw))
+    return batch
 
 
 def append_frames(conn: psycopg.Connection, resource_id, frames: list[bytes], count: int) -> int:
     """Add ``count`` octet-counted frames of the Heroku app's own logs, stored as they came;
     the batch's time is when it was received."""
-    return append(conn, resource_id, origin="heroku", record_count=count, payload=frames_payload(frames))
+    batch = append(conn, resource_id, origin="heroku", record_count=count, payload=frames_payload(frames))
+    usage.add(conn, resource_id, "ingest", count, sum(len(frame) for frame in frames))
+    return batch
 
 
 # --- read --------------------------------------------------------------------------
@@ -282,7 +287,7 @@ SET cursor = lost.upto, partial_batch = NULL, partial_records = 0, dropped = d.d
         ELSE d.last_error END
 FROM lost
 WHERE d.id = lost.id
-RETURNING d.id, d.resource_id, lost.records
+RETURNING d.id, d.resource_id, d.kind, lost.records
 """
 
 # Batches every drain of the resource has (once older than the replay window); all of a
@@ -333,6 +338,7 @@ def prune(conn: psycopg.Connection, limit: int = 20_000, replay_hours: int = 0) 
             pruned.drains_behind += 1
             pruned.dropped_records += row["records"]
             activity.add_now(conn, row["resource_id"], row["id"], "dropped", row["records"])
+            usage.add(conn, row["resource_id"], "dropped", row["records"], kind=row["kind"])
         pruned.batches = conn.execute(DELIVERED, {"limit": limit, "keep": replay_hours}).rowcount
     return pruned
 

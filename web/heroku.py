@@ -59,21 +59,28 @@ def _too_large(exc):
     return refuse(413, "request body is larger than 1 MiB")
 
 
-@bp.before_request
-def _authenticate():
+def authenticate_partner(content_type: str) -> Response | None:
+    """Set ``g.partner`` from the request's HTTP Basic credentials, or answer 401 (503 without the database).
+    The guard of every partner-facing blueprint (this one, and the partner's view in web/partner.py)."""
     auth = request.authorization
     challenge = {"WWW-Authenticate": 'Basic realm="forgedrain"'}
     if auth is None or auth.type != "basic" or auth.username is None or auth.password is None:
-        return refuse(401, "partner credentials are required (HTTP Basic)", **challenge)
+        return error(401, "unauthorized", "partner credentials are required (HTTP Basic)", content_type, challenge)
     svc = services()
     try:
         partner = partners.authenticate(svc.db.connection, svc.settings, auth.username, auth.password)
     except psycopg.Error:
         log.exception("partner authentication could not reach the database")
-        return error(503, "unavailable", "temporarily unavailable; retry", CONTENT_TYPE)
+        return error(503, "unavailable", "temporarily unavailable; retry", content_type)
     if partner is None:
-        return refuse(401, "wrong partner id or password", **challenge)
+        return error(401, "unauthorized", "wrong partner id or password", content_type, challenge)
     g.partner = partner
+    return None
+
+
+@bp.before_request
+def _authenticate():
+    return authenticate_partner(CONTENT_TYPE)
 
 
 def _body() -> dict:
