@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -67,6 +68,18 @@ def pytest_configure(config: pytest.Config) -> None:
     hypothesis_settings.register_profile("forgedrain", deadline=None,
                                          suppress_health_check=[HealthCheck.too_slow])
     hypothesis_settings.load_profile("forgedrain")
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    # xdist's workers each collect the suite and must find the same test ids: a parameter made
+    # with a fresh uuid4() gets a placeholder in its id (pytest numbers any ids that then repeat).
+    text = val.decode("ascii", "backslashreplace") if isinstance(val, bytes) else val
+    if isinstance(text, str) and _UUID.search(text):
+        return _UUID.sub("<uuid>", text)
+    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
