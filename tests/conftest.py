@@ -163,9 +163,10 @@ def redis_url() -> str:
     except redis.ResponseError as exc:
         if "out of range" not in str(exc):
             raise
-        pytest.exit(f"{url} names a database this Redis does not have ({exc}): each xdist worker uses "
+        # pytest.exit would only crash the xdist worker, its message lost: fail the test instead.
+        pytest.fail(f"{url} names a database this Redis does not have ({exc}): each xdist worker uses "
                     "REDIS_URL's number plus its index; run fewer workers (-n) or let ./scripts/test "
-                    "start its own Redis", returncode=2)
+                    "start its own Redis", pytrace=False)
     finally:
         client.close()
     return url
