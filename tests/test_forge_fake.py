@@ -623,6 +623,22 @@ def test_it_accepts_cursors_forever_by_default(forge):
     assert h.get(cursor=cursor).status_code == 200
 
 
+@pytest.mark.parametrize("status", [400, 410])
+def test_it_refuses_the_cursor_past_a_sessions_page_count_whatever_the_time(forge, status):
+    h = forge(page_size=5, cursor_pages=3, stale_cursor_status=status)
+    first = h.get().json()
+    second = h.get(cursor=first["cursor"]).json()
+    h.clock.advance(13 * 86_400)  # no time bound: only the count
+    third = h.get(cursor=second["cursor"])
+    assert third.status_code == 200 and third.json()["cursor"]  # the third page, the last allowed
+    assert refused(stale := h.get(cursor=third.json()["cursor"]), status)
+    assert stale.json() == {"code": status, "message": "Cursor expired"}
+    assert h.get(cursor=second["cursor"]).status_code == 200  # an earlier cursor still fetches its page
+    assert len(h.get().json()["appLogs"]) == 5  # a fresh query starts a session of its own
+    with pytest.raises(ValueError):
+        ForgeFake(cursor_pages=0)
+
+
 def test_it_pages_through_expiring_cursors_when_quick_enough(forge):
     h = forge(page_size=7, cursor_ttl=1)
     pages, cursor = [], None

@@ -279,10 +279,15 @@ def test_a_millisecond_no_poll_can_read_becomes_a_recorded_gap_and_the_rest_arri
         conn, database_url, redis_url, vault):
     """1,000 records in one millisecond (50 pages of 20) while cursors live 30 s and the budget is 25
     calls a minute: no poll can read that millisecond to its end. What was read is kept, the
-    millisecond is recorded as a gap the owner sees, and everything around it is delivered."""
+    millisecond is recorded as a gap the owner sees, and everything around it is delivered.
+
+    A paging session also ends after one minute's budget of pages (``cursor_pages``): with time
+    compressed 30 times, a loaded machine answers so slowly that the budget frees as fast as it is
+    spent and a 30 s cursor never expires, so only a bound in pages makes the millisecond
+    unreadable whatever the machine's speed."""
     clock = FastClock()
-    fake = ForgeFake(seed=68, page_size=20, order="newest", cursor_ttl=30, clock=clock, retry_after=True,
-                     prompt_delay_seconds=0)
+    fake = ForgeFake(seed=68, page_size=20, order="newest", cursor_ttl=30, cursor_pages=BUDGET, clock=clock,
+                     retry_after=True, prompt_delay_seconds=0)
     fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=2, late_fraction=0)
     source_id = add_source(conn, vault, add_resource(conn), checkpoint_ago=timedelta(minutes=20))
     first = source_row(conn, source_id)["checkpoint"]

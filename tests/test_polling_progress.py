@@ -133,10 +133,14 @@ def test_the_busy_app_that_never_arrived_now_does(conn, database_url, redis_url,
 @pytest.mark.parametrize("stale_status", [400, 410, 500])
 def test_a_window_whose_cursor_dies_shrinks_and_keeps_what_it_read(
         conn, database_url, redis_url, vault, stale_status):
-    """A quiet app turns busy: its estimate says an hour fits a page; the window needs ~180."""
+    """A quiet app turns busy: its estimate says an hour fits a page; the window needs ~150.
+
+    Its cursor dies after 30 s or one minute's budget of pages (``cursor_pages``), whichever comes
+    first: with time compressed, a loaded machine answers so slowly that the budget frees as fast
+    as it is spent and a 30 s cursor alone would live to the window's end."""
     clock = FastClock()
-    fake = ForgeFake(seed=42, page_size=20, order="newest", cursor_ttl=30, stale_cursor_status=stale_status,
-                     clock=clock, retry_after=True)
+    fake = ForgeFake(seed=42, page_size=20, order="newest", cursor_ttl=30, cursor_pages=BUDGET,
+                     stale_cursor_status=stale_status, clock=clock, retry_after=True)
     fake.add_app(APP, [ENV], EMAIL, TOKEN, records_per_minute=60, late_fraction=0)
     source_id, first = start_source(conn, vault, timedelta(minutes=50))
     conn.execute("UPDATE sources SET density_per_minute = 1, page_records = 20 WHERE id = %s", (source_id,))

@@ -79,6 +79,12 @@ is a switch; the defaults are the fake's historical behaviour.
 * ``cursor_ttl: float | None = None`` (``--cursor-ttl``): seconds, by ``clock``, for which a
   cursor is accepted after the call that issued it (each page's cursor has its own lifetime):
   accepted while ``clock < issued + cursor_ttl``, refused from then on. ``None``: forever.
+* ``cursor_pages: int | None = None`` (``--cursor-pages``): a cursor lifetime counted in pages, not
+  time: a paging session serves at most this many pages, and the cursor for the next one is
+  refused as stale (``stale_cursor_status``). ``None``: no bound. With a clock compressed for a
+  test, how many pages a time-based ``cursor_ttl`` lets a session read depends on how fast the
+  machine answers them (a loaded machine spreads the calls so far apart that the budget never
+  runs out); a page count does not.
 * ``stale_cursor_status: int = 400`` (``--stale-cursor-status``): the status of that refusal,
   400..599, body ``{"code": <status>, "message": "Cursor expired"}``. 400 is the documented
   "bad request"; 404, 410, 500 … test a client against an undocumented answer.
@@ -316,7 +322,7 @@ class ForgeFake:
     def __init__(self, seed: int = 1, *, rate_limit: int = 30, rate_period: float = 60.0,
                  page_size: int = 100, latency: float = 0.0, retry_after: bool | str = False,
                  order: str = "shuffled", cursor_ttl: float | None = None,
-                 stale_cursor_status: int = 400, empty_pages: int = 0,
+                 cursor_pages: int | None = None, stale_cursor_status: int = 400, empty_pages: int = 0,
                  prompt_delay_seconds: float = NORMAL_DELAY_S,
                  clock: Callable[[], float] = time.time):
         if page_size < 1 or rate_limit < 1 or rate_period <= 0:
@@ -325,6 +331,8 @@ class ForgeFake:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}")
         if cursor_ttl is not None and cursor_ttl < 0:
             raise ValueError("cursor_ttl must be None or >= 0")
+        if cursor_pages is not None and cursor_pages < 1:
+            raise ValueError("cursor_pages must be None or >= 1")
         if not 400 <= stale_cursor_status <= 599:
             raise ValueError("stale_cursor_status must be an error status, 400..599")
         if empty_pages < 0 or empty_pages == 1:
@@ -340,6 +348,7 @@ class ForgeFake:
         self.retry_after = retry_after
         self.order = order
         self.cursor_ttl = cursor_ttl
+        self.cursor_pages = cursor_pages
         self.stale_cursor_status = stale_cursor_status
         self.empty_pages = empty_pages
         self.prompt_delay_seconds = prompt_delay_seconds
@@ -663,6 +672,8 @@ class ForgeFake:
             raise _Refusal(400, "Cursor does not match the query")
         if self.cursor_ttl is not None and now >= float(data["i"]) + self.cursor_ttl:
             raise _Refusal(self.stale_cursor_status, "Cursor expired")
+        if self.cursor_pages is not None and int(data["p"]) > self.cursor_pages:
+            raise _Refusal(self.stale_cursor_status, "Cursor expired")
         return _Snapshot(float(data["a"]), int(data["o"]), int(data["p"]), int(data["g"]))
 
 
@@ -928,6 +939,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--page-size", type=int, default=100)
     parser.add_argument("--order", choices=ORDERS, default="shuffled")
     parser.add_argument("--cursor-ttl", type=float, default=None, help="seconds a cursor is accepted")
+    parser.add_argument("--cursor-pages", type=int, default=None, help="pages a paging session serves")
     parser.add_argument("--stale-cursor-status", type=int, default=400)
     parser.add_argument("--empty-pages", type=int, default=0, help="every Nth page is empty (N >= 2)")
     parser.add_argument("--rate-limit", type=int, default=30)
@@ -937,7 +949,7 @@ def main(argv: list[str] | None = None) -> None:
 
     fake = ForgeFake(opts.seed, page_size=opts.page_size, rate_limit=opts.rate_limit,
                      retry_after=opts.retry_after, order=opts.order, cursor_ttl=opts.cursor_ttl,
-                     stale_cursor_status=opts.stale_cursor_status, empty_pages=opts.empty_pages,
+                     cursor_pages=opts.cursor_pages, stale_cursor_status=opts.stale_cursor_status, empty_pages=opts.empty_pages,
                      prompt_delay_seconds=opts.prompt_delay_seconds)
     fake.add_app(opts.app_id, opts.environment, opts.email, opts.api_token,
                  records_per_minute=opts.records_per_minute, late_fraction=opts.late_fraction,
