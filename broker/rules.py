@@ -42,8 +42,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import threading
 import uuid
 from bisect import bisect_left
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -671,7 +673,9 @@ class Redactor:
 
 
 class Rules:
-    """A drain's rules, compiled once (per delivery turn) and applied to each batch it receives."""
+    """A drain's rules, compiled once (:func:`compile` keeps them for every drain with the same rules) and
+    applied to each batch it receives. Delivery threads share one: nothing here changes once built but
+    a bounded cache of service names, which a lost race only fills twice."""
 
     def __init__(self, spec: dict):
         self.spec = spec
@@ -692,6 +696,18 @@ class Rules:
         redact = spec.get("redact") or {}
         self.redactor = Redactor(redact) if redact else None
 
+    @property
+    def programs(self) -> int:
+        """How many RE2 programs these rules hold (what a compiled rule set weighs in memory)."""
+        return (self.services is not None) + (len(self.redactor.passes) if self.redactor is not None else 0)
+
+    def wants(self, origin: str, source_id=None) -> bool:
+        """Whether a batch of this origin (and, for a Forge batch, this source id) may hold a record
+        the drain keeps. False: the whole batch is filtered out, and delivery need not decode it."""
+        if self.origins is not None and origin not in self.origins:
+            return False
+        return not (origin == "forge" and self.sources is not None and str(source_id or "") not in self.sources)
+
     def _service_wanted(self, name: str) -> bool:
         wanted = self._service_cache.get(name)
         if wanted is None:
@@ -709,9 +725,7 @@ class Rules:
         changed: a redacted record is a copy.
         """
         count = len(records)
-        if (self.origins is not None and origin not in self.origins) or (
-                origin == "forge" and self.sources is not None
-                and str(getattr(source, "id", None) or "") not in self.sources):
+        if not self.wants(origin, getattr(source, "id", None)):
             return Applied([], [], count, 0)
         heroku = origin == "heroku"
         allowed = self.allowed
@@ -765,9 +779,66 @@ class Rules:
         return Applied(out, positions, filtered, redacted, per_record if redacted else None)
 
 
+# Compiled rule sets a process keeps, weighed by their RE2 programs: each may grow its DFA cache to
+# RE2_MAX_MEM, so this bounds what the cache can hold on to at 256 MiB (a typical set, a minimum
+# severity and two detectors, weighs 2 and takes kilobytes).
+CACHE_PROGRAMS = 128
+_MISSING = object()
+
+
+class _Cache:
+    """Least recently used compiled rule sets by their canonical JSON, at most ``capacity`` programs."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.entries: OrderedDict[bytes, tuple[Rules | None, int]] = OrderedDict()
+        self.weight = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: bytes):
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is None:
+                return _MISSING
+            self.entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: bytes, compiled: Rules | None) -> None:
+        weight = compiled.programs if compiled is not None else 1
+        with self.lock:
+            if key in self.entries:
+                return
+            self.entries[key] = (compiled, weight)
+            self.weight += weight
+            while self.weight > self.capacity and len(self.entries) > 1:
+                _, (_, dropped) = self.entries.popitem(last=False)
+                self.weight -= dropped
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+            self.weight = 0
+
+
+_compiled = _Cache(CACHE_PROGRAMS)
+
+
 def compile(rules: dict | None) -> Rules | None:
     """The drain's stored rules, compiled; None when it has none (delivery then does nothing extra).
     Stored rules are checked again (:class:`RulesInvalid` if they no longer hold), so a rule set
-    written by another version is never half applied."""
-    spec = validate(rules or None)
-    return Rules(spec) if spec else None
+    written by another version is never half applied.
+
+    A rule set is validated and compiled once per process, not once per delivery turn (RE2 programs
+    took about half of a turn's time for a typical set): the result is kept by the rule set's
+    canonical JSON, so every drain with the same rules shares it. A rule set that does not compile
+    is not kept: it is checked again at the drain's next try."""
+    if not rules:
+        return None
+    key = orjson.dumps(rules, option=orjson.OPT_SORT_KEYS)
+    found = _compiled.get(key)
+    if found is not _MISSING:
+        return found
+    spec = validate(rules)
+    compiled = Rules(spec) if spec else None
+    _compiled.put(key, compiled)
+    return compiled
