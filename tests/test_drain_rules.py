@@ -97,6 +97,38 @@ def test_filtered_records_never_reach_the_receiver_and_an_all_filtered_batch_set
     assert (outcome.delivered, outcome.filtered) == (3, 6)
 
 
+def store_undecodable(conn, resource_id, source_id, origin: str, count: int) -> int:
+    """A batch whose payload nothing can decode: a drain that decoded it would fail on it."""
+    return conn.execute(
+        "INSERT INTO outbox (resource_id, source_id, origin, record_count, min_ts, max_ts, payload) "
+        "VALUES (%s, %s, %s, %s, now(), now(), %s) RETURNING id",
+        (resource_id, source_id, origin, count, b"not a zlib stream"),
+    ).fetchone()["id"]
+
+
+def test_a_batch_excluded_whole_by_origin_or_source_is_never_decoded_and_counts_as_filtered(
+        conn, vault, database_url, world):
+    resource_id, source_id = world
+    other_source = add_source(conn, vault, resource_id, app_id="other-app")
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as server:
+        drain_id = add_drain(conn, vault, resource_id, "logplex", f"http://127.0.0.1:{server.port}/")
+        set_rules(conn, drain_id, {"origins": ["forge"], "sources": [str(source_id)]})
+        # The drain stands inside this one: 4 of its 10 records are settled already.
+        partly = store_undecodable(conn, resource_id, other_source, "forge", 10)
+        conn.execute("UPDATE drains SET cursor = %s, partial_batch = %s, partial_records = 4 WHERE id = %s",
+                     (partly - 1, partly, drain_id))
+        store_undecodable(conn, resource_id, other_source, "forge", 7)
+        store_undecodable(conn, resource_id, None, "heroku", 5)
+        marker = store(conn, resource_id, source_id, [leveled(1, "INFO", "marker")])
+        (outcome,) = deliver_all(make_deliverer(database_url, vault), conn)
+    assert outcome.result == "caught-up", outcome
+    assert messages(inbox) == ["marker"]
+    row = drain_row(conn, drain_id)
+    assert (row["cursor"], row["partial_batch"], row["delivered"], row["filtered"]) == (marker, None, 1, 6 + 7 + 5)
+    assert outcome.filtered == 18
+
+
 def test_origins_pick_forge_records_or_the_apps_own_logs(conn, vault, database_url, world):
     resource_id, source_id = world
     app, inbox = logplex_receiver()
