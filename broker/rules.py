@@ -744,20 +744,16 @@ class Rules:
                 if allowed is not None and not allowed[of(record)[0]]:
                     continue
                 if heroku and (apps is not None or processes is not None or services is not None):
-                    part = record.get("heroku")
-                    part = part if type(part) is dict else {}
-                    app = str(part.get("app") or "-")
+                    app, dyno = fields.heroku_header(record) or ("-", "-")
                     if apps is not None and app not in apps:
                         continue
-                    if processes is not None and str(part.get("dyno") or "-").split(".", 1)[0] not in processes:
+                    if processes is not None and dyno.split(".", 1)[0] not in processes:
                         continue
                     if services is not None and not self._service_wanted(app):
                         continue
                 elif services is not None:
-                    name = fixed_service
-                    if name is None:
-                        app_id = fields.attribute(record, "appId") or getattr(source, "app_id", "") or ""
-                        name = f"forge-app-{app_id}"
+                    name = fixed_service or fields.service_name(
+                        None, fields.attribute(record, "appId") or getattr(source, "app_id", "") or "")
                     if not self._service_wanted(name):
                         continue
                 kept.append(record)
