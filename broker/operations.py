@@ -47,7 +47,7 @@ import orjson
 import psycopg
 import redis
 
-from broker import audit, drains, forge, plans, ratelimit, resources, senders, sources
+from broker import audit, drains, forge, plans, ratelimit, resources, rules, senders, sources
 from broker.sinks import Result
 from broker.validation import InputError
 from broker.vault import Vault, VaultError
@@ -395,18 +395,28 @@ def _headers_enc(vault: Vault, values: dict) -> str | None:
     return vault.encrypt(orjson.dumps(values["headers"]).decode()) if values.get("headers") else None
 
 
+def _check_rule_sources(conn: psycopg.Connection, resource_id, payload: dict) -> None:
+    """The submitted rules name only sources of this resource (:class:`~broker.rules.RulesInvalid`,
+    422 ``invalid_rules``, otherwise). Runs in the change's transaction, after the resource's lock."""
+    submitted = payload.get("rules")
+    if isinstance(submitted, dict) and submitted.get("sources"):
+        rules.check_sources(submitted, [row["id"] for row in sources.list_for(conn, resource_id)])
+
+
 def create_drain(connect: Connect, vault: Vault, resource_id, payload: object, *, actor: str,
                  allow_private: bool) -> dict:
     """Validate, then store (URL and headers encrypted) and audit a new drain; its row.
 
-    The plan limit is checked under the resource's row lock (the built-in
-    ``heroku`` drain does not count).
+    The plan limit, and that the rules name only this resource's sources, are
+    checked under the resource's row lock (the built-in ``heroku`` drain does
+    not count).
     """
     values = drains.validate(payload, allow_private=allow_private).values
     url_enc = vault.encrypt(values["url"])
     headers_enc = _headers_enc(vault, values)
     with connect() as conn, conn.transaction():
         locked = _live(conn, resource_id, for_update=True)
+        _check_rule_sources(conn, resource_id, payload)
         plan = plans.get(locked["plan"])
         if plan is None or drains.count_owned(conn, resource_id) >= plan.max_drains:
             raise PlanLimit(f"plan {locked['plan']} allows {plan.max_drains if plan else 0} drains; "
@@ -461,6 +471,7 @@ def update_drain(connect: Connect, vault: Vault, resource_id, drain_id, payload:
         _live(conn, resource_id)
         if drains.get(conn, resource_id, current["id"], for_update=True) is None:
             raise NotFound("no such drain")
+        _check_rule_sources(conn, resource_id, payload)
         updated = drains.update(conn, current["id"], values, url_enc, headers_enc)
         if changed:
             audit.record(conn, resource_id, actor, "drain.updated", drain_audit_detail(current, changed))

@@ -300,18 +300,14 @@ def validate(payload, *, sources: Iterable | None = None) -> dict:
 
     ids = _strings(payload.get("sources"), "rules.sources", problems)
     if ids:
-        known = {str(s) for s in sources} if sources is not None else None
         normal = []
         for index, value in enumerate(ids):
             try:
-                parsed = str(uuid.UUID(value))
+                normal.append(str(uuid.UUID(value)))
             except ValueError:
                 problems.add(f"rules.sources[{index}]", "must be a source id (a UUID)")
-                continue
-            if known is not None and parsed not in known:
-                problems.add(f"rules.sources[{index}]", "no source with this id on this resource")
-                continue
-            normal.append(parsed)
+        if sources is not None and len(normal) == len(ids):
+            problems.found += _foreign_sources(normal, sources)
         out["sources"] = _unique(normal)
 
     for key, shape, what in (("heroku_apps", HEADER_WORD, "an APP-NAME such as app or heroku"),
@@ -360,6 +356,22 @@ def validate(payload, *, sources: Iterable | None = None) -> dict:
     if problems.found:
         raise RulesInvalid(problems.found)
     return out
+
+
+def _foreign_sources(ids: list[str], sources: Iterable) -> list[tuple[str, str]]:
+    known = {str(s) for s in sources}
+    return [(f"rules.sources[{index}]", "no source with this id on this resource")
+            for index, value in enumerate(ids) if value not in known]
+
+
+def check_sources(payload, sources: Iterable) -> None:
+    """:class:`RulesInvalid` naming each source id of submitted rules that :func:`validate` accepted
+    but is not among ``sources``, the resource's (checked apart, where the resource is locked)."""
+    ids = payload.get("sources") if isinstance(payload, dict) else None
+    if ids:
+        problems = _foreign_sources([str(uuid.UUID(value)) for value in ids], sources)
+        if problems:
+            raise RulesInvalid(problems)
 
 
 def _validate_redact(redact, problems: _Problems) -> dict:

@@ -4,6 +4,7 @@ redacted is in no byte a receiver got, counters add up, and positions stay raw r
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import ssl
 import uuid
@@ -13,14 +14,14 @@ import orjson
 import pytest
 from flask import request
 
-from broker import config, db, delivery, outbox, rules
+from broker import config, db, delivery, operations, outbox, rules
 from broker.formats import logplex
 from broker.senders import Wire
 from broker.sinks import http
 from tests.fakes.receivers import logplex_receiver, otlp_receiver
 from tests.fakes.rsyslog import Rsyslog
 from tests.fakes.server import LocalServer
-from tests.support.polling import add_source, api_token
+from tests.support.polling import add_resource, add_source, api_token
 from tests.test_delivery import add_drain, deliver_all, drain_row, forge_record, make_deliverer, store, vault, world  # noqa: F401
 from tests.test_metrics import METRICS_TOKEN, scrape, value
 
@@ -296,9 +297,14 @@ def test_invalid_rules_answer_422_with_every_problem_and_change_nothing(client, 
     assert refused.status_code == 422
     assert refused.json["error"] == "invalid_rules"
     assert [p["field"] for p in refused.json["problems"]] == [
-        "rules.origins", "rules.sources[1]", "rules", "rules.redact.detectors", "rules.redact.patterns[0].regex"]
-    assert "no source with this id on this resource" in refused.json["message"]
+        "rules.origins", "rules", "rules.redact.detectors", "rules.redact.patterns[0].regex"]
     assert "backreferences are not supported" in refused.json["problems"][-1]["message"]
+    # Whether the sources are the resource's is asked once the rules are well formed, under its lock.
+    refused = client.post(f"/v1/resources/{resource_id}/drains", headers=auth(resource_id), json={
+        **body, "rules": {"sources": [str(source_id), str(uuid.uuid4())]}})
+    assert refused.status_code == 422 and refused.json["error"] == "invalid_rules"
+    assert refused.json["problems"] == [{"field": "rules.sources[1]",
+                                         "message": "no source with this id on this resource"}]
     assert conn.execute("SELECT count(*) AS n FROM drains").fetchone()["n"] == 0
 
     made = client.post(f"/v1/resources/{resource_id}/drains", headers=auth(resource_id),
@@ -318,6 +324,28 @@ def test_invalid_rules_answer_422_with_every_problem_and_change_nothing(client, 
     audited = [(r["action"], r["detail"]) for r in conn.execute(
         "SELECT action, detail FROM audit_log WHERE action = 'drain.updated' ORDER BY id")]
     assert len(audited) == 2 and all("rules" in str(detail) for _, detail in audited), audited
+
+
+def test_rules_naming_another_resources_source_are_refused_for_every_caller_and_change_nothing(
+        conn, vault, database_url, world):
+    """The check lives in operations, so the dashboard's forms get it as the API does."""
+    resource_id, source_id = world
+    stranger = str(add_source(conn, vault, add_resource(conn), app_id="stranger-app"))
+    connect = functools.partial(db.connect, database_url, "forgedrain-tests")
+    payload = {"kind": "logplex", "url": "http://127.0.0.1:9/", "rules": {"sources": [str(source_id), stranger]}}
+    with pytest.raises(rules.RulesInvalid) as refused:
+        operations.create_drain(connect, vault, resource_id, payload, actor="owner@example.com", allow_private=True)
+    assert refused.value.problems == [("rules.sources[1]", "no source with this id on this resource")]
+    assert conn.execute("SELECT count(*) AS n FROM drains").fetchone()["n"] == 0
+    made = operations.create_drain(connect, vault, resource_id, {**payload, "rules": {"sources": [str(source_id)]}},
+                                   actor="owner@example.com", allow_private=True)
+    with pytest.raises(rules.RulesInvalid) as refused:
+        operations.update_drain(connect, vault, resource_id, made["id"],
+                                {"name": "renamed", "rules": {"sources": [stranger]}},
+                                actor="owner@example.com", allow_private=True)
+    assert refused.value.problems == [("rules.sources[0]", "no source with this id on this resource")]
+    row = drain_row(conn, made["id"])
+    assert (row["name"], row["rules"]) == (None, {"sources": [str(source_id)]})
 
 
 def test_the_heroku_drain_takes_rules_but_still_no_url(client, conn, vault, world):
