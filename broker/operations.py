@@ -472,7 +472,7 @@ def update_drain(connect: Connect, vault: Vault, resource_id, drain_id, payload:
         if drains.get(conn, resource_id, current["id"], for_update=True) is None:
             raise NotFound("no such drain")
         _check_rule_sources(conn, resource_id, payload)
-        updated = drains.update(conn, current["id"], values, url_enc, headers_enc)
+        updated = drains.update(conn, current["id"], values, url_enc, headers_enc, due=bool(changed))
         if changed:
             audit.record(conn, resource_id, actor, "drain.updated", drain_audit_detail(current, changed))
     return updated, changed

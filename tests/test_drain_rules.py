@@ -348,6 +348,53 @@ def test_rules_naming_another_resources_source_are_refused_for_every_caller_and_
     assert (row["name"], row["rules"]) == (None, {"sources": [str(source_id)]})
 
 
+def test_a_drain_parked_by_rules_that_no_longer_compile_goes_again_as_soon_as_the_owner_saves_rules(
+        conn, vault, database_url, world):
+    resource_id, source_id = world
+    app, inbox = logplex_receiver()
+    connect = functools.partial(db.connect, database_url, "forgedrain-tests")
+    with LocalServer(app) as server:
+        drain_id = add_drain(conn, vault, resource_id, "logplex", f"http://127.0.0.1:{server.port}/")
+        # As another version might have stored them: a lookahead RE2 refuses.
+        conn.execute("UPDATE drains SET rules = %s WHERE id = %s",
+                     ('{"redact": {"patterns": [{"name": "x", "regex": "a(?=b)"}]}}', drain_id))
+        store(conn, resource_id, source_id, [leveled(1, "WARN", "waited")])
+        deliverer = make_deliverer(database_url, vault)
+        (outcome,) = deliver_all(deliverer, conn)
+        assert outcome.result == "rules-invalid"
+        assert deliver_all(deliverer, conn) == []  # parked for an hour
+        operations.update_drain(connect, vault, resource_id, drain_id, {"rules": {"min_severity": "WARN"}},
+                                actor="owner@example.com", allow_private=True)
+        (outcome,) = deliver_all(deliverer, conn)
+    assert outcome.result == "caught-up"
+    assert messages(inbox) == ["waited"]
+
+
+def test_any_edit_makes_a_drain_waiting_out_a_back_off_due_now(conn, vault, database_url, world):
+    resource_id, source_id = world
+    connect = functools.partial(db.connect, database_url, "forgedrain-tests")
+    drain_id = add_drain(conn, vault, resource_id, "logplex", "http://127.0.0.1:9/")
+    store(conn, resource_id, source_id, [leveled(1, "WARN")])
+    conn.execute("UPDATE drains SET next_attempt_at = now() + interval '5 minutes', consecutive_failures = 4 "
+                 "WHERE id = %s", (drain_id,))
+    assert delivery.count_due(conn, 10) == 0
+    operations.update_drain(connect, vault, resource_id, drain_id, {"name": "renamed"}, actor="owner@example.com",
+                            allow_private=True)
+    assert delivery.count_due(conn, 10) == 1
+
+
+def test_an_edit_that_changes_nothing_leaves_a_drains_back_off_alone(conn, vault, database_url, world):
+    resource_id, _ = world
+    connect = functools.partial(db.connect, database_url, "forgedrain-tests")
+    drain_id = add_drain(conn, vault, resource_id, "logplex", "http://127.0.0.1:9/")
+    set_rules(conn, drain_id, {"min_severity": "WARN"})
+    conn.execute("UPDATE drains SET next_attempt_at = now() + interval '5 minutes' WHERE id = %s", (drain_id,))
+    before = drain_row(conn, drain_id)["next_attempt_at"]
+    operations.update_drain(connect, vault, resource_id, drain_id, {"rules": {"min_severity": "warn"}},
+                            actor="owner@example.com", allow_private=True)
+    assert drain_row(conn, drain_id)["next_attempt_at"] == before
+
+
 def test_the_heroku_drain_takes_rules_but_still_no_url(client, conn, vault, world):
     resource_id, _ = world
     heroku = add_drain(conn, vault, resource_id, "heroku", "https://token:t@logs.heroku.test/logs")
