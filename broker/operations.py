@@ -519,7 +519,10 @@ class DrainTestOutcome:
     status: int | None
     message: str          # what happened, said for the owner
     retryable: bool
-    record: dict          # invocation_id, message, time of the record sent
+    record: dict          # invocation_id, message (as sent: redacted by the drain's rules), time of the record sent
+    # What the drain's rules did to the record: ``filtered`` (they would keep it from deliveries; sent
+    # anyway) and ``redacted`` (values replaced).
+    rules: dict | None = None
 
 
 def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: str,
@@ -528,6 +531,10 @@ def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: s
 
     The record looks like one of the resource's first source (or ``forgedrain``
     when it has none) and touches neither the drain's cursor nor its counters.
+    The drain's rules redact it as they would a delivered record; if they would
+    filter it out, it is sent anyway (a test is about the destination) and the
+    outcome says so. Rules stored by another version that no longer compile
+    raise :class:`~broker.rules.RulesInvalid` before anything is sent.
     It goes straight through the drain's sender (:mod:`broker.senders`) on ``wire``
     (``services().wire()``); the drain's secrets are decrypted with ``vault``.
     The send is one of the resource's bounded calls out (``calls``: web threads
@@ -539,6 +546,8 @@ def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: s
     if not isinstance(message, str) or not 1 <= len(message) <= TEST_MESSAGE_CHARS:
         raise InputError("message", f"message must be 1 to {TEST_MESSAGE_CHARS} characters")
     row = _drain(connect, resource_id, drain_id)
+    # Stored rules that no longer compile hold deliveries back; the test says so (422) and sends nothing.
+    compiled = rules.compile(row["rules"])
     with connect() as conn:
         first = sources.list_for(conn, resource_id)
     source = senders.Source.of(first[0] if first else {"service_name": "forgedrain"})
@@ -548,6 +557,9 @@ def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: s
               "severityNumber": 9, "body": {"stringValue": message},
               "attributes": [{"key": "invocationId", "value": {"stringValue": invocation}},
                              {"key": "functionKey", "value": {"stringValue": "forgedrain-test"}}]}
+    filtered, redacted = False, 0
+    if compiled is not None:
+        record, filtered, redacted = compiled.probe(record, "forge", source)
     drain = senders.Drain(row["id"], row["kind"], row["token"], row["settings"] or {})
     try:
         where = senders.destination(row["url_enc"], row.get("headers_enc"), vault)
@@ -565,11 +577,11 @@ def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: s
                      {**drain_audit_detail(row), "outcome": result.outcome, "status": result.status})
     log.info("drain test resource=%s drain=%s kind=%s outcome=%s status=%s", resource_id, row["id"],
              row["kind"], result.outcome, result.status)
-    sent = {"invocation_id": invocation, "message": message,
+    sent = {"invocation_id": invocation, "message": record["body"]["stringValue"],
             "time": datetime.fromtimestamp(now / 1e9, timezone.utc).isoformat()}
     delivered = result.outcome == "delivered"
     return DrainTestOutcome(
         delivered=delivered, status=result.status,
         message="the receiver accepted the record" if delivered
         else (result.detail or "the receiver did not accept the record"),
-        retryable=result.outcome == "retry", record=sent)
+        retryable=result.outcome == "retry", record=sent, rules={"filtered": filtered, "redacted": redacted})

@@ -786,6 +786,18 @@ class Rules:
             redacted += n
         return Applied(out, positions, filtered, redacted, per_record if redacted else None)
 
+    def probe(self, record: dict, origin: str, source=None) -> tuple[dict, bool, int]:
+        """A test record as these rules treat it: (the record redacted, whether they would filter it
+        out, how many values were redacted). It is redacted even when filtered out: a drain's test
+        sends it anyway, so the owner sees the destination work and the redaction with it."""
+        applied = self.apply([record], origin, source)
+        if applied.records:
+            return applied.records[0], False, applied.redacted
+        if self.redactor is None:
+            return record, True, 0
+        redacted, count = self.redactor.record(record, {})
+        return redacted, True, count
+
 
 # Compiled rule sets a process keeps, weighed by their RE2 programs: each may grow its DFA cache to
 # RE2_MAX_MEM, so this bounds what the cache can hold on to at 256 MiB (a typical set, a minimum

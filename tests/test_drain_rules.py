@@ -395,6 +395,34 @@ def test_an_edit_that_changes_nothing_leaves_a_drains_back_off_alone(conn, vault
     assert drain_row(conn, drain_id)["next_attempt_at"] == before
 
 
+def test_a_test_record_is_redacted_by_the_drains_rules_and_one_they_would_filter_is_sent_anyway_and_said(
+        client, conn, world):
+    resource_id, _ = world
+    app, inbox = logplex_receiver()
+    raw = capturing(app)
+    with LocalServer(app) as server:
+        made = client.post(f"/v1/resources/{resource_id}/drains", headers=auth(resource_id), json={
+            "kind": "logplex", "url": f"http://127.0.0.1:{server.port}/",
+            "rules": {"redact": {"detectors": ["email"]}}}).json
+        path = f"/v1/resources/{resource_id}/drains/{made['id']}"
+        sent = client.post(f"{path}/test", headers=auth(resource_id), json={"message": "mail bob@example.com"})
+        assert sent.status_code == 200, sent.json
+        assert sent.json["rules"] == {"filtered": False, "redacted": 1}
+        assert sent.json["record"]["message"] == "mail [redacted:email]"
+        # INFO, the test record's level, is below what the drain now takes: sent anyway, and said.
+        assert client.patch(path, headers=auth(resource_id), json={"rules": {
+            "min_severity": "ERROR", "redact": {"detectors": ["email"]}}}).status_code == 200
+        sent = client.post(f"{path}/test", headers=auth(resource_id), json={"message": "mail bob@example.com"})
+        assert sent.status_code == 200 and sent.json["rules"] == {"filtered": True, "redacted": 1}
+        # Stored rules that no longer compile: 422, nothing sent (deliveries hold back too).
+        conn.execute("UPDATE drains SET rules = %s WHERE id = %s",
+                     ('{"redact": {"patterns": [{"name": "x", "regex": "a(?=b)"}]}}', made["id"]))
+        refused = client.post(f"{path}/test", headers=auth(resource_id), json={"message": "mail bob@example.com"})
+        assert refused.status_code == 422 and refused.json["error"] == "invalid_rules", refused.json
+    assert messages(inbox) == ["mail [redacted:email]"] * 2
+    assert len(raw) == 2 and not any(b"bob@" in body for body in raw)
+
+
 def test_the_heroku_drain_takes_rules_but_still_no_url(client, conn, vault, world):
     resource_id, _ = world
     heroku = add_drain(conn, vault, resource_id, "heroku", "https://token:t@logs.heroku.test/logs")

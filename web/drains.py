@@ -146,7 +146,9 @@ def test_drain(drain_id: str):
     resource's first source, or ``forgedrain`` when it has none) and does not
     touch the drain's cursor or counters. 200 when the receiver accepted it;
     502 with the reason when it did not (a 4xx/5xx, a refused certificate, an
-    unreachable or private address).
+    unreachable or private address). The drain's rules redact the record as they
+    would a delivered one (``record.message`` is what was sent); one they would
+    filter out is sent anyway, and ``rules.filtered`` says so.
     """
     row = get_drain(drain_id)
     svc = services()
@@ -159,7 +161,8 @@ def test_drain(drain_id: str):
     outcome = operations.test_drain(svc.db.connection, svc.wire(), svc.vault, g.resource["id"], row["id"],
                                     actor=ACTOR, message=message, calls=svc.owner_calls)
     if outcome.delivered:
-        return json_response({"delivered": True, "status": outcome.status, "record": outcome.record})
+        return json_response({"delivered": True, "status": outcome.status, "record": outcome.record,
+                              "rules": outcome.rules})
     return json_response({"error": "test_failed", "delivered": False, "status": outcome.status,
                           "message": outcome.message, "retryable": outcome.retryable,
-                          "record": outcome.record}, 502)
+                          "record": outcome.record, "rules": outcome.rules}, 502)
