@@ -442,6 +442,35 @@ def _validate_redact(redact, problems: _Problems) -> dict:
     return out
 
 
+def summary(spec: dict | None) -> str | None:
+    """A drain's rules (as :func:`validate` normalises them) in a few words for a table cell, such as
+    ``min WARN; redact email,jwt; drop attrs 2``; None for no rules."""
+    if not spec:
+        return None
+    parts = []
+    if spec.get("origins"):
+        parts.append("origins " + ",".join(spec["origins"]))
+    if spec.get("sources"):
+        parts.append(f"sources {len(spec['sources'])}")
+    if spec.get("heroku_apps"):
+        parts.append("apps " + ",".join(spec["heroku_apps"]))
+    if spec.get("processes"):
+        parts.append("processes " + ",".join(spec["processes"]))
+    if spec.get("min_severity"):
+        parts.append(f"min {spec['min_severity']}")
+    if spec.get("levels"):
+        parts.append("levels " + ",".join(spec["levels"]))
+    if spec.get("services"):
+        parts.append("services " + ",".join(spec["services"]))
+    redact = spec.get("redact") or {}
+    names = list(redact.get("detectors") or ()) + [p["name"] for p in redact.get("patterns") or ()]
+    if names:
+        parts.append("redact " + ",".join(names))
+    if redact.get("drop_attributes"):
+        parts.append(f"drop attrs {len(redact['drop_attributes'])}")
+    return "; ".join(parts) or None
+
+
 # --- applying --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -439,6 +439,15 @@ def test_wants_tells_a_batch_excluded_whole_by_origin_or_source_without_its_reco
     assert rules.compile({"min_severity": "FATAL"}).wants("heroku")
 
 
+def test_a_summary_names_every_rule_in_a_few_words_and_no_pattern_text():
+    assert rules.summary({}) is None and rules.summary(None) is None
+    spec = rules.validate({"origins": ["heroku"], "heroku_apps": ["app"], "processes": ["web", "router"],
+                           "levels": ["error", "warn"], "services": ["acme-*"],
+                           "redact": {"patterns": [{"name": "t", "regex": "T-[0-9]+"}]}})
+    assert rules.summary(spec) == ("origins heroku; apps app; processes web,router; levels WARN,ERROR; "
+                                   "services acme-*; redact t")
+
+
 # --- property: a redacted value never survives -----------------------------------------------
 
 def _luhn_complete(prefix: str) -> str:
