@@ -384,7 +384,9 @@ DRAIN_FULL = {
                                                            "replaced, attributes dropped)."},
             "consecutive_failures": {"type": "integer"},
             "last_error": {"type": ["string", "null"]}, "backlog": {"type": "integer", "description": "Records stored that this drain will receive and has "
-                                                           "not yet (the heroku drain never receives the app's own)."},
+                                                           "not yet (the heroku drain never receives the app's own), "
+                                                           "those its rules will filter out included: they are "
+                                                           "known only as a batch is delivered."},
             "last_delivery_at": {"type": ["string", "null"], "format": "date-time"},
             "next_attempt_at": {"type": "string", "format": "date-time"},
             "secret_lost_at": {"type": ["string", "null"], "format": "date-time",
