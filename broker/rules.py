@@ -442,26 +442,22 @@ def _validate_redact(redact, problems: _Problems) -> dict:
     return out
 
 
+# How :func:`summary` shows each list rule: its values joined, or (ids) how many there are.
+_SUMMARY = (("origins", "origins", True), ("sources", "sources", False), ("heroku_apps", "apps", True),
+            ("processes", "processes", True), ("min_severity", "min", True), ("levels", "levels", True),
+            ("services", "services", True))
+
+
 def summary(spec: dict | None) -> str | None:
     """A drain's rules (as :func:`validate` normalises them) in a few words for a table cell, such as
-    ``min WARN; redact email,jwt; drop attrs 2``; None for no rules."""
-    if not spec:
-        return None
+    ``min WARN; redact email,jwt; drop attrs 2``; None for no rules. Patterns show by name only."""
+    spec = spec or {}
     parts = []
-    if spec.get("origins"):
-        parts.append("origins " + ",".join(spec["origins"]))
-    if spec.get("sources"):
-        parts.append(f"sources {len(spec['sources'])}")
-    if spec.get("heroku_apps"):
-        parts.append("apps " + ",".join(spec["heroku_apps"]))
-    if spec.get("processes"):
-        parts.append("processes " + ",".join(spec["processes"]))
-    if spec.get("min_severity"):
-        parts.append(f"min {spec['min_severity']}")
-    if spec.get("levels"):
-        parts.append("levels " + ",".join(spec["levels"]))
-    if spec.get("services"):
-        parts.append("services " + ",".join(spec["services"]))
+    for key, label, joined in _SUMMARY:
+        value = spec.get(key)
+        if value:
+            shown = value if isinstance(value, str) else ",".join(value) if joined else len(value)
+            parts.append(f"{label} {shown}")
     redact = spec.get("redact") or {}
     names = list(redact.get("detectors") or ()) + [p["name"] for p in redact.get("patterns") or ()]
     if names:
