@@ -20,9 +20,10 @@ send settled only the first records of the next batch, ``partial_batch`` and
    waited), or when the receiver cannot take more (back-off with jitter, or
    its ``Retry-After``), with the reason in ``last_error``.
 
-A drain with rules (:mod:`broker.rules`) has them compiled once a turn and
-applied to each batch after it is decoded and before its sender formats it;
-a drain without rules takes no extra step. Positions stay *raw* (a record's
+A drain with rules (:mod:`broker.rules`, compiled once per process) has them
+applied to each batch after it is decoded and before its sender formats it; a
+batch its origins or sources exclude whole is not even decoded. A drain without
+rules takes no extra step. Positions stay *raw* (a record's
 index among all its batch's records), so ``partial_records`` and the
 Frame-Ids mean the same records whatever the rules keep and however the
 owner changes them while a batch is half sent. What the rules filtered out
@@ -328,7 +329,13 @@ class Deliverer:
                 return
             for batch in batches:
                 skip = drain.partial_records if batch.id == drain.partial_batch else 0
-                records = batch.records()[skip:] if sender.receives(batch.origin) else []
+                wanted = sender.receives(batch.origin)
+                if wanted and compiled is not None and not compiled.wants(batch.origin, batch.source_id):
+                    # Excluded whole by origin or source: counted as filtered, never decoded.
+                    ledger.add(batch.id, skip, batch.record_count,
+                               rules.Applied([], [], batch.record_count - skip, 0))
+                    wanted = False
+                records = batch.records()[skip:] if wanted else []
                 source = sources.get(batch.source_id) or Source()
                 if compiled is None or not records:
                     yield Pending(batch.id, records, skip, source)

@@ -224,14 +224,21 @@ def insert(conn: psycopg.Connection, resource_id, values: dict, url_enc: str,
 
 
 def update(conn: psycopg.Connection, drain_id, values: dict, url_enc: str | None,
-           headers_enc: str | None) -> dict:
+           headers_enc: str | None, *, due: bool = False) -> dict:
+    """Store the validated ``values``; ``due``: the owner changed something, so the drain is tried
+    at once (a drain waiting out a back-off, or parked because its rules no longer compiled, goes
+    again with what was saved)."""
     sets, params = ["updated_at = now()", "settings = %(settings)s"], {
         "id": drain_id, "settings": orjson.dumps(values["settings"]).decode()}
+    if due:
+        sets.append("next_attempt_at = LEAST(next_attempt_at, now())")
     if url_enc is not None:
         sets.append("url_enc = %(url_enc)s")
         params["url_enc"] = url_enc
         # A new destination gets a fresh start: no inherited back-off.
-        sets += ["consecutive_failures = 0", "next_attempt_at = now()", "last_error = NULL"]
+        sets += ["consecutive_failures = 0", "last_error = NULL"]
+        if not due:
+            sets.append("next_attempt_at = now()")
     if headers_enc is not None:
         sets.append("headers_enc = %(headers_enc)s")
     if url_enc is not None or headers_enc is not None:

@@ -238,7 +238,8 @@ class Collector:
                 family.add_metric([kind], int((by_kind.get(kind) or {}).get(column) or 0))
             yield family
         records = GaugeMetricFamily(_name("drain_backlog_records"),
-                                    "Records stored that drains have not received yet, summed by drain kind.",
+                                    "Records stored that drains have not received yet (those their rules will filter out "
+                                    "included), summed by drain kind.",
                                     labels=["kind"])
         batches = GaugeMetricFamily(_name("drain_backlog_batches"),
                                     "Outbox batches drains have not received yet, summed by drain kind.",

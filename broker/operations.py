@@ -47,7 +47,7 @@ import orjson
 import psycopg
 import redis
 
-from broker import audit, drains, forge, plans, ratelimit, resources, senders, sources
+from broker import audit, drains, forge, plans, ratelimit, resources, rules, senders, sources
 from broker.sinks import Result
 from broker.validation import InputError
 from broker.vault import Vault, VaultError
@@ -395,18 +395,28 @@ def _headers_enc(vault: Vault, values: dict) -> str | None:
     return vault.encrypt(orjson.dumps(values["headers"]).decode()) if values.get("headers") else None
 
 
+def _check_rule_sources(conn: psycopg.Connection, resource_id, payload: dict) -> None:
+    """The submitted rules name only sources of this resource (:class:`~broker.rules.RulesInvalid`,
+    422 ``invalid_rules``, otherwise). Runs in the change's transaction, after the resource's lock."""
+    submitted = payload.get("rules")
+    if isinstance(submitted, dict) and submitted.get("sources"):
+        rules.check_sources(submitted, [row["id"] for row in sources.list_for(conn, resource_id)])
+
+
 def create_drain(connect: Connect, vault: Vault, resource_id, payload: object, *, actor: str,
                  allow_private: bool) -> dict:
     """Validate, then store (URL and headers encrypted) and audit a new drain; its row.
 
-    The plan limit is checked under the resource's row lock (the built-in
-    ``heroku`` drain does not count).
+    The plan limit, and that the rules name only this resource's sources, are
+    checked under the resource's row lock (the built-in ``heroku`` drain does
+    not count).
     """
     values = drains.validate(payload, allow_private=allow_private).values
     url_enc = vault.encrypt(values["url"])
     headers_enc = _headers_enc(vault, values)
     with connect() as conn, conn.transaction():
         locked = _live(conn, resource_id, for_update=True)
+        _check_rule_sources(conn, resource_id, payload)
         plan = plans.get(locked["plan"])
         if plan is None or drains.count_owned(conn, resource_id) >= plan.max_drains:
             raise PlanLimit(f"plan {locked['plan']} allows {plan.max_drains if plan else 0} drains; "
@@ -461,7 +471,8 @@ def update_drain(connect: Connect, vault: Vault, resource_id, drain_id, payload:
         _live(conn, resource_id)
         if drains.get(conn, resource_id, current["id"], for_update=True) is None:
             raise NotFound("no such drain")
-        updated = drains.update(conn, current["id"], values, url_enc, headers_enc)
+        _check_rule_sources(conn, resource_id, payload)
+        updated = drains.update(conn, current["id"], values, url_enc, headers_enc, due=bool(changed))
         if changed:
             audit.record(conn, resource_id, actor, "drain.updated", drain_audit_detail(current, changed))
     return updated, changed
@@ -508,7 +519,10 @@ class DrainTestOutcome:
     status: int | None
     message: str          # what happened, said for the owner
     retryable: bool
-    record: dict          # invocation_id, message, time of the record sent
+    record: dict          # invocation_id, message (as sent: redacted by the drain's rules), time of the record sent
+    # What the drain's rules did to the record: ``filtered`` (they would keep it from deliveries; sent
+    # anyway) and ``redacted`` (values replaced).
+    rules: dict | None = None
 
 
 def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: str,
@@ -517,6 +531,10 @@ def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: s
 
     The record looks like one of the resource's first source (or ``forgedrain``
     when it has none) and touches neither the drain's cursor nor its counters.
+    The drain's rules redact it as they would a delivered record; if they would
+    filter it out, it is sent anyway (a test is about the destination) and the
+    outcome says so. Rules stored by another version that no longer compile
+    raise :class:`~broker.rules.RulesInvalid` before anything is sent.
     It goes straight through the drain's sender (:mod:`broker.senders`) on ``wire``
     (``services().wire()``); the drain's secrets are decrypted with ``vault``.
     The send is one of the resource's bounded calls out (``calls``: web threads
@@ -528,6 +546,8 @@ def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: s
     if not isinstance(message, str) or not 1 <= len(message) <= TEST_MESSAGE_CHARS:
         raise InputError("message", f"message must be 1 to {TEST_MESSAGE_CHARS} characters")
     row = _drain(connect, resource_id, drain_id)
+    # Stored rules that no longer compile hold deliveries back; the test says so (422) and sends nothing.
+    compiled = rules.compile(row["rules"])
     with connect() as conn:
         first = sources.list_for(conn, resource_id)
     source = senders.Source.of(first[0] if first else {"service_name": "forgedrain"})
@@ -537,6 +557,9 @@ def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: s
               "severityNumber": 9, "body": {"stringValue": message},
               "attributes": [{"key": "invocationId", "value": {"stringValue": invocation}},
                              {"key": "functionKey", "value": {"stringValue": "forgedrain-test"}}]}
+    filtered, redacted = False, 0
+    if compiled is not None:
+        record, filtered, redacted = compiled.probe(record, "forge", source)
     drain = senders.Drain(row["id"], row["kind"], row["token"], row["settings"] or {})
     try:
         where = senders.destination(row["url_enc"], row.get("headers_enc"), vault)
@@ -554,11 +577,11 @@ def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: s
                      {**drain_audit_detail(row), "outcome": result.outcome, "status": result.status})
     log.info("drain test resource=%s drain=%s kind=%s outcome=%s status=%s", resource_id, row["id"],
              row["kind"], result.outcome, result.status)
-    sent = {"invocation_id": invocation, "message": message,
+    sent = {"invocation_id": invocation, "message": record["body"]["stringValue"],
             "time": datetime.fromtimestamp(now / 1e9, timezone.utc).isoformat()}
     delivered = result.outcome == "delivered"
     return DrainTestOutcome(
         delivered=delivered, status=result.status,
         message="the receiver accepted the record" if delivered
         else (result.detail or "the receiver did not accept the record"),
-        retryable=result.outcome == "retry", record=sent)
+        retryable=result.outcome == "retry", record=sent, rules={"filtered": filtered, "redacted": redacted})

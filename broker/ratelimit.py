@@ -65,10 +65,14 @@ def owner_limit(limit: int) -> int:
     Atlassian's own limit (never past it)."""
     return max(limit, min(limit + OWNER_HEADROOM, ATLASSIAN_LIMIT))
 
-# KEYS[1] log, KEYS[2] block, KEYS[3] waits counter; ARGV[1] limit (less any reserve), ARGV[2] period (µs),
-# ARGV[3] member id.
-# Returns 0 when a call may be made now (and records it), else µs to wait.
+# KEYS[1] log, KEYS[2] block, KEYS[3] waits counter, KEYS[4] the log's marker (HELD_KEY);
+# ARGV[1] limit (less any reserve), ARGV[2] period (µs), ARGV[3] member id, ARGV[4] 1 to require the marker.
+# Returns 0 when a call may be made now (and records it), -1 when the marker is required and missing
+# (nothing taken: PostgreSQL must be asked first), else µs to wait.
 TAKE = """
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
+  return -1
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local blocked = redis.call('PTTL', KEYS[2])
@@ -120,25 +124,24 @@ class RateLimiter:
 
     def take(self, app_id: str) -> tuple[float, str | None]:
         """(0.0, call id) when a call may be made now, else (seconds to wait, None)."""
-        if self.called_recently is not None:
-            self._check_held(app_id)
         member = uuid.uuid4().hex
-        waited = self._take(
-            keys=[KEY.format(app=app_id), BLOCK_KEY.format(app=app_id), WAITS_KEY],
-            args=[self.limit - self.reserve, self.period_us, member],
-        )
-        return (0.0, member) if int(waited) == 0 else (int(waited) / 1_000_000, None)
+        keys = [KEY.format(app=app_id), BLOCK_KEY.format(app=app_id), WAITS_KEY, HELD_KEY.format(app=app_id)]
+        args = [self.limit - self.reserve, self.period_us, member, 1 if self.called_recently is not None else 0]
+        waited = int(self._take(keys=keys, args=args))
+        if waited == -1:
+            # The marker is checked in the take itself (one round trip a call); only when it is
+            # missing is PostgreSQL asked, then the take is made again.
+            self._mark_held(app_id)
+            waited = int(self._take(keys=keys, args=args))
+        return (0.0, member) if waited == 0 else (max(waited, 1) / 1_000_000, None)
 
-    def _check_held(self, app_id: str) -> None:
+    def _mark_held(self, app_id: str) -> None:
         """After Redis lost ``app_id``'s log, a period counts as spent if the app may have been
-        called within it (see the module's doc)."""
-        held = HELD_KEY.format(app=app_id)
-        if self.connection.exists(held):
-            return
+        called within it (see the module's doc); then the log is marked as held."""
         period = self.period_us / 1_000_000
         if self.called_recently(app_id, period):
             self.block(app_id, period)
-        self.connection.set(held, b"1")
+        self.connection.set(HELD_KEY.format(app=app_id), b"1")
 
     def done(self, app_id: str, call_id: str) -> None:
         """The call ``call_id`` has completed: it counts for a period from now."""

@@ -42,8 +42,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import threading
 import uuid
 from bisect import bisect_left
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -298,18 +300,14 @@ def validate(payload, *, sources: Iterable | None = None) -> dict:
 
     ids = _strings(payload.get("sources"), "rules.sources", problems)
     if ids:
-        known = {str(s) for s in sources} if sources is not None else None
         normal = []
         for index, value in enumerate(ids):
             try:
-                parsed = str(uuid.UUID(value))
+                normal.append(str(uuid.UUID(value)))
             except ValueError:
                 problems.add(f"rules.sources[{index}]", "must be a source id (a UUID)")
-                continue
-            if known is not None and parsed not in known:
-                problems.add(f"rules.sources[{index}]", "no source with this id on this resource")
-                continue
-            normal.append(parsed)
+        if sources is not None and len(normal) == len(ids):
+            problems.found += _foreign_sources(normal, sources)
         out["sources"] = _unique(normal)
 
     for key, shape, what in (("heroku_apps", HEADER_WORD, "an APP-NAME such as app or heroku"),
@@ -358,6 +356,22 @@ def validate(payload, *, sources: Iterable | None = None) -> dict:
     if problems.found:
         raise RulesInvalid(problems.found)
     return out
+
+
+def _foreign_sources(ids: list[str], sources: Iterable) -> list[tuple[str, str]]:
+    known = {str(s) for s in sources}
+    return [(f"rules.sources[{index}]", "no source with this id on this resource")
+            for index, value in enumerate(ids) if value not in known]
+
+
+def check_sources(payload, sources: Iterable) -> None:
+    """:class:`RulesInvalid` naming each source id of submitted rules that :func:`validate` accepted
+    but is not among ``sources``, the resource's (checked apart, where the resource is locked)."""
+    ids = payload.get("sources") if isinstance(payload, dict) else None
+    if ids:
+        problems = _foreign_sources([str(uuid.UUID(value)) for value in ids], sources)
+        if problems:
+            raise RulesInvalid(problems)
 
 
 def _validate_redact(redact, problems: _Problems) -> dict:
@@ -426,6 +440,31 @@ def _validate_redact(redact, problems: _Problems) -> dict:
                              f"must be an attribute key of 1 to {MAX_ATTRIBUTE_CHARS} printable characters")
         out["drop_attributes"] = _unique(drops)
     return out
+
+
+# How :func:`summary` shows each list rule: its values joined, or (ids) how many there are.
+_SUMMARY = (("origins", "origins", True), ("sources", "sources", False), ("heroku_apps", "apps", True),
+            ("processes", "processes", True), ("min_severity", "min", True), ("levels", "levels", True),
+            ("services", "services", True))
+
+
+def summary(spec: dict | None) -> str | None:
+    """A drain's rules (as :func:`validate` normalises them) in a few words for a table cell, such as
+    ``min WARN; redact email,jwt; drop attrs 2``; None for no rules. Patterns show by name only."""
+    spec = spec or {}
+    parts = []
+    for key, label, joined in _SUMMARY:
+        value = spec.get(key)
+        if value:
+            shown = value if isinstance(value, str) else ",".join(value) if joined else len(value)
+            parts.append(f"{label} {shown}")
+    redact = spec.get("redact") or {}
+    names = list(redact.get("detectors") or ()) + [p["name"] for p in redact.get("patterns") or ()]
+    if names:
+        parts.append("redact " + ",".join(names))
+    if redact.get("drop_attributes"):
+        parts.append(f"drop attrs {len(redact['drop_attributes'])}")
+    return "; ".join(parts) or None
 
 
 # --- applying --------------------------------------------------------------------------------
@@ -671,7 +710,9 @@ class Redactor:
 
 
 class Rules:
-    """A drain's rules, compiled once (per delivery turn) and applied to each batch it receives."""
+    """A drain's rules, compiled once (:func:`compile` keeps them for every drain with the same rules) and
+    applied to each batch it receives. Delivery threads share one: nothing here changes once built but
+    a bounded cache of service names, which a lost race only fills twice."""
 
     def __init__(self, spec: dict):
         self.spec = spec
@@ -692,6 +733,18 @@ class Rules:
         redact = spec.get("redact") or {}
         self.redactor = Redactor(redact) if redact else None
 
+    @property
+    def programs(self) -> int:
+        """How many RE2 programs these rules hold (what a compiled rule set weighs in memory)."""
+        return (self.services is not None) + (len(self.redactor.passes) if self.redactor is not None else 0)
+
+    def wants(self, origin: str, source_id=None) -> bool:
+        """Whether a batch of this origin (and, for a Forge batch, this source id) may hold a record
+        the drain keeps. False: the whole batch is filtered out, and delivery need not decode it."""
+        if self.origins is not None and origin not in self.origins:
+            return False
+        return not (origin == "forge" and self.sources is not None and str(source_id or "") not in self.sources)
+
     def _service_wanted(self, name: str) -> bool:
         wanted = self._service_cache.get(name)
         if wanted is None:
@@ -709,9 +762,7 @@ class Rules:
         changed: a redacted record is a copy.
         """
         count = len(records)
-        if (self.origins is not None and origin not in self.origins) or (
-                origin == "forge" and self.sources is not None
-                and str(getattr(source, "id", None) or "") not in self.sources):
+        if not self.wants(origin, getattr(source, "id", None)):
             return Applied([], [], count, 0)
         heroku = origin == "heroku"
         allowed = self.allowed
@@ -730,20 +781,16 @@ class Rules:
                 if allowed is not None and not allowed[of(record)[0]]:
                     continue
                 if heroku and (apps is not None or processes is not None or services is not None):
-                    part = record.get("heroku")
-                    part = part if type(part) is dict else {}
-                    app = str(part.get("app") or "-")
+                    app, dyno = fields.heroku_header(record) or ("-", "-")
                     if apps is not None and app not in apps:
                         continue
-                    if processes is not None and str(part.get("dyno") or "-").split(".", 1)[0] not in processes:
+                    if processes is not None and dyno.split(".", 1)[0] not in processes:
                         continue
                     if services is not None and not self._service_wanted(app):
                         continue
                 elif services is not None:
-                    name = fixed_service
-                    if name is None:
-                        app_id = fields.attribute(record, "appId") or getattr(source, "app_id", "") or ""
-                        name = f"forge-app-{app_id}"
+                    name = fixed_service or fields.service_name(
+                        None, fields.attribute(record, "appId") or getattr(source, "app_id", "") or "")
                     if not self._service_wanted(name):
                         continue
                 kept.append(record)
@@ -764,10 +811,79 @@ class Rules:
             redacted += n
         return Applied(out, positions, filtered, redacted, per_record if redacted else None)
 
+    def probe(self, record: dict, origin: str, source=None) -> tuple[dict, bool, int]:
+        """A test record as these rules treat it: (the record redacted, whether they would filter it
+        out, how many values were redacted). It is redacted even when filtered out: a drain's test
+        sends it anyway, so the owner sees the destination work and the redaction with it."""
+        applied = self.apply([record], origin, source)
+        if applied.records:
+            return applied.records[0], False, applied.redacted
+        if self.redactor is None:
+            return record, True, 0
+        redacted, count = self.redactor.record(record, {})
+        return redacted, True, count
+
+
+# Compiled rule sets a process keeps, weighed by their RE2 programs: each may grow its DFA cache to
+# RE2_MAX_MEM, so this bounds what the cache can hold on to at 256 MiB (a typical set, a minimum
+# severity and two detectors, weighs 2 and takes kilobytes).
+CACHE_PROGRAMS = 128
+_MISSING = object()
+
+
+class _Cache:
+    """Least recently used compiled rule sets by their canonical JSON, at most ``capacity`` programs."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.entries: OrderedDict[bytes, tuple[Rules | None, int]] = OrderedDict()
+        self.weight = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: bytes):
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is None:
+                return _MISSING
+            self.entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: bytes, compiled: Rules | None) -> None:
+        weight = compiled.programs if compiled is not None else 1
+        with self.lock:
+            if key in self.entries:
+                return
+            self.entries[key] = (compiled, weight)
+            self.weight += weight
+            while self.weight > self.capacity and len(self.entries) > 1:
+                _, (_, dropped) = self.entries.popitem(last=False)
+                self.weight -= dropped
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+            self.weight = 0
+
+
+_compiled = _Cache(CACHE_PROGRAMS)
+
 
 def compile(rules: dict | None) -> Rules | None:
     """The drain's stored rules, compiled; None when it has none (delivery then does nothing extra).
     Stored rules are checked again (:class:`RulesInvalid` if they no longer hold), so a rule set
-    written by another version is never half applied."""
-    spec = validate(rules or None)
-    return Rules(spec) if spec else None
+    written by another version is never half applied.
+
+    A rule set is validated and compiled once per process, not once per delivery turn (RE2 programs
+    took about half of a turn's time for a typical set): the result is kept by the rule set's
+    canonical JSON, so every drain with the same rules shares it. A rule set that does not compile
+    is not kept: it is checked again at the drain's next try."""
+    if not rules:
+        return None
+    key = orjson.dumps(rules, option=orjson.OPT_SORT_KEYS)
+    found = _compiled.get(key)
+    if found is not _MISSING:
+        return found
+    spec = validate(rules)
+    compiled = Rules(spec) if spec else None
+    _compiled.put(key, compiled)
+    return compiled

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import psycopg
 
-from broker import drains, heartbeats, jobs, outbox
+from broker import drains, heartbeats, jobs, outbox, rules
 from broker.vault import Vault, VaultError
 
 
@@ -179,18 +179,20 @@ def resource(conn: psycopg.Connection, vault: Vault, resource_id: uuid.UUID | st
         right=[5, 8]))
 
     rows = conn.execute(
-        "SELECT id, kind, name, url_enc, enabled, cursor, delivered, retried, dropped, rejected, "
-        "consecutive_failures, next_attempt_at, last_delivery_at, last_error FROM drains "
+        "SELECT id, kind, name, url_enc, enabled, cursor, delivered, retried, dropped, rejected, filtered, "
+        "redacted, consecutive_failures, next_attempt_at, last_delivery_at, last_error, rules FROM drains "
         "WHERE resource_id = %s ORDER BY created_at, id", (resource_id,),
     ).fetchall()
     backlog = {drain_id: b.records for drain_id, b in outbox.backlogs(conn, resource_id).items()}
+    # The backlog counts records the drain's rules will filter out: they are only known once decoded.
     sections.append("Drains\n" + table(
         ["id", "kind", "name", "url", "enabled", "delivered", "retried", "dropped", "rejected", "backlog",
-         "next attempt", "last error"],
+         "filtered", "redacted", "next attempt", "rules", "last error"],
         [(d["id"], d["kind"], d["name"], safe_url(vault, d["url_enc"]), d["enabled"], d["delivered"],
-          d["retried"], d["dropped"], d["rejected"], backlog.get(d["id"], 0),
-          None if d["next_attempt_at"] <= now else d["next_attempt_at"] - now, clip(d["last_error"]))
-         for d in rows], right=range(5, 11)))
+          d["retried"], d["dropped"], d["rejected"], backlog.get(d["id"], 0), d["filtered"], d["redacted"],
+          None if d["next_attempt_at"] <= now else d["next_attempt_at"] - now, clip(rules.summary(d["rules"])),
+          clip(d["last_error"]))
+         for d in rows], right=range(5, 13)))
     held = outbox.held(conn, resource_id)
     sections.append("Outbox\n" + table(["batches", "records", "oldest batch"],
                                        [(held["batches"], held["records"], held["oldest"])], right=[0, 1]))

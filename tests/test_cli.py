@@ -548,3 +548,27 @@ def test_status_shows_the_fleet_and_a_resource_without_any_secret(env, conn, set
     for result in (fleet, one, missing):
         for secret in [*secrets.values(), "ATATT-status-secret-token", "hunter2-pass", "qu3ry-secret"]:
             assert secret not in result.stdout + result.stderr
+
+
+def test_status_shows_each_drains_rules_in_short_and_what_they_filtered_and_redacted(env, conn, settings):
+    vault = Vault(settings.fernet_keys)
+    rid = add_resource(conn)
+    source_id = add_source(conn, vault, rid)
+    ruled = add_drain(conn, vault, rid, "otlp", "https://otlp.example/v1/logs")
+    plain = add_drain(conn, vault, rid, "logplex", "https://logs.example/in")
+    spec = {"sources": [str(source_id)], "min_severity": "WARN",
+            "redact": {"detectors": ["email", "jwt"], "patterns": [{"name": "customer", "regex": "CUST-4711[0-9]*"}],
+                       "drop_attributes": ["forge.arguments", "installationContext"]}}
+    conn.execute("UPDATE drains SET rules = %s, delivered = 70, filtered = 1234, redacted = 56 WHERE id = %s",
+                 (orjson.dumps(spec).decode(), ruled))
+    shown = cli(env, "status", str(rid))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("id ") and "filtered" in line)
+    assert re.search(r"\bbacklog\s+filtered\s+redacted\s+next attempt\s+rules\s+last error$", header), header
+    ruled_line = next(line for line in lines if line.startswith(str(ruled)))
+    assert re.search(r"\byes\s+70\s+0\s+0\s+0\s+0\s+1,234\s+56\s", ruled_line), ruled_line
+    assert "sources 1; min WARN; redact email,jwt,customer; drop attrs 2" in ruled_line
+    assert "CUST-4711" not in shown.stdout  # a pattern is shown by its name only
+    plain_line = next(line for line in lines if line.startswith(str(plain)))
+    assert re.search(r"\byes\s+0\s+0\s+0\s+0\s+0\s+0\s+0\s+-\s+-\s+-$", plain_line), plain_line

@@ -4,6 +4,7 @@ redacted is in no byte a receiver got, counters add up, and positions stay raw r
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import ssl
 import uuid
@@ -13,14 +14,14 @@ import orjson
 import pytest
 from flask import request
 
-from broker import config, db, delivery, outbox, rules
+from broker import config, db, delivery, operations, outbox, rules
 from broker.formats import logplex
 from broker.senders import Wire
 from broker.sinks import http
 from tests.fakes.receivers import logplex_receiver, otlp_receiver
 from tests.fakes.rsyslog import Rsyslog
 from tests.fakes.server import LocalServer
-from tests.support.polling import add_source, api_token
+from tests.support.polling import add_resource, add_source, api_token
 from tests.test_delivery import add_drain, deliver_all, drain_row, forge_record, make_deliverer, store, vault, world  # noqa: F401
 from tests.test_metrics import METRICS_TOKEN, scrape, value
 
@@ -95,6 +96,41 @@ def test_filtered_records_never_reach_the_receiver_and_an_all_filtered_batch_set
         marker, None, 3, 6, 0)
     assert outbox.backlog(conn, resource_id, drain_id).records == 0
     assert (outcome.delivered, outcome.filtered) == (3, 6)
+
+
+def store_undecodable(conn, resource_id, source_id, origin: str, count: int) -> int:
+    """A batch whose payload nothing can decode: a drain that decoded it would fail on it."""
+    return conn.execute(
+        "INSERT INTO outbox (resource_id, source_id, origin, record_count, min_ts, max_ts, payload) "
+        "VALUES (%s, %s, %s, %s, now(), now(), %s) RETURNING id",
+        (resource_id, source_id, origin, count, b"not a zlib stream"),
+    ).fetchone()["id"]
+
+
+def test_a_batch_excluded_whole_by_origin_or_source_is_never_decoded_and_counts_as_filtered(
+        conn, vault, database_url, world):
+    resource_id, source_id = world
+    other_source = add_source(conn, vault, resource_id, app_id="other-app")
+    app, inbox = logplex_receiver()
+    with LocalServer(app) as server:
+        drain_id = add_drain(conn, vault, resource_id, "logplex", f"http://127.0.0.1:{server.port}/")
+        set_rules(conn, drain_id, {"origins": ["forge"], "sources": [str(source_id)]})
+        # The drain stands inside this one: 4 of its 10 records are settled already.
+        partly = store_undecodable(conn, resource_id, other_source, "forge", 10)
+        conn.execute("UPDATE drains SET cursor = %s, partial_batch = %s, partial_records = 4 WHERE id = %s",
+                     (partly - 1, partly, drain_id))
+        store_undecodable(conn, resource_id, other_source, "forge", 7)
+        store_undecodable(conn, resource_id, None, "heroku", 5)
+        marker = store(conn, resource_id, source_id, [leveled(1, "INFO", "marker")])
+        # The backlog counts what the rules will filter out (README: known only at delivery).
+        assert outbox.backlog(conn, resource_id, drain_id).records == 6 + 7 + 5 + 1
+        (outcome,) = deliver_all(make_deliverer(database_url, vault), conn)
+    assert outcome.result == "caught-up", outcome
+    assert outbox.backlog(conn, resource_id, drain_id).records == 0
+    assert messages(inbox) == ["marker"]
+    row = drain_row(conn, drain_id)
+    assert (row["cursor"], row["partial_batch"], row["delivered"], row["filtered"]) == (marker, None, 1, 6 + 7 + 5)
+    assert outcome.filtered == 18
 
 
 def test_origins_pick_forge_records_or_the_apps_own_logs(conn, vault, database_url, world):
@@ -264,9 +300,14 @@ def test_invalid_rules_answer_422_with_every_problem_and_change_nothing(client, 
     assert refused.status_code == 422
     assert refused.json["error"] == "invalid_rules"
     assert [p["field"] for p in refused.json["problems"]] == [
-        "rules.origins", "rules.sources[1]", "rules", "rules.redact.detectors", "rules.redact.patterns[0].regex"]
-    assert "no source with this id on this resource" in refused.json["message"]
+        "rules.origins", "rules", "rules.redact.detectors", "rules.redact.patterns[0].regex"]
     assert "backreferences are not supported" in refused.json["problems"][-1]["message"]
+    # Whether the sources are the resource's is asked once the rules are well formed, under its lock.
+    refused = client.post(f"/v1/resources/{resource_id}/drains", headers=auth(resource_id), json={
+        **body, "rules": {"sources": [str(source_id), str(uuid.uuid4())]}})
+    assert refused.status_code == 422 and refused.json["error"] == "invalid_rules"
+    assert refused.json["problems"] == [{"field": "rules.sources[1]",
+                                         "message": "no source with this id on this resource"}]
     assert conn.execute("SELECT count(*) AS n FROM drains").fetchone()["n"] == 0
 
     made = client.post(f"/v1/resources/{resource_id}/drains", headers=auth(resource_id),
@@ -286,6 +327,103 @@ def test_invalid_rules_answer_422_with_every_problem_and_change_nothing(client, 
     audited = [(r["action"], r["detail"]) for r in conn.execute(
         "SELECT action, detail FROM audit_log WHERE action = 'drain.updated' ORDER BY id")]
     assert len(audited) == 2 and all("rules" in str(detail) for _, detail in audited), audited
+
+
+def test_rules_naming_another_resources_source_are_refused_for_every_caller_and_change_nothing(
+        conn, vault, database_url, world):
+    """The check lives in operations, so the dashboard's forms get it as the API does."""
+    resource_id, source_id = world
+    stranger = str(add_source(conn, vault, add_resource(conn), app_id="stranger-app"))
+    connect = functools.partial(db.connect, database_url, "forgedrain-tests")
+    payload = {"kind": "logplex", "url": "http://127.0.0.1:9/", "rules": {"sources": [str(source_id), stranger]}}
+    with pytest.raises(rules.RulesInvalid) as refused:
+        operations.create_drain(connect, vault, resource_id, payload, actor="owner@example.com", allow_private=True)
+    assert refused.value.problems == [("rules.sources[1]", "no source with this id on this resource")]
+    assert conn.execute("SELECT count(*) AS n FROM drains").fetchone()["n"] == 0
+    made = operations.create_drain(connect, vault, resource_id, {**payload, "rules": {"sources": [str(source_id)]}},
+                                   actor="owner@example.com", allow_private=True)
+    with pytest.raises(rules.RulesInvalid) as refused:
+        operations.update_drain(connect, vault, resource_id, made["id"],
+                                {"name": "renamed", "rules": {"sources": [stranger]}},
+                                actor="owner@example.com", allow_private=True)
+    assert refused.value.problems == [("rules.sources[0]", "no source with this id on this resource")]
+    row = drain_row(conn, made["id"])
+    assert (row["name"], row["rules"]) == (None, {"sources": [str(source_id)]})
+
+
+def test_a_drain_parked_by_rules_that_no_longer_compile_goes_again_as_soon_as_the_owner_saves_rules(
+        conn, vault, database_url, world):
+    resource_id, source_id = world
+    app, inbox = logplex_receiver()
+    connect = functools.partial(db.connect, database_url, "forgedrain-tests")
+    with LocalServer(app) as server:
+        drain_id = add_drain(conn, vault, resource_id, "logplex", f"http://127.0.0.1:{server.port}/")
+        # As another version might have stored them: a lookahead RE2 refuses.
+        conn.execute("UPDATE drains SET rules = %s WHERE id = %s",
+                     ('{"redact": {"patterns": [{"name": "x", "regex": "a(?=b)"}]}}', drain_id))
+        store(conn, resource_id, source_id, [leveled(1, "WARN", "waited")])
+        deliverer = make_deliverer(database_url, vault)
+        (outcome,) = deliver_all(deliverer, conn)
+        assert outcome.result == "rules-invalid"
+        assert deliver_all(deliverer, conn) == []  # parked for an hour
+        operations.update_drain(connect, vault, resource_id, drain_id, {"rules": {"min_severity": "WARN"}},
+                                actor="owner@example.com", allow_private=True)
+        (outcome,) = deliver_all(deliverer, conn)
+    assert outcome.result == "caught-up"
+    assert messages(inbox) == ["waited"]
+
+
+def test_any_edit_makes_a_drain_waiting_out_a_back_off_due_now(conn, vault, database_url, world):
+    resource_id, source_id = world
+    connect = functools.partial(db.connect, database_url, "forgedrain-tests")
+    drain_id = add_drain(conn, vault, resource_id, "logplex", "http://127.0.0.1:9/")
+    store(conn, resource_id, source_id, [leveled(1, "WARN")])
+    conn.execute("UPDATE drains SET next_attempt_at = now() + interval '5 minutes', consecutive_failures = 4 "
+                 "WHERE id = %s", (drain_id,))
+    assert delivery.count_due(conn, 10) == 0
+    operations.update_drain(connect, vault, resource_id, drain_id, {"name": "renamed"}, actor="owner@example.com",
+                            allow_private=True)
+    assert delivery.count_due(conn, 10) == 1
+
+
+def test_an_edit_that_changes_nothing_leaves_a_drains_back_off_alone(conn, vault, database_url, world):
+    resource_id, _ = world
+    connect = functools.partial(db.connect, database_url, "forgedrain-tests")
+    drain_id = add_drain(conn, vault, resource_id, "logplex", "http://127.0.0.1:9/")
+    set_rules(conn, drain_id, {"min_severity": "WARN"})
+    conn.execute("UPDATE drains SET next_attempt_at = now() + interval '5 minutes' WHERE id = %s", (drain_id,))
+    before = drain_row(conn, drain_id)["next_attempt_at"]
+    operations.update_drain(connect, vault, resource_id, drain_id, {"rules": {"min_severity": "warn"}},
+                            actor="owner@example.com", allow_private=True)
+    assert drain_row(conn, drain_id)["next_attempt_at"] == before
+
+
+def test_a_test_record_is_redacted_by_the_drains_rules_and_one_they_would_filter_is_sent_anyway_and_said(
+        client, conn, world):
+    resource_id, _ = world
+    app, inbox = logplex_receiver()
+    raw = capturing(app)
+    with LocalServer(app) as server:
+        made = client.post(f"/v1/resources/{resource_id}/drains", headers=auth(resource_id), json={
+            "kind": "logplex", "url": f"http://127.0.0.1:{server.port}/",
+            "rules": {"redact": {"detectors": ["email"]}}}).json
+        path = f"/v1/resources/{resource_id}/drains/{made['id']}"
+        sent = client.post(f"{path}/test", headers=auth(resource_id), json={"message": "mail bob@example.com"})
+        assert sent.status_code == 200, sent.json
+        assert sent.json["rules"] == {"filtered": False, "redacted": 1}
+        assert sent.json["record"]["message"] == "mail [redacted:email]"
+        # INFO, the test record's level, is below what the drain now takes: sent anyway, and said.
+        assert client.patch(path, headers=auth(resource_id), json={"rules": {
+            "min_severity": "ERROR", "redact": {"detectors": ["email"]}}}).status_code == 200
+        sent = client.post(f"{path}/test", headers=auth(resource_id), json={"message": "mail bob@example.com"})
+        assert sent.status_code == 200 and sent.json["rules"] == {"filtered": True, "redacted": 1}
+        # Stored rules that no longer compile: 422, nothing sent (deliveries hold back too).
+        conn.execute("UPDATE drains SET rules = %s WHERE id = %s",
+                     ('{"redact": {"patterns": [{"name": "x", "regex": "a(?=b)"}]}}', made["id"]))
+        refused = client.post(f"{path}/test", headers=auth(resource_id), json={"message": "mail bob@example.com"})
+        assert refused.status_code == 422 and refused.json["error"] == "invalid_rules", refused.json
+    assert messages(inbox) == ["mail [redacted:email]"] * 2
+    assert len(raw) == 2 and not any(b"bob@" in body for body in raw)
 
 
 def test_the_heroku_drain_takes_rules_but_still_no_url(client, conn, vault, world):

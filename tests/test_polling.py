@@ -334,3 +334,34 @@ def test_a_source_whose_records_reach_the_api_late_polls_with_a_longer_lag(
     assert max(stored.values()) == 1
     expected = fake.records(APP, ENV, first, row["settled_until"], now=clock() + 86400)
     assert len(expected) > 500 and set(map(identity, expected)) <= set(stored)
+
+
+def test_a_take_is_one_round_trip_to_redis_once_the_apps_log_is_marked_held(redis_url):
+    """The marker that Redis still holds the app's call log is checked inside the take's script:
+    no EXISTS of its own per Forge call. PostgreSQL is asked only when the marker is missing."""
+    import redis as redis_client
+
+    from broker.ratelimit import HELD_KEY, RateLimiter
+
+    class Counting(redis_client.Redis):
+        """Redis's client, noting each command it sends (the library's, not ours)."""
+
+        sent: list[str] = []
+
+        def execute_command(self, *args, **options):
+            self.sent.append(str(args[0]).upper())
+            return super().execute_command(*args, **options)
+
+    connection = Counting.from_url(redis_url)
+    asked: list[str] = []
+    limiter = RateLimiter(connection, 5, 60, called_recently=lambda app, seconds: asked.append(app) or False)
+    assert limiter.try_take("app-x") == 0.0  # a Redis that never held a log: PostgreSQL is asked once
+    assert asked == ["app-x"] and connection.exists(HELD_KEY.format(app="app-x"))
+    connection.sent.clear()
+    for _ in range(3):
+        assert limiter.try_take("app-x") == 0.0
+    assert connection.sent == ["EVALSHA"] * 3
+    assert asked == ["app-x"]
+    connection.delete(HELD_KEY.format(app="app-x"))  # lost with the log
+    assert limiter.try_take("app-x") == 0.0
+    assert asked == ["app-x", "app-x"]

@@ -403,6 +403,51 @@ def test_stored_rules_that_no_longer_hold_refuse_to_compile():
         rules.compile({"redact": {"patterns": [{"name": "x", "regex": "(?=y)"}]}})
 
 
+def test_a_rule_set_is_compiled_once_and_shared_by_every_drain_with_the_same_rules():
+    spec = {"min_severity": "WARN", "redact": {"detectors": ["email", "jwt"]}}
+    first = rules.compile(spec)
+    # The same rules as another drain stores them (keys in another order): the same compiled rules.
+    assert rules.compile(orjson.loads(b'{"redact": {"detectors": ["email", "jwt"]}, "min_severity": "WARN"}')) is first
+    assert rules.compile({"min_severity": "ERROR"}) is not first
+    assert rules.compile({"min_severity": "WARN", "redact": {"detectors": ["email"]}}) is not first
+
+
+def test_compiled_rule_sets_kept_are_bounded_by_their_re2_programs():
+    first = rules.compile({"services": ["svc-0"]})
+    assert first.programs == 1
+    assert rules.compile({"services": ["a*"], "redact": {"detectors": ["email", "jwt"]}}).programs == 3
+    for i in range(1, rules.CACHE_PROGRAMS + 1):
+        rules.compile({"services": [f"svc-{i}"]})
+    assert rules._compiled.weight <= rules.CACHE_PROGRAMS
+    assert rules.compile({"services": ["svc-0"]}) is not first  # the least recently used went first
+
+
+def test_a_rule_set_that_does_not_compile_is_checked_again_each_time():
+    broken = {"redact": {"patterns": [{"name": "x", "regex": "(?<=y)"}]}}
+    for _ in range(2):
+        with pytest.raises(rules.RulesInvalid):
+            rules.compile(broken)
+
+
+def test_wants_tells_a_batch_excluded_whole_by_origin_or_source_without_its_records():
+    source = uuid.uuid4()
+    compiled = rules.compile({"origins": ["forge"], "sources": [str(source)], "min_severity": "ERROR"})
+    assert compiled.wants("forge", source) and compiled.wants("forge", str(source))
+    assert not compiled.wants("forge", uuid.uuid4()) and not compiled.wants("forge", None)
+    assert not compiled.wants("heroku")
+    # Severity is a record's: a batch may still hold records the drain keeps.
+    assert rules.compile({"min_severity": "FATAL"}).wants("heroku")
+
+
+def test_a_summary_names_every_rule_in_a_few_words_and_no_pattern_text():
+    assert rules.summary({}) is None and rules.summary(None) is None
+    spec = rules.validate({"origins": ["heroku"], "heroku_apps": ["app"], "processes": ["web", "router"],
+                           "levels": ["error", "warn"], "services": ["acme-*"],
+                           "redact": {"patterns": [{"name": "t", "regex": "T-[0-9]+"}]}})
+    assert rules.summary(spec) == ("origins heroku; apps app; processes web,router; levels WARN,ERROR; "
+                                   "services acme-*; redact t")
+
+
 # --- property: a redacted value never survives -----------------------------------------------
 
 def _luhn_complete(prefix: str) -> str:

@@ -5,8 +5,9 @@ masked; the drain's broker-issued ``d.<uuid>`` token is shown in full, since
 it is what the receiver uses to recognise the drain.
 
 A drain's ``rules`` (:mod:`broker.rules`) are checked before anything is
-written; problems answer 422 ``invalid_rules`` listing every one with its
-field path (``problems``), a source id of another resource among them.
+written (by :mod:`broker.operations`, that they name only this resource's
+sources under its lock); problems answer 422 ``invalid_rules`` listing every
+one with its field path (``problems``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import orjson
 from flask import Blueprint, Response, g, request
 
-from broker import drains, operations, outbox, rules, sources
+from broker import drains, operations, outbox, rules
 from broker.validation import InputError
 from broker.vault import VaultError
 from web import services
@@ -73,15 +74,6 @@ def invalid_rules(exc: rules.RulesInvalid) -> Response:
                          422)
 
 
-def check_rules(body: dict) -> None:
-    """Check the body's ``rules`` against the resource's sources too, before any other work."""
-    if "rules" not in body:
-        return
-    with services().db.connection() as conn:
-        known = [row["id"] for row in sources.list_for(conn, g.resource["id"])]
-    rules.validate(body["rules"], sources=known)
-
-
 def get_drain(drain_id: str) -> dict:
     """The authenticated resource's drain ``drain_id``, or the JSON 404."""
     return owned(drains.get, drain_id, "drain")
@@ -101,7 +93,6 @@ def list_drains():
 def create_drain():
     svc = services()
     body = json_object_body()
-    check_rules(body)
     row = operations.create_drain(svc.db.connection, svc.vault, g.resource["id"], body,
                                   actor=ACTOR, allow_private=svc.settings.allow_private_drains)
     response = json_response(drain_view(row, svc.vault), 201)
@@ -123,7 +114,6 @@ def update_drain(drain_id: str):
     row = get_drain(drain_id)
     svc = services()
     body = json_object_body()
-    check_rules(body)
     updated, _ = operations.update_drain(svc.db.connection, svc.vault, g.resource["id"], row["id"], body,
                                          actor=ACTOR, allow_private=svc.settings.allow_private_drains)
     return json_response(drain_view(updated, svc.vault))
@@ -156,7 +146,9 @@ def test_drain(drain_id: str):
     resource's first source, or ``forgedrain`` when it has none) and does not
     touch the drain's cursor or counters. 200 when the receiver accepted it;
     502 with the reason when it did not (a 4xx/5xx, a refused certificate, an
-    unreachable or private address).
+    unreachable or private address). The drain's rules redact the record as they
+    would a delivered one (``record.message`` is what was sent); one they would
+    filter out is sent anyway, and ``rules.filtered`` says so.
     """
     row = get_drain(drain_id)
     svc = services()
@@ -169,7 +161,8 @@ def test_drain(drain_id: str):
     outcome = operations.test_drain(svc.db.connection, svc.wire(), svc.vault, g.resource["id"], row["id"],
                                     actor=ACTOR, message=message, calls=svc.owner_calls)
     if outcome.delivered:
-        return json_response({"delivered": True, "status": outcome.status, "record": outcome.record})
+        return json_response({"delivered": True, "status": outcome.status, "record": outcome.record,
+                              "rules": outcome.rules})
     return json_response({"error": "test_failed", "delivered": False, "status": outcome.status,
                           "message": outcome.message, "retryable": outcome.retryable,
-                          "record": outcome.record}, 502)
+                          "record": outcome.record, "rules": outcome.rules}, 502)

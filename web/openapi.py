@@ -384,7 +384,9 @@ DRAIN_FULL = {
                                                            "replaced, attributes dropped)."},
             "consecutive_failures": {"type": "integer"},
             "last_error": {"type": ["string", "null"]}, "backlog": {"type": "integer", "description": "Records stored that this drain will receive and has "
-                                                           "not yet (the heroku drain never receives the app's own)."},
+                                                           "not yet (the heroku drain never receives the app's own), "
+                                                           "those its rules will filter out included: they are "
+                                                           "known only as a batch is delivered."},
             "last_delivery_at": {"type": ["string", "null"], "format": "date-time"},
             "next_attempt_at": {"type": "string", "format": "date-time"},
             "secret_lost_at": {"type": ["string", "null"], "format": "date-time",
@@ -406,8 +408,14 @@ TEST_RESULT = {
         "message": {"type": "string", "description": "Why it was not accepted."},
         "retryable": {"type": "boolean", "description": "Whether a delivery would retry (true) or drop (false)."},
         "record": {"type": "object", "properties": {
-            "invocation_id": {"type": "string"}, "message": {"type": "string"},
+            "invocation_id": {"type": "string"},
+            "message": {"type": "string", "description": "The message as sent: redacted by the drain's rules."},
             "time": {"type": "string", "format": "date-time"}}},
+        "rules": {"type": "object", "description": "What the drain's rules did to the test record.",
+                  "properties": {
+                      "filtered": {"type": "boolean", "description": "The rules would keep this record from "
+                                                                    "deliveries; the test sent it anyway."},
+                      "redacted": {"type": "integer", "description": "Values the rules redacted in it."}}},
     },
 }
 
@@ -452,6 +460,10 @@ def _drain_paths() -> dict:
             "post": {"operationId": "testDrain",
                      "summary": "Send one test record through the drain now, in its own format; the "
                                 "drain's cursor and counters do not change.",
+                     "description": "The drain's rules redact the test record as they would a delivered "
+                                    "one; a record they would filter out is sent anyway, and `rules.filtered` "
+                                    "says so. `invalid_rules` (422): the drain's stored rules no longer "
+                                    "compile; nothing was sent.",
                      "requestBody": {"required": False, "content": {"application/json": {"schema": {
                          "type": "object", "additionalProperties": False,
                          "properties": {"message": {"type": "string", "minLength": 1, "maxLength": 1000}}}}}},

@@ -210,6 +210,21 @@ def attribute(record: dict, key: str) -> str | None:
     return found
 
 
+def heroku_header(record: dict) -> tuple[str, str] | None:
+    """(APP-NAME, PROCID) of a line of the Heroku app's own logs, as drain ingest keeps them in the
+    record's ``heroku`` part (``-`` for one the line lacked); None for a Forge record."""
+    part = record.get("heroku")
+    if not isinstance(part, dict):
+        return None
+    return str(part.get("app") or "-"), str(part.get("dyno") or "-")
+
+
+def service_name(configured: str | None, app_id: str) -> str:
+    """``service.name`` of a Forge record as OTLP drains show it: the source's service name, else
+    ``forge-app-<app id>``."""
+    return configured or f"forge-app-{app_id}"
+
+
 def body_text(record: dict) -> str:
     """The body as text: a stringValue as is, a structured body as compact JSON of its plain value."""
     body = record.get("body")

@@ -40,11 +40,11 @@ class Identity:
 
 def header_parts(record: dict, who, function_key: str | None) -> tuple[int, str, str | None]:
     """(PRI, APP-NAME, PROCID) of a record: a Heroku record keeps its own, a Forge record gets the drain's."""
-    heroku = record.get("heroku")
-    if isinstance(heroku, dict):
-        pri = heroku.get("pri")
+    heroku = fields.heroku_header(record)
+    if heroku is not None:
+        pri = record["heroku"].get("pri")
         pri = pri if isinstance(pri, int) and 0 <= pri <= 191 else FACILITY * 8 + severity.of(record)[1]
-        return pri, str(heroku.get("app") or "-"), str(heroku.get("dyno") or "-")
+        return pri, heroku[0], heroku[1]
     procid = function_key
     prefix = getattr(who, "procid_prefix", None)
     if prefix:

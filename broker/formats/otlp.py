@@ -135,13 +135,14 @@ def _parts(record: dict, origin: Origin) -> tuple:
         pairs.append(("forge.trace_id", str(record["traceId"])))
     if not span and record.get("spanId"):
         pairs.append(("forge.span_id", str(record["spanId"])))
-    heroku = record.get("heroku")
-    if isinstance(heroku, dict):
+    heroku = fields.heroku_header(record)
+    if heroku is not None:
         # The Heroku app's own log line (drain ingest): APP-NAME is the service, PROCID the dyno.
-        pairs.append(("heroku.dyno", str(heroku.get("dyno") or "-")))
-        if isinstance(heroku.get("pri"), int):
-            pairs.append(("syslog.facility", heroku["pri"] // 8))
-        key = ("heroku", str(heroku.get("app") or "-"), None, None)
+        pairs.append(("heroku.dyno", heroku[1]))
+        pri = record["heroku"].get("pri")
+        if isinstance(pri, int):
+            pairs.append(("syslog.facility", pri // 8))
+        key = ("heroku", heroku[0], None, None)
     else:
         app_id, environment_id, version = attrs.get("appId"), attrs.get("environmentId"), attrs.get("appVersion")
         key = ("forge", (_text(app_id) if app_id is not None else "") or origin.app_id,
@@ -178,7 +179,7 @@ def _resource(key: tuple, origin: Origin) -> dict:
         return {"attributes": [_kv("service.name", app_id), _kv("service.namespace", "heroku"),
                                _kv("cloud.provider", "heroku"), _kv("forgedrain.drain.token", origin.drain_token)]}
     attributes = [
-        _kv("service.name", origin.service_name or f"forge-app-{app_id}"),
+        _kv("service.name", fields.service_name(origin.service_name, app_id)),
         _kv("service.namespace", "atlassian-forge"),
         _kv("forge.app.id", app_id),
         _kv("forge.environment.id", environment_id),
