@@ -330,7 +330,8 @@ class Deliverer:
                 skip = drain.partial_records if batch.id == drain.partial_batch else 0
                 records = batch.records()[skip:] if sender.receives(batch.origin) else []
                 source = sources.get(batch.source_id) or Source()
-                if compiled is None or not records:
+                # Alert lines (broker.alerts) are the broker's word to the owner: no rule filters them.
+                if compiled is None or not records or batch.origin == "alert":
                     yield Pending(batch.id, records, skip, source)
                     continue
                 applied = compiled.apply(records, batch.origin, source, skip)
