@@ -22,12 +22,14 @@ FORGET_CHUNKS = 10
 PROVISIONS_PER_TICK = 500
 # The outbox is pruned about once a minute, not every tick.
 PRUNE_EVERY_SECONDS = 60
+# Alerts are evaluated (worker.alerts) about once a minute.
+ALERTS_EVERY_SECONDS = 60
 
 
 def run(slot: int) -> dict:
     """Record the tick, keep poll and delivery jobs queued while sources and drains are due, re-enqueue due
-    asynchronous provisions, prune the outbox and forget old audit entries and gaps (about once a minute), purge
-    old deprovisioned and failed resources.
+    asynchronous provisions, prune the outbox and forget old audit entries and gaps (about once a minute), queue
+    the alert evaluation (about once a minute), purge old deprovisioned and failed resources.
 
     Cheap at any fleet size: one indexed, capped count of due sources decides how
     many poll jobs to keep queued (slot-unique ids: a job still queued or running
@@ -62,6 +64,9 @@ def run(slot: int) -> dict:
         for job_slot in range(min(settings.delivery_jobs, -(-due_drains // settings.delivery_threads))):
             if jobs.enqueue_delivery(connection, job_slot, settings.clock_tick_seconds):
                 deliveries += 1
+    if slot % max(1, ALERTS_EVERY_SECONDS // settings.clock_tick_seconds) == 0:
+        # Its own job: the evaluation reads the whole fleet's state, the tick stays cheap.
+        jobs.enqueue_alerts(connection, settings.clock_tick_seconds)
     for resource_id in due:
         jobs.enqueue_provision(connection, str(resource_id))
     # Config pushes after token rotations live in PostgreSQL; a flushed Redis only delays them (issue 14, item 8).
