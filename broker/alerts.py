@@ -142,14 +142,14 @@ LIVE = "r.state = 'provisioned' AND (%(resource)s::uuid IS NULL OR r.id = %(reso
 # every source or drain of the fleet. ``cut``: the newest batch stored before a moment (ids follow
 # creation, as in outbox.EXPIRE), so "a batch older than X waits for this drain" is an index range.
 CURRENT = f"""
-WITH horizon AS (
+WITH horizon AS MATERIALIZED (
     SELECT h.plan, h.hours,
            (SELECT o.id FROM outbox o WHERE o.created_at < %(now)s - make_interval(secs => h.hours * 1800)
-            ORDER BY o.created_at DESC LIMIT 1) AS half_cut
+            ORDER BY o.created_at DESC, o.id DESC LIMIT 1) AS half_cut
     FROM unnest(%(plans)s::text[], %(hours)s::int[]) AS h(plan, hours)
-), failing AS (
+), failing AS MATERIALIZED (
     SELECT (SELECT o.id FROM outbox o WHERE o.created_at < %(now)s - make_interval(secs => %(failing)s)
-            ORDER BY o.created_at DESC LIMIT 1) AS cut
+            ORDER BY o.created_at DESC, o.id DESC LIMIT 1) AS cut
 )
 SELECT s.resource_id, 'source_paused' AS condition, s.id AS subject_id, {SOURCE_NAME} AS subject_name,
        s.pause_reason AS reason, NULL::bigint AS figure, NULL::bigint AS "limit"
@@ -205,11 +205,14 @@ def current(conn: psycopg.Connection, resource_id=None, now: datetime | None = N
             thresholds: Thresholds = Thresholds()) -> dict[tuple, Condition]:
     """The conditions true at ``now`` (of one resource, or of every provisioned one), by key."""
     every = list(plans.PLANS.values())
-    rows = conn.execute(CURRENT, {"now": now or _now(conn), "resource": resource_id,
-                                  "failing": thresholds.drain_failing_minutes * 60,
-                                  "failing_minutes": thresholds.drain_failing_minutes,
-                                  "quiet": thresholds.quiet_seconds,
-                                  "plans": [p.name for p in every], "hours": [p.backlog_hours for p in every]})
+    with conn.transaction():
+        # JIT compiling this plan cost more than running it (bench/alerts.py), as for outbox.prune.
+        conn.execute("SET LOCAL jit = off")
+        rows = conn.execute(CURRENT, {"now": now or _now(conn), "resource": resource_id,
+                                      "failing": thresholds.drain_failing_minutes * 60,
+                                      "failing_minutes": thresholds.drain_failing_minutes,
+                                      "quiet": thresholds.quiet_seconds, "plans": [p.name for p in every],
+                                      "hours": [p.backlog_hours for p in every]}).fetchall()
     found = {}
     for row in rows:
         condition = Condition(row["resource_id"], row["condition"], row["subject_id"], row["subject_name"],

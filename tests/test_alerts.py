@@ -15,15 +15,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from broker import activity, alerts, config, db, outbox, rules
+from broker import activity, alerts, db, outbox, rules
 from broker.vault import Vault
 from tests.fakes.receivers import logplex_receiver
 from tests.fakes.server import LocalServer
 from tests.support.polling import add_resource, add_source
 from tests.test_delivery import add_drain, deliver_all, forge_record, make_deliverer, store
-from tests.support.partner import heroku_headers, provision_body
+from tests import test_ingest
 from tests.test_ingest import frame, post, stored
-from web import create_app
 
 MINUTE = timedelta(minutes=1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,23 +33,8 @@ def vault(settings):
     return Vault(settings.fernet_keys)
 
 
-@pytest.fixture
-def web(env):
-    application = create_app(config.load(env, testing=True))
-    yield application.test_client()
-    application.extensions["forgedrain"].db.close()
-
-
-@pytest.fixture
-def resource(web):
-    """A resource provisioned by Heroku, its heroku drain writing to a local logplex input (the app's stream)."""
-    receiver, stream = logplex_receiver()
-    with LocalServer(receiver) as server:
-        body = provision_body(log_input_url=f"http://token:t.{uuid.uuid4()}@127.0.0.1:{server.port}/logs")
-        answer = web.post("/heroku/resources", data=orjson.dumps(body), headers=heroku_headers())
-        assert answer.status_code in (200, 202), answer.data
-        yield {"id": body["uuid"], "token": body["log_drain_token"], "stream": stream,
-               "auth": {"Authorization": f"Bearer {answer.get_json(force=True)['config']['FORGEDRAIN_TOKEN']}"}}
+# A resource provisioned by Heroku whose heroku drain writes to a local logplex input (the app's stream).
+app, web, resource = test_ingest.app, test_ingest.web, test_ingest.resource
 
 
 def db_now(conn) -> datetime:
