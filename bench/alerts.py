@@ -76,7 +76,8 @@ def make_fleet(conn, resources: int) -> None:
         conn.execute(
             """
             INSERT INTO activity (resource_id, subject, kind, minute, records)
-            SELECT md5('r' || i)::uuid, md5('d' || i || '-0')::uuid, kind, date_trunc('minute', now()) - m * interval '1 minute', 5
+            SELECT md5('r' || i)::uuid, md5('d' || i || '-0')::uuid, kind,
+                   date_trunc('minute', now()) - m * interval '1 minute', 5
             FROM generate_series(0, %(n)s - 1) AS i, generate_series(0, 59) AS m,
                  unnest(ARRAY['stored', 'delivered', 'dropped']) AS kind
             WHERE (kind <> 'dropped' OR (mod(i, 200) = 10 AND m = 5)) AND mod(i, 10) = 0

@@ -72,6 +72,9 @@ PROCID = "alert"
 RESOURCES_PER_RUN = 500
 # A notice is one line: a drain's or source's last error is cut to this many characters in it.
 MAX_REASON_CHARS = 300
+# Recovered alerts (and their notices) are kept this long for the owner's listing; their notices
+# stay in the audit log (400 days).
+KEEP_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -499,3 +502,16 @@ def notices_after(conn: psycopg.Connection, resource_id, after_id: int, limit: i
     """The resource's notices after ``after_id``, oldest first (a channel's cursor: ids appear in commit
     order per resource)."""
     return [Notice(**row) for row in conn.execute(NOTICES_AFTER, (resource_id, after_id, limit))]
+
+
+# One bounded chunk, oldest first, on alerts_recovered_idx (migration 0021), deleted by a TID scan as
+# broker.audit.FORGET; notices go with their alert (ON DELETE CASCADE).
+FORGET = """
+DELETE FROM alerts WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM alerts WHERE recovered_at < now() - make_interval(days => %s) ORDER BY recovered_at LIMIT %s))
+"""
+
+
+def forget(conn: psycopg.Connection, limit: int, days: int = KEEP_DAYS) -> int:
+    """Delete at most ``limit`` alerts recovered more than ``days`` ago; returns how many."""
+    return conn.execute(FORGET, (days, limit)).rowcount

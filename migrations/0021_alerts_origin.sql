@@ -16,3 +16,7 @@ CREATE INDEX sources_over_capacity_idx ON sources (resource_id) WHERE over_capac
 CREATE INDEX drains_failing_idx ON drains (resource_id)
     WHERE consecutive_failures > 0 OR secret_lost_at IS NOT NULL;
 CREATE INDEX activity_dropped_idx ON activity (minute) WHERE kind = 'dropped';
+
+-- Recovered alerts are forgotten after broker.alerts.KEEP_DAYS (the audit log keeps their notices
+-- longer), found by this index in bounded chunks.
+CREATE INDEX alerts_recovered_idx ON alerts (recovered_at) WHERE recovered_at IS NOT NULL;

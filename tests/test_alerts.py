@@ -351,3 +351,20 @@ def test_the_job_evaluates_every_resource(conn, vault, settings):
     finally:
         context.install(None)
     assert [len(alerts.open_for(conn, rid)) for rid in resources] == [1, 1, 0]
+
+
+def test_recovered_alerts_are_forgotten_after_ninety_days_open_ones_never(conn, vault):
+    rid = add_resource(conn)
+    _, clear = paused(conn, vault, rid)
+    failing(conn, vault, rid)
+    t0 = db_now(conn)
+    alerts.evaluate(conn, rid, t0)
+    clear()
+    alerts.evaluate(conn, rid, t0 + MINUTE)
+    alerts.evaluate(conn, rid, t0 + 20 * MINUTE)
+    assert [a.condition for a in alerts.open_for(conn, rid)] == ["drain_failing"]
+    assert alerts.forget(conn, 100) == 0
+    conn.execute("UPDATE alerts SET recovered_at = now() - interval '91 days' WHERE recovered_at IS NOT NULL")
+    assert alerts.forget(conn, 100) == 1
+    assert [a.condition for a in alerts.recent(conn, rid)] == ["drain_failing"]
+    assert notices(conn, rid) == [("raised", "drain_failing")]

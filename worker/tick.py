@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from broker import (activity, audit, delivery, heartbeats, ingest, jobs, outbox, polling, redisconn, resources,
-                    sources)
+from broker import (activity, alerts, audit, delivery, heartbeats, ingest, jobs, outbox, polling, redisconn,
+                    resources, sources)
 from worker import context
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ def run(slot: int) -> dict:
             ingest.forget(conn)
             activity.forget(conn)
             forgotten = (forget_in_chunks(lambda limit: audit.forget(conn, limit))
-                         + forget_in_chunks(lambda limit: sources.forget_gaps(conn, limit)))
+                         + forget_in_chunks(lambda limit: sources.forget_gaps(conn, limit))
+                         + forget_in_chunks(lambda limit: alerts.forget(conn, limit)))
     connection = redisconn.connect(settings.redis_url)
     batches = 0
     if due_sources:
@@ -80,7 +81,7 @@ def run(slot: int) -> dict:
         log.info("outbox pruned batches=%d drains_behind=%d dropped_records=%d", pruned.batches,
                  pruned.drains_behind, pruned.dropped_records)
     if forgotten:
-        log.info("forgot audit entries and gaps past their retention rows=%d", forgotten)
+        log.info("forgot audit entries, gaps and recovered alerts past their retention rows=%d", forgotten)
     return {"due_sources": due_sources, "poll_jobs": batches, "due_drains": due_drains, "delivery_jobs": deliveries}
 
 
