@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from broker import activity, alerts, db, outbox, rules
+from broker import activity, alerts, db, jobs, outbox, redisconn, rules
 from broker.vault import Vault
 from tests.fakes.receivers import logplex_receiver
 from tests.fakes.server import LocalServer
@@ -23,6 +23,7 @@ from tests.support.polling import add_resource, add_source
 from tests.test_delivery import add_drain, deliver_all, forge_record, make_deliverer, store
 from tests import test_ingest
 from tests.test_ingest import frame, post, stored
+from tests.test_provision_async import run_worker
 
 MINUTE = timedelta(minutes=1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -337,17 +338,22 @@ def test_a_resource_without_a_heroku_drain_gets_no_alert_batch(conn, vault):
     assert conn.execute("SELECT count(*) AS n FROM outbox WHERE origin = 'alert'").fetchone()["n"] == 0
 
 
-def test_the_job_evaluates_every_resource(conn, vault, settings):
-    from worker import alerts as job, context
+def test_the_tick_queues_the_evaluation_once_a_minute_and_a_worker_runs_it(conn, vault, settings, redis_url):
+    from worker import context, tick
 
     resources = [add_resource(conn) for _ in range(3)]
     for rid in resources:
         paused(conn, vault, rid)
     conn.execute("UPDATE resources SET state = 'deprovisioned' WHERE id = %s", (resources[2],))
+    control = jobs.queue("control", redisconn.connect(redis_url))
     context.install(settings)
     try:
-        assert job.run()["raised"] == 2
-        assert job.run()["raised"] == 0
+        tick.run(1)
+        assert "alerts" not in control.job_ids  # about once a minute: slot 0 of every twelve 5 s slots
+        tick.run(0)
+        tick.run(12)  # the next minute's, while the first is still queued: not twice
+        assert control.job_ids.count("alerts") == 1
+        run_worker(redis_url)
     finally:
         context.install(None)
     assert [len(alerts.open_for(conn, rid)) for rid in resources] == [1, 1, 0]
