@@ -62,6 +62,8 @@ class Settings:
     # bytes per minute (0 turns the limit off), and the window they are counted over.
     ingest_limit_scale: float = 1.0
     ingest_limit_period_seconds: float = 60.0
+    # Alerts (broker.alerts): a drain is "failing" once records waited this long through failed attempts.
+    alert_drain_failing_minutes: int = 15
     testing: bool = False
 
 
@@ -305,6 +307,8 @@ def load(env: Mapping[str, str] | None = None, *, testing: bool = False) -> Sett
         # 1: the plans' own ingest limits (broker/plans.py), far above what a normal app sends.
         ingest_limit_scale=r.parse("INGEST_LIMIT_SCALE", "1", _float_range(0, 1000)),
         ingest_limit_period_seconds=r.parse("INGEST_LIMIT_PERIOD_SECONDS", "60", _float_range(1, 3600)),
+        # 15 min: long enough that a receiver's restart or a short outage (retried, nothing lost) is no alert.
+        alert_drain_failing_minutes=r.parse("ALERT_DRAIN_FAILING_MINUTES", "15", _int_range(1, 1440)),
     )
     if r.problems:
         raise ConfigError(r.problems)

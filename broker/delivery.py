@@ -337,7 +337,8 @@ class Deliverer:
                     wanted = False
                 records = batch.records()[skip:] if wanted else []
                 source = sources.get(batch.source_id) or Source()
-                if compiled is None or not records:
+                # Alert lines (broker.alerts) are the broker's word to the owner: no rule filters them.
+                if compiled is None or not records or batch.origin == "alert":
                     yield Pending(batch.id, records, skip, source)
                     continue
                 applied = compiled.apply(records, batch.origin, source, skip)

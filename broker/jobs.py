@@ -109,3 +109,9 @@ def enqueue_delivery(connection: redis.Redis, slot: int, tick_seconds: int) -> J
     return enqueue_unique(connection, "deliver", "worker.deliver.run", slot,
                           job_id=f"deliver-{slot}", ttl=max(60, tick_seconds * 4),
                           job_timeout=150, failure_ttl=5)
+
+
+def enqueue_alerts(connection: redis.Redis, tick_seconds: int) -> Job | None:
+    """Queue an alert evaluation (broker.alerts) unless one is still queued or running."""
+    return enqueue_unique(connection, "control", "worker.alerts.run", job_id="alerts",
+                          ttl=max(60, tick_seconds * 4), job_timeout=120, failure_ttl=5)

@@ -9,14 +9,17 @@ without a redesign.
 An outbox *batch* is one row: the records one Forge page added (origin
 ``forge``, a zlib-compressed JSON array) or one logplex request of the
 Heroku app's own logs (origin ``heroku``, the octet-counted frames as they
-came). Its records are read with :meth:`Batch.records`.
+came), or the notices of an alert evaluation (origin ``alert``, records like a
+Forge batch's, see :func:`append_alerts`). Its records are read with
+:meth:`Batch.records`.
 
 **Backlog**, everywhere it is shown (resource API, dashboard, ``/metrics``,
 CLI ``status``, ``replay``) and in delivery itself, means one thing: the
 records of the batches after a drain's cursor that the drain will receive.
 The ``heroku`` drain writes into the app's own stream, so the app's own
 records (origin ``heroku``) are never sent back there and never count toward
-its backlog (:data:`RECEIVES`).
+its backlog; alert lines (origin ``alert``) are for that stream only, so they
+count toward the heroku drain's backlog and no other's (:data:`RECEIVES`).
 """
 
 from __future__ import annotations
@@ -41,16 +44,16 @@ APPEND_LOCK = 7_210_001
 # pg_advisory_xact_lock key taken by prune() and by anything that moves a cursor back (replay).
 PRUNE_LOCK = 7_210_002
 
-# What a drain receives of a batch: everything, except the app's own logs for the heroku drain.
-# ``d`` is the drain, ``o`` the outbox row.
-RECEIVES = "NOT (d.kind = 'heroku' AND o.origin = 'heroku')"
+# What a drain receives of a batch: everything, except the app's own logs for the heroku drain, and
+# alert lines (broker.alerts) for any other drain. ``d`` is the drain, ``o`` the outbox row.
+RECEIVES = "(CASE WHEN d.kind = 'heroku' THEN o.origin <> 'heroku' ELSE o.origin <> 'alert' END)"
 
 
 @dataclass(frozen=True)
 class Batch:
     id: int
     source_id: object | None
-    origin: str          # forge | heroku
+    origin: str          # forge | heroku | alert
     record_count: int
     min_ts: datetime     # for heroku batches: when they were received
     payload: bytes
@@ -65,7 +68,12 @@ class Batch:
 
     def received_by(self, kind: str) -> bool:
         """Whether a drain of ``kind`` receives this batch's records (:data:`RECEIVES`)."""
-        return not (kind == "heroku" and self.origin == "heroku")
+        return received_by(kind, self.origin)
+
+
+def received_by(kind: str, origin: str) -> bool:
+    """Whether a drain of ``kind`` receives records of ``origin`` (:data:`RECEIVES`, for one batch)."""
+    return origin != "heroku" if kind == "heroku" else origin != "alert"
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,13 @@ def append_frames(conn: psycopg.Connection, resource_id, frames: list[bytes], co
     batch = append(conn, resource_id, origin="heroku", record_count=count, payload=frames_payload(frames))
     usage.add(conn, resource_id, "ingest", count, sum(len(frame) for frame in frames))
     return batch
+
+
+def append_alerts(conn: psycopg.Connection, resource_id, records: list[dict]) -> int:
+    """Add alert lines for the app's own log stream (only the heroku drain receives them); records
+    of the broker's model that carry their logplex header in a ``heroku`` part, stored like a
+    Forge batch's. The batch's time is now."""
+    return append(conn, resource_id, origin="alert", record_count=len(records), payload=forge_payload(records))
 
 
 # --- read --------------------------------------------------------------------------

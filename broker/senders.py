@@ -5,7 +5,8 @@ One class per kind, in the manner of healthchecks' transports:
 - :class:`HerokuSender` writes into the app's own log stream (its
   ``log_input_url``) in logplex's dialect, under the reserved APP-NAME
   ``forgedrain`` so drain ingest recognises the frames when Heroku sends them
-  back, and never sends the app's own records there;
+  back, and never sends the app's own records there; it alone carries alert
+  lines (outbox origin ``alert``, :mod:`broker.alerts`);
 - :class:`LogplexSender` posts logplex frames to an HTTPS drain;
 - :class:`OtlpSender` posts OTLP/HTTP (protobuf or JSON), splitting a part
   the receiver finds too large (413);
@@ -38,6 +39,7 @@ from typing import Callable, ClassVar, Iterable, Iterator
 import orjson
 import requests
 
+from broker import outbox
 from broker.formats import logplex, otlp, syslog5424
 from broker.sinks import Result, http, syslog
 from broker.vault import Vault, VaultError
@@ -197,8 +199,9 @@ class Sender:
         raise NotImplementedError
 
     def receives(self, record_origin: str) -> bool:
-        """Whether this drain receives records of this origin (``forge`` or ``heroku``)."""
-        return True
+        """Whether this drain receives records of this origin (``forge``, ``heroku`` or ``alert``):
+        the heroku drain never the app's own logs, only the heroku drain alert lines."""
+        return outbox.received_by(self.kind, record_origin)
 
 
 class HttpSender(Sender):
@@ -305,9 +308,6 @@ class HerokuSender(LogplexSender):
     def identity(self, source: Source) -> logplex.Identity:
         return logplex.Identity(host="forgedrain", app_name=logplex.OWN_APP_NAME,
                                 procid_prefix=source.service_name or "forge")
-
-    def receives(self, record_origin: str) -> bool:
-        return record_origin != "heroku"  # the app's own logs never go back into its own stream
 
 
 def otlp_weight(record: dict) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from broker import (activity, audit, delivery, heartbeats, ingest, jobs, outbox, polling, redisconn, resources,
-                    sources)
+from broker import (activity, alerts, audit, delivery, heartbeats, ingest, jobs, outbox, polling, redisconn,
+                    resources, sources)
 from worker import context
 
 log = logging.getLogger(__name__)
@@ -22,12 +22,14 @@ FORGET_CHUNKS = 10
 PROVISIONS_PER_TICK = 500
 # The outbox is pruned about once a minute, not every tick.
 PRUNE_EVERY_SECONDS = 60
+# Alerts are evaluated (worker.alerts) about once a minute.
+ALERTS_EVERY_SECONDS = 60
 
 
 def run(slot: int) -> dict:
     """Record the tick, keep poll and delivery jobs queued while sources and drains are due, re-enqueue due
-    asynchronous provisions, prune the outbox and forget old audit entries and gaps (about once a minute), purge
-    old deprovisioned and failed resources.
+    asynchronous provisions, prune the outbox and forget old audit entries and gaps (about once a minute), queue
+    the alert evaluation (about once a minute), purge old deprovisioned and failed resources.
 
     Cheap at any fleet size: one indexed, capped count of due sources decides how
     many poll jobs to keep queued (slot-unique ids: a job still queued or running
@@ -48,7 +50,8 @@ def run(slot: int) -> dict:
             ingest.forget(conn)
             activity.forget(conn)
             forgotten = (forget_in_chunks(lambda limit: audit.forget(conn, limit))
-                         + forget_in_chunks(lambda limit: sources.forget_gaps(conn, limit)))
+                         + forget_in_chunks(lambda limit: sources.forget_gaps(conn, limit))
+                         + forget_in_chunks(lambda limit: alerts.forget(conn, limit)))
     connection = redisconn.connect(settings.redis_url)
     batches = 0
     if due_sources:
@@ -62,6 +65,9 @@ def run(slot: int) -> dict:
         for job_slot in range(min(settings.delivery_jobs, -(-due_drains // settings.delivery_threads))):
             if jobs.enqueue_delivery(connection, job_slot, settings.clock_tick_seconds):
                 deliveries += 1
+    if slot % max(1, ALERTS_EVERY_SECONDS // settings.clock_tick_seconds) == 0:
+        # Its own job: the evaluation reads the whole fleet's state, the tick stays cheap.
+        jobs.enqueue_alerts(connection, settings.clock_tick_seconds)
     for resource_id in due:
         jobs.enqueue_provision(connection, str(resource_id))
     # Config pushes after token rotations live in PostgreSQL; a flushed Redis only delays them (issue 14, item 8).
@@ -75,7 +81,7 @@ def run(slot: int) -> dict:
         log.info("outbox pruned batches=%d drains_behind=%d dropped_records=%d", pruned.batches,
                  pruned.drains_behind, pruned.dropped_records)
     if forgotten:
-        log.info("forgot audit entries and gaps past their retention rows=%d", forgotten)
+        log.info("forgot audit entries, gaps and recovered alerts past their retention rows=%d", forgotten)
     return {"due_sources": due_sources, "poll_jobs": batches, "due_drains": due_drains, "delivery_jobs": deliveries}
 
 
