@@ -330,15 +330,16 @@ class Deliverer:
             for batch in batches:
                 skip = drain.partial_records if batch.id == drain.partial_batch else 0
                 wanted = sender.receives(batch.origin)
-                if wanted and compiled is not None and not compiled.wants(batch.origin, batch.source_id):
+                # Alert lines (broker.alerts) are the broker's word to the owner: no rule filters them.
+                ruled = compiled is not None and batch.origin != "alert"
+                if wanted and ruled and not compiled.wants(batch.origin, batch.source_id):
                     # Excluded whole by origin or source: counted as filtered, never decoded.
                     ledger.add(batch.id, skip, batch.record_count,
                                rules.Applied([], [], batch.record_count - skip, 0))
                     wanted = False
                 records = batch.records()[skip:] if wanted else []
                 source = sources.get(batch.source_id) or Source()
-                # Alert lines (broker.alerts) are the broker's word to the owner: no rule filters them.
-                if compiled is None or not records or batch.origin == "alert":
+                if not ruled or not records:
                     yield Pending(batch.id, records, skip, source)
                     continue
                 applied = compiled.apply(records, batch.origin, source, skip)
