@@ -20,7 +20,7 @@ from broker.vault import Vault
 from tests.fakes.server import LocalServer
 from tests.fakes.webhook import readme_verify, webhook_receiver
 from tests.support.partner import heroku_headers, provision_body
-from web import create_app
+from tests.test_drains_api import api_factory  # noqa: F401 (a fixture)
 from worker import alert_webhook as job
 from worker import context
 
@@ -30,22 +30,9 @@ def load(env, allow_private: bool) -> config.Settings:
 
 
 @pytest.fixture
-def api_factory(env):
-    apps = []
-
-    def make(allow_private: bool = True):
-        app = create_app(load(env, allow_private))
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        app.extensions["forgedrain"].db.close()
-
-
-@pytest.fixture
-def api(api_factory):
-    return api_factory()
+def api(api_factory):  # noqa: F811
+    """The resource API with receivers on loopback allowed (they are all on loopback here)."""
+    return api_factory(allow_private=True)
 
 
 def provision(api) -> tuple[str, dict]:

@@ -11,13 +11,12 @@ Nested under ``web.api``'s resource blueprint, behind its guard and error handle
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, g
 
 from broker import alert_webhook, operations
-from broker.validation import InputError
 from broker.vault import VaultError
 from web import services
-from web.errors import json_object_body, json_response
+from web.errors import json_object_body, json_response, test_message
 
 bp = Blueprint("alerts", __name__)
 
@@ -92,14 +91,8 @@ def test_webhook():
     """Send one signed test notice now (``change`` and ``condition`` are ``test``); the answer says
     what happened: 200 when the receiver accepted it, 502 with the reason when it did not."""
     svc = services()
-    message = None
-    if request.get_data():
-        body = json_object_body()
-        if set(body) - {"message"}:
-            raise InputError(sorted(set(body) - {"message"})[0], "the only field is message")
-        message = body.get("message", alert_webhook.TEST_MESSAGE)
     outcome = operations.test_alert_webhook(svc.db.connection, svc.wire(), svc.vault, g.resource["id"],
-                                            actor=ACTOR, message=message, calls=svc.owner_calls)
+                                            actor=ACTOR, message=test_message(), calls=svc.owner_calls)
     if outcome.delivered:
         return json_response({"delivered": True, "status": outcome.status})
     return json_response({"error": "test_failed", "delivered": False, "status": outcome.status,

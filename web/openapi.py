@@ -412,6 +412,12 @@ TEST_RESULT = {
 }
 
 
+# The optional body of "send a test record / notice".
+TEST_BODY = {"required": False, "content": {"application/json": {"schema": {
+    "type": "object", "additionalProperties": False,
+    "properties": {"message": {"type": "string", "minLength": 1, "maxLength": 1000}}}}}}
+
+
 def _drain_paths() -> dict:
     resource_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     drain_param = {"name": "drain_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -452,9 +458,7 @@ def _drain_paths() -> dict:
             "post": {"operationId": "testDrain",
                      "summary": "Send one test record through the drain now, in its own format; the "
                                 "drain's cursor and counters do not change.",
-                     "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                         "type": "object", "additionalProperties": False,
-                         "properties": {"message": {"type": "string", "minLength": 1, "maxLength": 1000}}}}}},
+                     "requestBody": TEST_BODY,
                      "responses": {
                          "200": {"description": "The receiver accepted the record.",
                                  "content": {"application/json": {"schema": TEST_RESULT}}},
@@ -507,17 +511,8 @@ ALERT_WEBHOOK = {
     },
 }
 
-WEBHOOK_TEST_RESULT = {
-    "type": "object",
-    "required": ["delivered"],
-    "properties": {
-        "delivered": {"type": "boolean"},
-        "status": {"type": ["integer", "null"], "description": "The receiver's HTTP status, if any."},
-        "error": {"type": "string"},
-        "message": {"type": "string", "description": "Why it was not accepted."},
-        "retryable": {"type": "boolean", "description": "Whether a delivery would retry (true) or drop (false)."},
-    },
-}
+WEBHOOK_TEST_RESULT = {**TEST_RESULT, "required": ["delivered"],
+                       "properties": {k: v for k, v in TEST_RESULT["properties"].items() if k != "record"}}
 
 
 def _alert_paths() -> dict:
@@ -562,9 +557,7 @@ def _alert_paths() -> dict:
             "post": {"operationId": "testAlertWebhook",
                      "summary": "Send a signed test notice (change and condition `test`) now; the webhook's "
                                 "cursor and counters do not change.",
-                     "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                         "type": "object", "additionalProperties": False,
-                         "properties": {"message": {"type": "string", "minLength": 1, "maxLength": 1000}}}}}},
+                     "requestBody": TEST_BODY,
                      "responses": {
                          "200": {"description": "The receiver accepted the notice.",
                                  "content": {"application/json": {"schema": WEBHOOK_TEST_RESULT}}},

@@ -1,4 +1,4 @@
-"""HTTP sinks: logplex-style drains (``logplex`` and the app's own ``heroku`` stream) and OTLP/HTTP.
+"""HTTP sinks: logplex-style drains (``logplex`` and the app's own ``heroku`` stream), OTLP/HTTP, and the alert webhook.
 
 Each send returns a :class:`Result` that says what the delivery loop must do
 (research otlp-syslog-forge.md decision 12; heroku-addon-and-logplex.md §7.3):
