@@ -643,9 +643,10 @@ def test_alert_webhook(connect: Connect, wire: senders.Wire, vault: Vault, resou
     except alert_webhook.SecretLost:
         result = Result("drop", detail=alert_webhook.SECRET_LOST_ERROR)
     else:
+        notice = alert_webhook.test_notice(resource_id, message)
         with _calling_out(calls, resource_id, wire.deadline_seconds):
-            result = alert_webhook.send(wire.session_for(), url, secret, alert_webhook.test_notice(resource_id, message),
-                                        allow_private=wire.allow_private, deadline=wire.deadline_seconds)
+            result = alert_webhook.send(wire.session_for(), url, secret, notice, allow_private=wire.allow_private,
+                                        deadline=wire.deadline_seconds)
     with connect() as conn, conn.transaction():
         _live(conn, resource_id)
         audit.record(conn, resource_id, actor, "alert_webhook.tested",
