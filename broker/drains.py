@@ -44,7 +44,7 @@ class DrainInput:
     values: dict
 
 
-def _url(kind: str, value, allow_private: bool) -> str:
+def _parsed(value):
     # isprintable() is False for every control character (NUL, CR, LF, DEL, C1), every space but
     # U+0020 (refused apart), invisible format characters and lone surrogates: none belongs in a URL.
     if not isinstance(value, str) or len(value) > 2048 or " " in value or not value.isprintable():
@@ -57,6 +57,23 @@ def _url(kind: str, value, allow_private: bool) -> str:
         raise InputError("url", "url is not a valid URL") from None
     if not parts.hostname:
         raise InputError("url", "url has no host")
+    return parts, port
+
+
+def https_url(value, *, allow_private: bool, what: str = "url") -> str:
+    """An owner's HTTPS URL (plain http only where private destinations are allowed), as drains of
+    the HTTP kinds and the alert webhook take it; the SSRF guard checks where it points at send time."""
+    parts, _ = _parsed(value)
+    schemes = ("https", "http") if allow_private else ("https",)
+    if parts.scheme not in schemes:
+        raise InputError("url", f"{what} must start with https://")
+    if parts.fragment:
+        raise InputError("url", "url must not have a #fragment")
+    return value
+
+
+def _url(kind: str, value, allow_private: bool) -> str:
+    parts, port = _parsed(value)
     if kind == "syslog":
         schemes = ("syslog+tls", "syslog+tcp") if allow_private else ("syslog+tls",)
         if parts.scheme not in schemes or port is None:
@@ -64,12 +81,7 @@ def _url(kind: str, value, allow_private: bool) -> str:
         if parts.path not in ("", "/") or parts.query or parts.username:
             raise InputError("url", "a syslog drain's url is only syslog+tls://host:port")
         return value
-    schemes = ("https", "http") if allow_private else ("https",)
-    if parts.scheme not in schemes:
-        raise InputError("url", f"a {kind} drain's url must start with https://")
-    if parts.fragment:
-        raise InputError("url", "url must not have a #fragment")
-    return value
+    return https_url(value, allow_private=allow_private, what=f"a {kind} drain's url")
 
 
 def validate(payload: object, *, allow_private: bool, current: dict | None = None) -> DrainInput:

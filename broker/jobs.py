@@ -115,3 +115,13 @@ def enqueue_alerts(connection: redis.Redis, tick_seconds: int) -> Job | None:
     """Queue an alert evaluation (broker.alerts) unless one is still queued or running."""
     return enqueue_unique(connection, "control", "worker.alerts.run", job_id="alerts",
                           ttl=max(60, tick_seconds * 4), job_timeout=120, failure_ttl=5)
+
+
+def enqueue_alert_webhooks(connection: redis.Redis, tick_seconds: int) -> Job | None:
+    """Queue the alert webhook job unless it is still queued or running (one at a time: alerts are rare).
+
+    Undelivered notices and each webhook's back-off live in PostgreSQL: the tick enqueues the job
+    again whenever a webhook is due."""
+    return enqueue_unique(connection, "deliver", "worker.alert_webhook.run",
+                          job_id="alert-webhooks", ttl=max(60, tick_seconds * 4),
+                          job_timeout=60, failure_ttl=5)

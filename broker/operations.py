@@ -585,3 +585,98 @@ def test_drain(connect: Connect, wire, vault, resource_id, drain_id, *, actor: s
         message="the receiver accepted the record" if delivered
         else (result.detail or "the receiver did not accept the record"),
         retryable=result.outcome == "retry", record=sent, rules={"filtered": filtered, "redacted": redacted})
+
+
+# --- the alert webhook (issue 16 item 2) -------------------------------------------
+
+from broker import alert_webhook  # noqa: E402 (here with the rest of the webhook's operations)
+
+
+@dataclass(frozen=True)
+class WebhookSet:
+    webhook: alert_webhook.Webhook
+    secret: str      # the new signing secret: shown once, in the answer to the change that made it
+    created: bool
+
+
+def set_alert_webhook(connect: Connect, vault: Vault, resource_id, payload: object, *, actor: str,
+                      allow_private: bool) -> WebhookSet:
+    """Point the resource's alert webhook at ``payload["url"]`` with a new signing secret (audited).
+
+    The URL is checked as an HTTP drain's is (https, the SSRF guard at send time). A new webhook
+    starts after the resource's newest notice; a replaced one keeps its place, so the notices it
+    has not delivered yet go to the new URL, signed with the new secret.
+    """
+    if not isinstance(payload, dict):
+        raise InputError("body", "request body must be a JSON object")
+    unknown = sorted(set(payload) - {"url"})
+    if unknown:
+        raise InputError(unknown[0], f"unknown field {unknown[0]!r}; the only field is url")
+    if "url" not in payload:
+        raise InputError("url", "url is required")
+    url = drains.https_url(payload["url"], allow_private=allow_private, what="the webhook's url")
+    secret = alert_webhook.new_secret()
+    url_enc, secret_enc = vault.encrypt(url), vault.encrypt(secret)
+    with connect() as conn, conn.transaction():
+        _live(conn, resource_id, for_update=True)
+        created = alert_webhook.get(conn, resource_id, for_update=True) is None
+        row = (alert_webhook.insert if created else alert_webhook.replace)(conn, resource_id, url_enc, secret_enc)
+        audit.record(conn, resource_id, actor, "alert_webhook.set",
+                     {"host": alert_webhook.host(url), "created": created})
+    log.info("alert webhook set resource=%s created=%s", resource_id, created)
+    return WebhookSet(row, secret, created)
+
+
+def delete_alert_webhook(connect: Connect, resource_id, *, actor: str) -> None:
+    """Remove the resource's alert webhook (audited); :class:`NotFound` when it has none."""
+    with connect() as conn, conn.transaction():
+        _live(conn, resource_id)
+        if not alert_webhook.delete(conn, resource_id):
+            raise NotFound("no alert webhook is set")
+        audit.record(conn, resource_id, actor, "alert_webhook.deleted", {})
+    log.info("alert webhook deleted resource=%s", resource_id)
+
+
+@dataclass(frozen=True)
+class WebhookTestOutcome:
+    delivered: bool
+    status: int | None
+    message: str          # what happened, said for the owner
+    retryable: bool
+
+
+def test_alert_webhook(connect: Connect, wire: senders.Wire, vault: Vault, resource_id, *, actor: str,
+                       message: str | None = None, calls: ratelimit.OwnerCalls | None = None) -> WebhookTestOutcome:
+    """Send a signed test notice to the resource's webhook now; what happened (audited).
+
+    Its cursor and counters do not change. The send is one of the resource's bounded calls out
+    (``calls``, as :func:`test_drain`'s), audited only if the resource is still live after it.
+    """
+    if message is None:
+        message = alert_webhook.TEST_MESSAGE
+    if not isinstance(message, str) or not 1 <= len(message) <= TEST_MESSAGE_CHARS:
+        raise InputError("message", f"message must be 1 to {TEST_MESSAGE_CHARS} characters")
+    with connect() as conn:
+        _check_state(resources.get(conn, resource_id))
+        row = alert_webhook.get(conn, resource_id)
+    if row is None:
+        raise NotFound("no alert webhook is set: PUT one first")
+    try:
+        url, secret = alert_webhook.secrets_of(row, vault)
+    except alert_webhook.SecretLost:
+        result = Result("drop", detail=alert_webhook.SECRET_LOST_ERROR)
+    else:
+        notice = alert_webhook.test_notice(resource_id, message)
+        with _calling_out(calls, resource_id, wire.deadline_seconds):
+            result = alert_webhook.send(wire.session_for(), url, secret, notice, allow_private=wire.allow_private,
+                                        deadline=wire.deadline_seconds)
+    with connect() as conn, conn.transaction():
+        _live(conn, resource_id)
+        audit.record(conn, resource_id, actor, "alert_webhook.tested",
+                     {"outcome": result.outcome, "status": result.status})
+    log.info("alert webhook test resource=%s outcome=%s status=%s", resource_id, result.outcome, result.status)
+    delivered = result.outcome == "delivered"
+    return WebhookTestOutcome(delivered=delivered, status=result.status,
+                              message="the receiver accepted the notice" if delivered
+                              else (result.detail or "the receiver did not accept the notice"),
+                              retryable=result.outcome == "retry")

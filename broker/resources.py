@@ -7,6 +7,8 @@ from datetime import datetime
 
 import psycopg
 
+from broker import alert_webhook
+
 COLUMNS = """
 id, partner_id, name, plan, region, callback_url, state, log_drain_token,
 api_token_generation, created_at, updated_at, provisioned_at, deprovisioned_at,
@@ -247,7 +249,9 @@ def provision_failed(conn: psycopg.Connection, resource_id: uuid.UUID | str, err
 
 
 def retire_children(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> None:
-    """Disable an ended resource's drains and pause its sources, erasing their secrets."""
+    """Disable an ended resource's drains and pause its sources, erasing their secrets; remove its
+    alert webhook (URL and signing secret)."""
+    alert_webhook.delete(conn, resource_id)
     conn.execute(
         "UPDATE drains SET enabled = false, url_enc = NULL, headers_enc = NULL, updated_at = now() "
         "WHERE resource_id = %s",

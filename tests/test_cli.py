@@ -114,13 +114,17 @@ ENCRYPTED = {
     "sources": ("api_token_enc",),
     "drains": ("url_enc", "headers_enc"),
     "partners": ("sso_salt_enc", "sso_salt_previous_enc"),
+    "alert_webhooks": ("url_enc", "secret_enc"),
 }
+# Tables whose primary key is not ``id``.
+KEYS = {"alert_webhooks": "resource_id"}
 
 
 def encrypted_values(conn) -> dict[tuple[str, str, str], str]:
     values = {}
     for table, columns in ENCRYPTED.items():
-        for row in conn.execute(f"SELECT id::text AS id, {', '.join(columns)} FROM {table}").fetchall():
+        key = KEYS.get(table, "id")
+        for row in conn.execute(f"SELECT {key}::text AS id, {', '.join(columns)} FROM {table}").fetchall():
             for column in columns:
                 if row[column] is not None:
                     values[(table, column, row["id"])] = row[column]
@@ -158,6 +162,11 @@ def populate(conn, vault: Vault) -> dict[tuple[str, str, str], str]:
                      (partner, partner, vault.encrypt(salt), vault.encrypt(previous)))
         secrets.update({("partners", "sso_salt_enc", partner): salt,
                         ("partners", "sso_salt_previous_enc", partner): previous})
+        hook, signing = f"https://hooks.example/services/{uuid.uuid4().hex}", f"fdwh_{uuid.uuid4().hex}"
+        conn.execute("INSERT INTO alert_webhooks (resource_id, url_enc, secret_enc) VALUES (%s, %s, %s)",
+                     (rid, vault.encrypt(hook), vault.encrypt(signing)))
+        secrets.update({("alert_webhooks", "url_enc", str(rid)): hook,
+                        ("alert_webhooks", "secret_enc", str(rid)): signing})
     return secrets
 
 

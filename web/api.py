@@ -22,7 +22,7 @@ from flask import Blueprint, Response, abort, g, request
 
 from broker import audit, ingest, jobs, operations, plans, resources, tokens
 from broker.validation import InputError
-from web import drains, openapi, services, sources
+from web import alerts, drains, openapi, services, sources
 from web.errors import error, invalid, json_response, refused
 
 log = logging.getLogger(__name__)
@@ -159,8 +159,9 @@ def rotate_token():
     return response
 
 
-# The tree of the resource API: /v1/resources/<resource_id>/{drains,sources}/..., every route
-# under the one guard above.
+# The tree of the resource API: /v1/resources/<resource_id>/{drains,sources,alerts,alert-webhook}/...,
+# every route under the one guard above.
 resource.register_blueprint(drains.bp)
 resource.register_blueprint(sources.bp)
+resource.register_blueprint(alerts.bp)
 bp.register_blueprint(resource)

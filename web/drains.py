@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 
 import orjson
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, g
 
 from broker import drains, operations, outbox, rules
 from broker.validation import InputError
 from broker.vault import VaultError
 from web import services
-from web.errors import error, json_object_body, json_response, owned
+from web.errors import error, json_object_body, json_response, owned, test_message
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +152,8 @@ def test_drain(drain_id: str):
     """
     row = get_drain(drain_id)
     svc = services()
-    message = None
-    if request.get_data():
-        body = json_object_body()
-        if set(body) - {"message"}:
-            raise InputError(sorted(set(body) - {"message"})[0], "the only field is message")
-        message = body.get("message", operations.TEST_MESSAGE)
     outcome = operations.test_drain(svc.db.connection, svc.wire(), svc.vault, g.resource["id"], row["id"],
-                                    actor=ACTOR, message=message, calls=svc.owner_calls)
+                                    actor=ACTOR, message=test_message(), calls=svc.owner_calls)
     if outcome.delivered:
         return json_response({"delivered": True, "status": outcome.status, "record": outcome.record,
                               "rules": outcome.rules})

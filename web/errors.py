@@ -76,6 +76,17 @@ def json_object_body() -> dict:
     return body
 
 
+def test_message() -> str | None:
+    """The optional ``{"message": …}`` body of "send a test record / notice": None without a body
+    (the operation's own words), the message otherwise; :class:`InputError` for any other field."""
+    if not request.get_data(cache=True):
+        return None
+    body = json_object_body()
+    if set(body) - {"message"}:
+        raise InputError(sorted(set(body) - {"message"})[0], "the only field is message")
+    return body.get("message")
+
+
 def _check_text(value, where: str) -> None:
     """Refuse NUL characters and lone surrogates (``"\\ud800"`` is valid JSON but not text):
     PostgreSQL, the vault and HTTP headers each fail on them later."""

@@ -420,6 +420,12 @@ TEST_RESULT = {
 }
 
 
+# The optional body of "send a test record / notice".
+TEST_BODY = {"required": False, "content": {"application/json": {"schema": {
+    "type": "object", "additionalProperties": False,
+    "properties": {"message": {"type": "string", "minLength": 1, "maxLength": 1000}}}}}}
+
+
 def _drain_paths() -> dict:
     resource_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     drain_param = {"name": "drain_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -464,9 +470,7 @@ def _drain_paths() -> dict:
                                     "one; a record they would filter out is sent anyway, and `rules.filtered` "
                                     "says so. `invalid_rules` (422): the drain's stored rules no longer "
                                     "compile; nothing was sent.",
-                     "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                         "type": "object", "additionalProperties": False,
-                         "properties": {"message": {"type": "string", "minLength": 1, "maxLength": 1000}}}}}},
+                     "requestBody": TEST_BODY,
                      "responses": {
                          "200": {"description": "The receiver accepted the record.",
                                  "content": {"application/json": {"schema": TEST_RESULT}}},
@@ -478,6 +482,105 @@ def _drain_paths() -> dict:
             "parameters": [resource_param, drain_param],
             "post": {"operationId": "rotateDrainToken", "summary": "Issue the drain a new d.<uuid> token.",
                      "responses": {"200": one, **common}},
+        },
+    }
+
+
+ALERT = {
+    "type": "object",
+    "required": ["id", "condition", "subject_id", "subject_name", "detail", "raised_at", "recovered_at", "message"],
+    "properties": {
+        "id": {"type": "integer"},
+        "condition": {"type": "string", "enum": ["source_paused", "source_over_capacity", "drain_failing",
+                                                 "drain_backlog", "records_dropped", "gap_recorded"]},
+        "subject_id": {"type": "string", "format": "uuid", "description": "The source or drain it is about."},
+        "subject_name": {"type": "string", "description": "How the owner knows the subject, as it was when raised."},
+        "detail": {"type": ["string", "null"], "description": "A pause reason, a count, a backlog size."},
+        "raised_at": {"type": "string", "format": "date-time"},
+        "recovered_at": {"type": ["string", "null"], "format": "date-time", "description": "null while open."},
+        "message": {"type": ["string", "null"], "description": "The words of its latest notice, with what to do."},
+    },
+}
+
+ALERT_WEBHOOK = {
+    "type": "object",
+    "required": ["host", "delivery", "created_at", "updated_at"],
+    "properties": {
+        "host": {"type": ["string", "null"],
+                 "description": "Where the webhook points (the URL itself is never shown: it is often a key); "
+                                "null when it can no longer be decrypted: PUT it again."},
+        "secret": {"type": "string", "description": "PUT only: the new signing secret, shown this once."},
+        "delivery": {"type": "object", "properties": {
+            "pending": {"type": "integer", "description": "Notices not delivered yet."},
+            "delivered": {"type": "integer"},
+            "dropped": {"type": "integer", "description": "Notices the receiver refused with a 4xx (not 429)."},
+            "retried": {"type": "integer"}, "consecutive_failures": {"type": "integer"},
+            "last_error": {"type": ["string", "null"]},
+            "last_delivery_at": {"type": ["string", "null"], "format": "date-time"},
+            "next_attempt_at": {"type": "string", "format": "date-time"}}},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+    },
+}
+
+WEBHOOK_TEST_RESULT = {**TEST_RESULT, "required": ["delivered"],
+                       "properties": {k: v for k, v in TEST_RESULT["properties"].items() if k != "record"}}
+
+
+def _alert_paths() -> dict:
+    resource_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    common = {"401": _error_response("Missing or invalid bearer token."),
+              "404": _error_response("No such resource for this token, or no alert webhook is set.")}
+    changes = {"403": _error_response("The previous token may only read."),
+               "409": _error_response("The resource's provisioning failed: it takes no changes."),
+               "410": _error_response("The resource was deprovisioned: it takes no changes.")}
+    one = _json("AlertWebhook", "The alert webhook.")
+    return {
+        "/v1/resources/{id}/alerts": {
+            "parameters": [resource_param],
+            "get": {"operationId": "listAlerts",
+                    "summary": "The resource's open alerts and its latest 50 (open or recovered), newest first.",
+                    "responses": {"200": {"description": "The alerts.", "content": {"application/json": {
+                        "schema": {"type": "object", "required": ["open", "recent"], "properties": {
+                            "open": {"type": "array", "items": {"$ref": "#/components/schemas/Alert"}},
+                            "recent": {"type": "array", "items": {"$ref": "#/components/schemas/Alert"}}}}}}},
+                        **common}},
+        },
+        "/v1/resources/{id}/alert-webhook": {
+            "parameters": [resource_param],
+            "get": {"operationId": "getAlertWebhook", "summary": "Where the alert webhook points and how "
+                                                                 "its delivery stands.",
+                    "responses": {"200": one, **common}},
+            "put": {"operationId": "setAlertWebhook",
+                    "summary": "Set (201) or replace (200) the alert webhook, with a new signing secret shown "
+                               "in this answer only. A new webhook gets the notices from now on.",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["url"], "additionalProperties": False,
+                        "properties": {"url": {"type": "string", "writeOnly": True,
+                                               "description": "https://… (stored encrypted)."}}}}}},
+                    "responses": {"200": one, "201": one, **common, **changes,
+                                  "400": _error_response("The body is not a JSON object."),
+                                  "422": _error_response("The url is invalid.")}},
+            "delete": {"operationId": "deleteAlertWebhook", "summary": "Remove the alert webhook.",
+                       "responses": {"204": {"description": "Removed."}, **common, **changes}},
+        },
+        "/v1/resources/{id}/alert-webhook/test": {
+            "parameters": [resource_param],
+            "post": {"operationId": "testAlertWebhook",
+                     "summary": "Send a signed test notice (change and condition `test`) now; the webhook's "
+                                "cursor and counters do not change.",
+                     "requestBody": TEST_BODY,
+                     "responses": {
+                         "200": {"description": "The receiver accepted the notice.",
+                                 "content": {"application/json": {"schema": WEBHOOK_TEST_RESULT}}},
+                         "502": {"description": "The receiver did not accept it; message says why.",
+                                 "content": {"application/json": {"schema": WEBHOOK_TEST_RESULT}}},
+                         "429": _error_response("Another test or verification of the resource is out, or its "
+                                                "calls of the minute are spent; nothing was sent.",
+                                                headers=RETRY_AFTER),
+                         "400": _error_response("The body is not a JSON object."),
+                         "422": _error_response("The message is invalid."),
+                         **common, **changes}},
         },
     }
 
@@ -511,7 +614,8 @@ def document(public_url: str) -> dict:
                                            "description": "The resource's FORGEDRAIN_TOKEN."}},
             "schemas": {"Error": ERROR, "Resource": RESOURCE, "Limits": LIMITS, "Drain": DRAIN,
                         "Source": SOURCE, "SourceInput": SOURCE_INPUT, "DrainInput": DRAIN_INPUT,
-                        "DrainFull": DRAIN_FULL, "Rules": RULES, "RulesInput": RULES_INPUT},
+                        "DrainFull": DRAIN_FULL, "Rules": RULES, "RulesInput": RULES_INPUT,
+                        "Alert": ALERT, "AlertWebhook": ALERT_WEBHOOK},
         },
         "paths": {
             "/v1/resources/{id}": {
@@ -569,6 +673,7 @@ def document(public_url: str) -> dict:
             },
             **_source_paths(),
             **_drain_paths(),
+            **_alert_paths(),
             "/v1/openapi.json": {
                 "get": {
                     "operationId": "getOpenAPI",

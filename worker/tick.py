@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from broker import (activity, alerts, audit, delivery, heartbeats, ingest, jobs, outbox, polling, redisconn,
+from broker import (activity, alert_webhook, alerts, audit, delivery, heartbeats, ingest, jobs, outbox, polling, redisconn,
                     resources, sources)
 from worker import context
 
@@ -73,8 +73,12 @@ def run(slot: int) -> dict:
     # Config pushes after token rotations live in PostgreSQL; a flushed Redis only delays them (issue 14, item 8).
     with context.connection() as conn:
         pushes = resources.due_config_pushes(conn, PROVISIONS_PER_TICK)
+        webhooks_due = alert_webhook.count_due(conn, 1)
     for resource_id in pushes:
         jobs.enqueue_config_push(connection, str(resource_id))
+    # Undelivered alert notices and each webhook's back-off live in PostgreSQL, like config pushes.
+    if webhooks_due:
+        jobs.enqueue_alert_webhooks(connection, settings.clock_tick_seconds)
     log.info("tick slot=%d due_sources=%d poll_jobs=%d due_drains=%d delivery_jobs=%d provisions=%d purged=%d",
              slot, due_sources, batches, due_drains, deliveries, len(due), purged)
     if pruned and (pruned.batches or pruned.dropped_records):

@@ -1,4 +1,4 @@
-"""HTTP sinks: logplex-style drains (``logplex`` and the app's own ``heroku`` stream) and OTLP/HTTP.
+"""HTTP sinks: logplex-style drains (``logplex`` and the app's own ``heroku`` stream), OTLP/HTTP, and the alert webhook.
 
 Each send returns a :class:`Result` that says what the delivery loop must do
 (research otlp-syslog-forge.md decision 12; heroku-addon-and-logplex.md §7.3):
@@ -249,6 +249,12 @@ def send_logplex(session: requests.Session, url: str, body: bytes, *, count: int
         "Content-Type": "application/logplex-1", "Logplex-Msg-Count": str(count),
         "Logplex-Frame-Id": frame_id, "Logplex-Drain-Token": drain_token, "User-Agent": USER_AGENT,
     }, LOGPLEX_TIMEOUT, deadline)
+    return _settled(answered, "batch")
+
+
+def _settled(answered: tuple[requests.Response, bytes] | Result, what: str) -> Result:
+    """Logplex's classes of an answer: 2xx delivered; 429 and 5xx retried (``Retry-After``
+    honoured); any other 4xx drops ``what`` — it would never be accepted."""
     if isinstance(answered, Result):
         return answered
     response, _ = answered
@@ -257,7 +263,23 @@ def send_logplex(session: requests.Session, url: str, body: bytes, *, count: int
         return Result("delivered", status)
     if status == 429 or status >= 500:
         return Result("retry", status, f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")))
-    return Result("drop", status, f"HTTP {status}: the receiver refused the batch")
+    return Result("drop", status, f"HTTP {status}: the receiver refused the {what}")
+
+
+WEBHOOK_TIMEOUT = LOGPLEX_TIMEOUT  # a notice is a few hundred bytes: a receiver answers at once or not at all
+
+
+def send_webhook(session: requests.Session, url: str, body: bytes, headers: dict[str, str], *,
+                 allow_private: bool, deadline: float = DEADLINE_SECONDS) -> Result:
+    """POST one alert notice (JSON) to a resource's webhook, classified as logplex drains are:
+    2xx delivered; 429, 5xx, timeouts, network errors and redirects retried (``Retry-After``
+    honoured); any other 4xx dropped — the receiver would never take that notice."""
+    _guarded_session(session, url, allow_private)
+    target, auth = _target(url)
+    answered = _post(session, target, body, auth, {
+        **headers, "Content-Type": "application/json", "User-Agent": USER_AGENT,
+    }, WEBHOOK_TIMEOUT, deadline)
+    return _settled(answered, "notice")
 
 
 def otlp_url(url: str) -> str:
