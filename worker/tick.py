@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from broker import (activity, alert_webhook, alerts, audit, delivery, heartbeats, ingest, jobs, outbox, polling, redisconn,
-                    resources, sources)
+from broker import (activity, alert_webhook, alerts, audit, delivery, heartbeats, ingest, jobs, outbox, polling,
+                    redisconn, resources, sources)
 from worker import context
 
 log = logging.getLogger(__name__)
