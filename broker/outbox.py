@@ -7,16 +7,19 @@ table can be distributed by resource (one shard per group of resources)
 without a redesign.
 
 An outbox *batch* is one row: the records one Forge page added (origin
-``forge``, a zlib-compressed JSON array) or one logplex request of the
+``forge``, a zlib-compressed JSON array), one logplex request of the
 Heroku app's own logs (origin ``heroku``, the octet-counted frames as they
-came). Its records are read with :meth:`Batch.records`.
+came) or one OTLP request of an app's logs (origin ``otlp``, the protobuf or
+JSON body as it came, :mod:`broker.formats.otlp_ingest`). Its records are read
+with :meth:`Batch.records`.
 
 **Backlog**, everywhere it is shown (resource API, dashboard, ``/metrics``,
 CLI ``status``, ``replay``) and in delivery itself, means one thing: the
 records of the batches after a drain's cursor that the drain will receive.
 The ``heroku`` drain writes into the app's own stream, so the app's own
-records (origin ``heroku``) are never sent back there and never count toward
-its backlog (:data:`RECEIVES`).
+records (origins ``heroku`` and ``otlp``: what an app sends over OTLP is its own
+logs too) are never sent back there and never count toward its backlog
+(:data:`RECEIVES`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import orjson
 import psycopg
 
 from broker import activity, plans
-from broker.formats import logplex
+from broker.formats import logplex, otlp_ingest
 
 # zlib level 3: measured (bench/poll_cpu.py) at half the CPU of level 6 for 1.15x the bytes.
 COMPRESSION_LEVEL = 3
@@ -41,18 +44,19 @@ APPEND_LOCK = 7_210_001
 # pg_advisory_xact_lock key taken by prune() and by anything that moves a cursor back (replay).
 PRUNE_LOCK = 7_210_002
 
-# What a drain receives of a batch: everything, except the app's own logs for the heroku drain.
-# ``d`` is the drain, ``o`` the outbox row.
-RECEIVES = "NOT (d.kind = 'heroku' AND o.origin = 'heroku')"
+# What a drain receives of a batch: everything, except the app's own logs (logplex or OTLP ingest)
+# for the heroku drain. ``d`` is the drain, ``o`` the outbox row.
+OWN_LOG_ORIGINS = ("heroku", "otlp")
+RECEIVES = "NOT (d.kind = 'heroku' AND o.origin IN ('heroku', 'otlp'))"
 
 
 @dataclass(frozen=True)
 class Batch:
     id: int
     source_id: object | None
-    origin: str          # forge | heroku
+    origin: str          # forge | heroku | otlp
     record_count: int
-    min_ts: datetime     # for heroku batches: when they were received
+    min_ts: datetime     # for heroku and otlp batches: when they were received
     payload: bytes
 
     def records(self) -> list[dict]:
@@ -61,11 +65,13 @@ class Batch:
             received = int(self.min_ts.timestamp() * 1e9)
             return [logplex.to_record(m, received)
                     for m in logplex.split(zlib.decompress(self.payload), limit=None)]
+        if self.origin == "otlp":
+            return otlp_ingest.records(zlib.decompress(self.payload), int(self.min_ts.timestamp() * 1e9))
         return forge_records(self.payload)
 
     def received_by(self, kind: str) -> bool:
         """Whether a drain of ``kind`` receives this batch's records (:data:`RECEIVES`)."""
-        return not (kind == "heroku" and self.origin == "heroku")
+        return not (kind == "heroku" and self.origin in OWN_LOG_ORIGINS)
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,13 @@ def append_frames(conn: psycopg.Connection, resource_id, frames: list[bytes], co
     """Add ``count`` octet-counted frames of the Heroku app's own logs, stored as they came;
     the batch's time is when it was received."""
     return append(conn, resource_id, origin="heroku", record_count=count, payload=frames_payload(frames))
+
+
+def append_otlp(conn: psycopg.Connection, resource_id, payload: bytes, count: int) -> int:
+    """Add an OTLP request's ``count`` records, stored as they came (``otlp_ingest.Parsed.payload``);
+    the batch's time is when it was received."""
+    return append(conn, resource_id, origin="otlp", record_count=count,
+                  payload=zlib.compress(payload, FRAMES_COMPRESSION_LEVEL))
 
 
 # --- read --------------------------------------------------------------------------

@@ -197,7 +197,7 @@ class Sender:
         raise NotImplementedError
 
     def receives(self, record_origin: str) -> bool:
-        """Whether this drain receives records of this origin (``forge`` or ``heroku``)."""
+        """Whether this drain receives records of this origin (``forge``, ``heroku`` or ``otlp``)."""
         return True
 
 
@@ -307,7 +307,8 @@ class HerokuSender(LogplexSender):
                                 procid_prefix=source.service_name or "forge")
 
     def receives(self, record_origin: str) -> bool:
-        return record_origin != "heroku"  # the app's own logs never go back into its own stream
+        # The app's own logs (logplex or OTLP ingest) never go back into its own stream.
+        return record_origin not in ("heroku", "otlp")
 
 
 def otlp_weight(record: dict) -> int:
