@@ -350,3 +350,55 @@ def test_over_real_http_the_sdk_gets_the_documented_answers(app, conn, resource)
             "Content-Type": "application/x-protobuf", "X-Forgedrain-Ingest-Token": resource["token"]})
         assert bad.status_code == 400
     assert len(stored(conn, resource["id"])) == 1
+
+
+# --- the formats: what came in goes out the same ---------------------------------------------------
+
+def rich_request() -> ExportLogsServiceRequest:
+    """Two resources, two scopes, typed attributes everywhere, a nested body, an id of a wrong length."""
+    message = ExportLogsServiceRequest()
+    for service in ("web", "worker"):
+        resource_logs = message.resource_logs.add()
+        resource_logs.resource.attributes.add(key="service.name", value={"string_value": service})
+        resource_logs.resource.attributes.add(key="host.cpus", value={"int_value": 2})
+        for scope_name in ("a", "b"):
+            scope_logs = resource_logs.scope_logs.add()
+            scope_logs.scope.name, scope_logs.scope.version = scope_name, "9"
+            scope_logs.scope.attributes.add(key="lib.debug", value={"bool_value": True})
+            log = scope_logs.log_records.add()
+            log.time_unix_nano, log.observed_time_unix_nano = 1_763_700_000_123_456_789, 1_763_700_001_000_000_000
+            log.severity_number, log.severity_text = 10, "info"
+            log.body.kvlist_value.values.add(key="order", value={"array_value": {"values": [
+                {"int_value": -3}, {"double_value": 1.5}, {"bytes_value": b"\x00\xff"}]}})
+            log.attributes.add(key="ratio", value={"double_value": 0.25})
+            log.trace_id, log.span_id = bytes.fromhex(TRACE), b"\x01\x02"
+    return message
+
+
+def test_records_received_over_otlp_leave_through_otlp_drains_as_they_came():
+    from google.protobuf import json_format
+
+    from broker.formats import otlp, otlp_ingest
+
+    sent = rich_request()
+    parsed = otlp_ingest.parse(sent.SerializeToString(), "protobuf")
+    assert (parsed.records, parsed.own) == (4, 0)
+    records = otlp_ingest.records(parsed.payload, 1)
+    origin = otlp.Origin(app_id="", environment_id="", drain_token="d.out")
+    export = otlp.request(records, origin, 5)
+    out = json_format.ParseDict(otlp.hex_ids_to_base64(orjson.loads(otlp.to_json(export))), ExportLogsServiceRequest())
+    assert ExportLogsServiceRequest.FromString(otlp.to_protobuf(export)) == out
+    assert ExportLogsServiceRequest.FromString(otlp.protobuf_request(records, origin, 5)) == out
+    assert len(out.resource_logs) == 4  # one per resource and scope
+    for got, (resource_logs, scope_logs) in zip(out.resource_logs, [(r, s) for r in sent.resource_logs
+                                                                     for s in r.scope_logs]):
+        assert list(got.resource.attributes)[:-1] == list(resource_logs.resource.attributes)
+        assert got.resource.attributes[-1].key == "forgedrain.drain.token"
+        (got_scope,) = got.scope_logs
+        assert got_scope.scope == scope_logs.scope
+        (log,), (want,) = got_scope.log_records, scope_logs.log_records
+        assert (log.time_unix_nano, log.observed_time_unix_nano) == (want.time_unix_nano, 5)
+        assert (log.severity_number, log.severity_text) == (10, "info")  # OTLP's number kept, not the text's 9
+        assert log.body == want.body and log.trace_id == want.trace_id and not log.span_id
+        assert list(log.attributes) == list(want.attributes) + [
+            type(want.attributes[0])(key="otlp.span_id", value={"string_value": "0102"})]
