@@ -19,7 +19,7 @@ from broker.vault import Vault
 from tests.fakes.receivers import logplex_receiver, otlp_receiver
 from tests.fakes.server import LocalServer
 from tests.support.partner import heroku_headers, provision_body
-from tests.test_delivery import add_drain, deliver_all, make_deliverer
+from tests.test_delivery import add_drain, deliver_all, drain_row, make_deliverer
 from web import create_app
 
 PATH = "/ingest/otlp/v1/logs"
@@ -156,6 +156,9 @@ def test_the_opentelemetry_sdk_exporter_reaches_the_resources_drains_but_not_the
         logger.emit(body="card declined", severity_number=SeverityNumber.WARN, severity_text="WARN")
         provider.shutdown()
         assert len(stored(conn, resource["id"])) == 2
+        # Every drain but the heroku one has them (the one backlog definition says so too).
+        assert outbox.between(conn, resource["id"], "heroku", 0) == outbox.Backlog(0, 0)
+        assert outbox.between(conn, resource["id"], "logplex", 0) == outbox.Backlog(2, 2)
         deliver_all(make_deliverer(settings.database_url, vault), conn)
     # One request per emit (the simple processor): one outbox batch, one request to the drain, each.
     logs = []
@@ -402,3 +405,27 @@ def test_records_received_over_otlp_leave_through_otlp_drains_as_they_came():
         assert log.body == want.body and log.trace_id == want.trace_id and not log.span_id
         assert list(log.attributes) == list(want.attributes) + [
             type(want.attributes[0])(key="otlp.span_id", value={"string_value": "0102"})]
+
+
+@pytest.mark.parametrize("encoding", ["json", "protobuf"])
+def test_a_real_collector_rotel_gets_the_ingested_records_with_their_resource_and_scope(
+        web, conn, resource, settings, encoding):
+    from tests.fakes.rotel import rotel_receiver
+    from tests.support.markers import rotel_after_marker
+
+    vault = Vault(settings.fernet_keys)
+    sent = json_request("first ✓", "second", service="acme-api", severity=13)
+    with rotel_receiver() as rotel:
+        drain_id = add_drain(conn, vault, resource["id"], "otlp", rotel.url, {"encoding": encoding})
+        assert post(web, resource["token"], orjson.dumps(sent), "application/json").status_code == 200
+        deliver_all(make_deliverer(settings.database_url, vault), conn)
+        received = rotel_after_marker(rotel)
+    row = drain_row(conn, drain_id)
+    assert (row["delivered"], row["rejected"], row["dropped"]) == (2, 0, 0), row["last_error"]
+    assert [r.record.body.string_value for r in received] == ["first ✓", "second"]
+    for r in received:
+        assert r.resource["service.name"] == "acme-api" and r.resource["deployment.environment.name"] == "prod"
+        assert (r.scope_name, r.scope_version) == ("otel-cli", "0.4.5")
+        assert (r.record.severity_number, r.record.severity_text) == (13, "INFO")  # the number is OTLP's word
+        assert r.attributes == {"http.route": "/checkout", "retries": 3, "cached": False}
+        assert (r.record.trace_id.hex(), r.record.span_id.hex()) == (TRACE, SPAN)
