@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 import psycopg
@@ -108,15 +109,36 @@ def store(conn: psycopg.Connection, resource_id, frame_id: str, parsed: Parsed) 
     return fresh
 
 
-def stats(conn: psycopg.Connection, resource_id, hours: int = 24) -> dict:
-    """What drain ingest received (and refused over the volume limit) for a resource over the last
-    ``hours``."""
+def resource_for_ingest_token(conn: psycopg.Connection, resource_id) -> dict | None:
+    """The live resource an OTLP ingest token names, with its ingest token's generation (the token
+    itself is checked by the caller: :func:`broker.tokens.ingest_token_valid`)."""
+    return conn.execute(
+        "SELECT id, plan, ingest_token_generation FROM resources "
+        "WHERE id = %s AND state IN ('provisioning', 'provisioned')", (resource_id,)).fetchone()
+
+
+def store_otlp(conn: psycopg.Connection, resource_id, parsed) -> None:
+    """Store an OTLP request's records (``otlp_ingest.Parsed``) and count it. OTLP has no batch id, so
+    the row's is fresh: a request the client retries is stored again (delivery is at least once)."""
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO ingest_batches (resource_id, frame_id, frames, stored, own, origin) "
+            "VALUES (%s, %s, %s, %s, %s, 'otlp')",
+            (resource_id, f"otlp:{uuid.uuid4()}", parsed.records, parsed.stored, parsed.own))
+        if parsed.stored:
+            outbox.append_otlp(conn, resource_id, parsed.payload, parsed.stored)
+
+
+def stats(conn: psycopg.Connection, resource_id, hours: int = 24, origin: str = "heroku") -> dict:
+    """What drain ingest (``origin`` heroku: logplex; otlp: OTLP) received for a resource over the
+    last ``hours``, and what the volume limit refused of either (the limit is one per resource)."""
     row = conn.execute(
         """
         SELECT count(*) AS batches, COALESCE(sum(frames), 0) AS frames, COALESCE(sum(stored), 0) AS stored,
                COALESCE(sum(own), 0) AS own, COALESCE(sum(replays), 0) AS replays, max(received_at) AS last
-        FROM ingest_batches WHERE resource_id = %s AND received_at > now() - make_interval(hours => %s)
-        """, (resource_id, hours)).fetchone()
+        FROM ingest_batches
+        WHERE resource_id = %s AND received_at > now() - make_interval(hours => %s) AND origin = %s
+        """, (resource_id, hours, origin)).fetchone()
     refused = conn.execute(
         """
         SELECT COALESCE(sum(answers), 0) AS answers, COALESCE(sum(batches), 0) AS batches,

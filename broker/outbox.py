@@ -7,19 +7,21 @@ table can be distributed by resource (one shard per group of resources)
 without a redesign.
 
 An outbox *batch* is one row: the records one Forge page added (origin
-``forge``, a zlib-compressed JSON array) or one logplex request of the
+``forge``, a zlib-compressed JSON array), one logplex request of the
 Heroku app's own logs (origin ``heroku``, the octet-counted frames as they
-came), or the notices of an alert evaluation (origin ``alert``, records like a
-Forge batch's, see :func:`append_alerts`). Its records are read with
-:meth:`Batch.records`.
+came), one OTLP request of an app's logs (origin ``otlp``, the protobuf or
+JSON body as it came, :mod:`broker.formats.otlp_ingest`), or the notices of an alert
+evaluation (origin ``alert``, records like a Forge batch's, see :func:`append_alerts`).
+Its records are read with :meth:`Batch.records`.
 
 **Backlog**, everywhere it is shown (resource API, dashboard, ``/metrics``,
 CLI ``status``, ``replay``) and in delivery itself, means one thing: the
 records of the batches after a drain's cursor that the drain will receive.
 The ``heroku`` drain writes into the app's own stream, so the app's own
-records (origin ``heroku``) are never sent back there and never count toward
-its backlog; alert lines (origin ``alert``) are for that stream only, so they
-count toward the heroku drain's backlog and no other's (:data:`RECEIVES`).
+records (origins ``heroku`` and ``otlp``: what an app sends over OTLP is its own
+logs too) are never sent back there and never count toward its backlog; alert lines
+(origin ``alert``) are for that stream only, so they count toward the heroku drain's
+backlog and no other's (:data:`RECEIVES`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import orjson
 import psycopg
 
 from broker import activity, plans, usage
-from broker.formats import logplex
+from broker.formats import logplex, otlp_ingest
 
 # zlib level 3: measured (bench/poll_cpu.py) at half the CPU of level 6 for 1.15x the bytes.
 COMPRESSION_LEVEL = 3
@@ -44,18 +46,20 @@ APPEND_LOCK = 7_210_001
 # pg_advisory_xact_lock key taken by prune() and by anything that moves a cursor back (replay).
 PRUNE_LOCK = 7_210_002
 
-# What a drain receives of a batch: everything, except the app's own logs for the heroku drain, and
-# alert lines (broker.alerts) for any other drain. ``d`` is the drain, ``o`` the outbox row.
-RECEIVES = "(CASE WHEN d.kind = 'heroku' THEN o.origin <> 'heroku' ELSE o.origin <> 'alert' END)"
+# What a drain receives of a batch: everything, except the app's own logs (logplex or OTLP ingest)
+# for the heroku drain, and alert lines (broker.alerts) for any other drain. ``d`` is the drain,
+# ``o`` the outbox row.
+OWN_LOG_ORIGINS = ("heroku", "otlp")
+RECEIVES = "(CASE WHEN d.kind = 'heroku' THEN o.origin NOT IN ('heroku', 'otlp') ELSE o.origin <> 'alert' END)"
 
 
 @dataclass(frozen=True)
 class Batch:
     id: int
     source_id: object | None
-    origin: str          # forge | heroku | alert
+    origin: str          # forge | heroku | otlp | alert
     record_count: int
-    min_ts: datetime     # for heroku batches: when they were received
+    min_ts: datetime     # for heroku and otlp batches: when they were received
     payload: bytes
 
     def records(self) -> list[dict]:
@@ -64,6 +68,8 @@ class Batch:
             received = int(self.min_ts.timestamp() * 1e9)
             return [logplex.to_record(m, received)
                     for m in logplex.split(zlib.decompress(self.payload), limit=None)]
+        if self.origin == "otlp":
+            return otlp_ingest.records(zlib.decompress(self.payload), int(self.min_ts.timestamp() * 1e9))
         return forge_records(self.payload)
 
     def received_by(self, kind: str) -> bool:
@@ -73,7 +79,7 @@ class Batch:
 
 def received_by(kind: str, origin: str) -> bool:
     """Whether a drain of ``kind`` receives records of ``origin`` (:data:`RECEIVES`, for one batch)."""
-    return origin != "heroku" if kind == "heroku" else origin != "alert"
+    return origin not in OWN_LOG_ORIGINS if kind == "heroku" else origin != "alert"
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,15 @@ def append_alerts(conn: psycopg.Connection, resource_id, records: list[dict]) ->
     of the broker's model that carry their logplex header in a ``heroku`` part, stored like a
     Forge batch's. The batch's time is now."""
     return append(conn, resource_id, origin="alert", record_count=len(records), payload=forge_payload(records))
+
+
+def append_otlp(conn: psycopg.Connection, resource_id, payload: bytes, count: int) -> int:
+    """Add an OTLP request's ``count`` records, stored as they came (``otlp_ingest.Parsed.payload``);
+    the batch's time is when it was received."""
+    batch = append(conn, resource_id, origin="otlp", record_count=count,
+                   payload=zlib.compress(payload, FRAMES_COMPRESSION_LEVEL))
+    usage.add(conn, resource_id, "ingest", count, len(payload))
+    return batch
 
 
 # --- read --------------------------------------------------------------------------

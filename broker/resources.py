@@ -11,7 +11,7 @@ from broker import alert_webhook
 
 COLUMNS = """
 id, partner_id, name, plan, region, callback_url, state, log_drain_token,
-api_token_generation, created_at, updated_at, provisioned_at, deprovisioned_at,
+api_token_generation, ingest_token_generation, created_at, updated_at, provisioned_at, deprovisioned_at,
 provision_attempts, provision_next_at, provision_error,
 oauth_grant_code_enc, oauth_grant_expires_at, oauth_access_token_enc,
 oauth_refresh_token_enc, oauth_expires_at, config_pushed_generation, config_push_error,
@@ -105,6 +105,13 @@ def rotate_api_token(conn: psycopg.Connection, resource_id: uuid.UUID | str, new
         """,
         (grace_seconds, new_digest, resource_id),
     ).fetchone()["api_token_previous_until"]
+
+
+def next_ingest_token_generation(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> int:
+    """Bump the resource's OTLP ingest token generation (the previous token stops at once); the new one."""
+    return conn.execute(
+        "UPDATE resources SET ingest_token_generation = ingest_token_generation + 1, updated_at = now() "
+        "WHERE id = %s RETURNING ingest_token_generation", (resource_id,)).fetchone()["ingest_token_generation"]
 
 
 def end_token_grace(conn: psycopg.Connection, resource_id: uuid.UUID | str) -> bool:

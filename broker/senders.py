@@ -199,8 +199,8 @@ class Sender:
         raise NotImplementedError
 
     def receives(self, record_origin: str) -> bool:
-        """Whether this drain receives records of this origin (``forge``, ``heroku`` or ``alert``):
-        the heroku drain never the app's own logs, only the heroku drain alert lines."""
+        """Whether this drain receives records of this origin (``forge``, ``heroku``, ``otlp`` or
+        ``alert``): the heroku drain never the app's own logs, only the heroku drain alert lines."""
         return outbox.received_by(self.kind, record_origin)
 
 

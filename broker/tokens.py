@@ -1,4 +1,4 @@
-"""Tokens the broker issues: resource API tokens and drain tokens.
+"""Tokens the broker issues: resource API tokens, ingest tokens and drain tokens.
 
 ``FORGEDRAIN_TOKEN`` is derived, not stored: ``HMAC-SHA256(SECRET_KEY,
 "forgedrain-api-token:<resource id>:<generation>")``. The database keeps
@@ -6,6 +6,14 @@ only its SHA-256 digest for lookup. Deriving it lets a replayed provision
 (Heroku delivers at least once) and the asynchronous provisioning job hand
 Heroku the very token the first response carried, without the token ever
 being written down; a rotation bumps the generation.
+
+The OTLP *ingest token* (``X-Forgedrain-Ingest-Token``) is derived the same way
+under its own label and generation, ``fdi_<resource id hex>_<mac>``: it only
+lets its holder add logs to one resource (a telemetry drain's header, which
+Heroku shows to the app's collaborators), so it is not the API token, and a
+rotation of either leaves the other alone. It names its resource, so ingest
+finds the row by primary key and nothing about the token is stored; a new
+``SECRET_KEY`` ends it like every derived token.
 """
 
 from __future__ import annotations
@@ -16,12 +24,40 @@ import hmac
 import uuid
 
 API_TOKEN_PREFIX = "fdr_"
+INGEST_TOKEN_PREFIX = "fdi_"
+
+
+def _mac(secret_key: str, label: str, resource_id: uuid.UUID | str, generation: int) -> str:
+    message = f"{label}:{resource_id}:{generation}".encode()
+    mac = hmac.new(secret_key.encode(), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
 def api_token(secret_key: str, resource_id: uuid.UUID | str, generation: int) -> str:
-    message = f"forgedrain-api-token:{resource_id}:{generation}".encode()
-    mac = hmac.new(secret_key.encode(), message, hashlib.sha256).digest()
-    return API_TOKEN_PREFIX + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    return API_TOKEN_PREFIX + _mac(secret_key, "forgedrain-api-token", resource_id, generation)
+
+
+def ingest_token(secret_key: str, resource_id: uuid.UUID | str, generation: int) -> str:
+    """The OTLP ingest token of a resource's ``generation`` (it names the resource: see above)."""
+    rid = uuid.UUID(str(resource_id))
+    return f"{INGEST_TOKEN_PREFIX}{rid.hex}_{_mac(secret_key, 'forgedrain-ingest-token', rid, generation)}"
+
+
+def ingest_token_resource(token: str) -> uuid.UUID | None:
+    """The resource an ingest token names (None when it is not of that form); whether the token is
+    valid is for :func:`ingest_token_valid` to say."""
+    if len(token) != 80 or not token.startswith(INGEST_TOKEN_PREFIX) or token[36] != "_":
+        return None
+    try:
+        return uuid.UUID(hex=token[4:36])
+    except ValueError:
+        return None
+
+
+def ingest_token_valid(secret_key: str, token: str, resource_id: uuid.UUID | str, generation: int) -> bool:
+    """Whether ``token`` is the resource's ingest token of ``generation`` (constant time)."""
+    return hmac.compare_digest(token.encode("utf-8", "surrogatepass"),
+                               ingest_token(secret_key, resource_id, generation).encode())
 
 
 def derived(secret_key: str, token: str, resource_id: uuid.UUID | str, generation: int) -> bool:

@@ -1,7 +1,7 @@
 """The usage store: records and bytes per resource, UTC day and measure (issue 17 item 2, SPEC §11).
 
 Measures: ``forge`` (records of Forge pages stored, and their bytes as JSON),
-``ingest`` (logplex frames stored from the Heroku app, and their bytes),
+``ingest`` (logplex frames and OTLP ingest records stored from the app, and their bytes),
 ``delivered`` and ``dropped`` per drain kind (records). Writers add inside the
 transaction that stores, delivers or drops what they count, so usage is as
 durable as the data, and never counts a batch twice: the outbox's append and a

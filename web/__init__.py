@@ -89,10 +89,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _utc(moment):
         return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
-    from web import api, dashboard, health, heroku, ingest, metrics, partner, sso
+    from web import api, dashboard, health, heroku, ingest, ingest_otlp, metrics, partner, sso
 
     # api.bp carries the whole resource API: web.drains and web.sources nest under its guard.
-    for blueprint in (health.bp, metrics.bp, heroku.bp, partner.bp, sso.bp, dashboard.bp, api.bp, ingest.bp):
+    for blueprint in (health.bp, metrics.bp, heroku.bp, partner.bp, sso.bp, dashboard.bp, api.bp, ingest.bp,
+                      ingest_otlp.bp):
         app.register_blueprint(blueprint)
     return app
 

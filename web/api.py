@@ -22,7 +22,7 @@ from flask import Blueprint, Response, abort, g, request
 
 from broker import audit, ingest, jobs, operations, plans, resources, tokens
 from broker.validation import InputError
-from web import alerts, drains, openapi, services, sources
+from web import alerts, drains, ingest_otlp, openapi, services, sources
 from web.errors import error, invalid, json_response, refused
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,34 @@ def get_resource():
     with services().db.connection() as conn:
         drain_rows = resources.drains(conn, g.resource["id"])
         received = ingest.stats(conn, g.resource["id"])
-    return json_response({**resource_view(g.resource, drain_rows), "ingest": received})
+        received_otlp = ingest.stats(conn, g.resource["id"], origin="otlp")
+    return json_response({**resource_view(g.resource, drain_rows), "ingest": received,
+                          "otlp_ingest": otlp_ingest_view(g.resource, received_otlp)})
+
+
+def otlp_ingest_view(row: dict, received: dict) -> dict:
+    """Where and how to send logs over OTLP, and what came in; never the token (it is shown where it
+    is issued: the provision answer's message and ``POST …/ingest-token``)."""
+    return {**ingest_otlp.guide(services().settings.public_url),
+            "token": f"issued once: in the provision answer's message, and by POST /v1/resources/{row['id']}"
+                     "/ingest-token (which ends the previous one)",
+            "token_generation": row["ingest_token_generation"], "received": received}
+
+
+@resource.post("/ingest-token")
+def issue_ingest_token():
+    """Issue a new OTLP ingest token; the previous one stops at once (a telemetry drain's header is
+    seen by the app's collaborators: this is how a leaked one ends)."""
+    row = g.resource
+    svc = services()
+    with svc.db.connection() as conn, conn.transaction():
+        generation = resources.next_ingest_token_generation(conn, row["id"])
+        audit.record(conn, row["id"], "api-token", "resource.ingest_token_issued", {"generation": generation})
+    token = tokens.ingest_token(svc.settings.secret_key, row["id"], generation)
+    log.info("ingest token issued resource=%s generation=%d", row["id"], generation)
+    response = json_response({"token": token, **ingest_otlp.guide(svc.settings.public_url, token)})
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @resource.delete("/token/previous")

@@ -19,9 +19,9 @@ import logging
 import psycopg
 from flask import Blueprint, Response, g, request
 
-from broker import partners, provisioning
+from broker import partners, provisioning, tokens
 from broker.provisioning import RequestRefused
-from web import services
+from web import ingest_otlp, services
 from web.errors import error, json_response, retry_after_header
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,10 @@ def provision_body(resource: dict, issued_drain_token: bool) -> dict:
             else "Forge Drain is ready: open its dashboard to add your Forge app's credentials."
         ),
     }
+    # Apps without logplex (Heroku Fir) send their logs over OTLP: the exact command, with the token.
+    body["message"] += " To send this app's logs over OTLP (Fir apps): " + ingest_otlp.guide(
+        settings.public_url, tokens.ingest_token(settings.secret_key, resource["id"],
+                                                 resource["ingest_token_generation"]))["command"]
     if resource["log_drain_token"]:
         body["log_drain_url"] = provisioning.log_drain_url(settings)
         if issued_drain_token:

@@ -39,7 +39,7 @@ LIMIT_REDIS_TIMEOUT_SECONDS = 1.0
 REFUSALS_POOL_TIMEOUT_SECONDS = 1.0
 
 
-def _volume() -> ingest.VolumeLimit:
+def volume() -> ingest.VolumeLimit:
     """This process's ingest volume limit, on its own Redis client with a short socket timeout."""
     limit = current_app.extensions.get("forgedrain.ingest-volume")
     if limit is None:
@@ -50,7 +50,7 @@ def _volume() -> ingest.VolumeLimit:
     return limit
 
 
-def _record_refusals(conn, limit: ingest.VolumeLimit, resource_id) -> None:
+def record_refusals(conn, limit: ingest.VolumeLimit, resource_id) -> None:
     try:
         ingest.record_refusals(conn, limit, resource_id)
     except psycopg.Error as exc:  # the counts went back to Redis for the next try
@@ -58,25 +58,33 @@ def _record_refusals(conn, limit: ingest.VolumeLimit, resource_id) -> None:
 
 
 def _refuse(resource: dict, limit: ingest.VolumeLimit, verdict: ingest.Verdict) -> Response:
-    allowance = verdict.allowance
-    if verdict.notice:  # the resource's first refusal this minute: one log line, the counts written
-        log.warning("ingest throttled resource=%s plan=%s frames_per_minute=%d bytes_per_minute=%d",
-                    resource["id"], resource["plan"], allowance.frames_per_minute, allowance.bytes_per_minute)
-        try:
-            with services().db.connection(timeout=REFUSALS_POOL_TIMEOUT_SECONDS) as conn:
-                _record_refusals(conn, limit, resource["id"])
-        except psycopg.OperationalError:
-            pass  # no connection at hand: the counts wait in Redis for the next batch stored
+    allowance = note_refusal(resource, limit, verdict)
     return error(429, "rate_limited",
                  f"over this resource's drain ingest limit of {allowance.frames_per_minute} frames and "
                  f"{allowance.bytes_per_minute} bytes per minute; nothing was stored, retry later",
                  headers=retry_after_header(verdict.retry_after))
 
 
-def _inflate(data: bytes) -> bytes | None:
+def note_refusal(resource: dict, limit: ingest.VolumeLimit, verdict: ingest.Verdict) -> ingest.Allowance:
+    """The bookkeeping of a batch refused over the volume limit (logplex or OTLP); the allowance."""
+    allowance = verdict.allowance
+    if verdict.notice:  # the resource's first refusal this minute: one log line, the counts written
+        log.warning("ingest throttled resource=%s plan=%s frames_per_minute=%d bytes_per_minute=%d",
+                    resource["id"], resource["plan"], allowance.frames_per_minute, allowance.bytes_per_minute)
+        try:
+            with services().db.connection(timeout=REFUSALS_POOL_TIMEOUT_SECONDS) as conn:
+                record_refusals(conn, limit, resource["id"])
+        except psycopg.OperationalError:
+            pass  # no connection at hand: the counts wait in Redis for the next batch stored
+    return allowance
+
+
+def inflate(data: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes | None:
+    """A gzip body inflated, or None when it inflates to more than ``limit`` bytes;
+    :class:`ingest.Malformed` when it is not gzip."""
     inflater = zlib.decompressobj(wbits=31)
     try:
-        out = inflater.decompress(data, MAX_INFLATED_BYTES)
+        out = inflater.decompress(data, limit)
     except zlib.error:
         raise ingest.Malformed("the body is not valid gzip") from None
     if inflater.unconsumed_tail:
@@ -117,21 +125,21 @@ def logplex():
     body = request.get_data(cache=False)
     try:
         if encoding == "gzip":
-            body = _inflate(body)
+            body = inflate(body)
             if body is None:
                 return error(413, "too_large", f"the body inflates to more than {MAX_INFLATED_BYTES} bytes")
         parsed = ingest.parse(body, int(count))
     except ingest.Malformed as exc:
         log.info("ingest refused resource=%s reason=malformed", resource["id"])
         return error(400, "malformed", str(exc))
-    limit = _volume()
+    limit = volume()
     verdict = limit.check(resource["id"], resource["plan"], frame_id, parsed.frames, len(body))
     if not verdict.admitted:
         return _refuse(resource, limit, verdict)
     with svc.db.connection() as conn:
         fresh = ingest.store(conn, resource["id"], frame_id, parsed)
         if verdict.pending:
-            _record_refusals(conn, limit, resource["id"])
+            record_refusals(conn, limit, resource["id"])
     log.debug("ingest resource=%s frames=%d stored=%d own=%d replay=%s", resource["id"], parsed.frames,
               parsed.stored, parsed.own, not fresh)
     return Response(status=204)

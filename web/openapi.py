@@ -96,6 +96,33 @@ RESOURCE = {
     },
 }
 
+OTLP_GUIDE = {
+    "url": {"type": "string", "description": "POST OTLP/HTTP logs here (protobuf or JSON, gzip or not): "
+                                             "<PUBLIC_URL>/ingest/otlp/v1/logs."},
+    "endpoint": {"type": "string", "description": "The same without /v1/logs, for senders that append it "
+                                                  "(a Collector's otlphttp exporter, OTEL_EXPORTER_OTLP_ENDPOINT, "
+                                                  "heroku telemetry:add); both paths take logs."},
+    "header": {"type": "string", "description": "The header carrying the ingest token "
+                                                "(Authorization: Bearer works too)."},
+    "command": {"type": "string", "description": "The exact heroku telemetry:add command."},
+}
+RESOURCE["properties"]["otlp_ingest"] = {
+    "type": "object",
+    "description": "How an app sends its logs over OTLP (Heroku Fir telemetry drains, any SDK or Collector), "
+                   "and what came in over the last 24 hours (GET /v1/resources/{id} only). The ingest token "
+                   "itself is shown only where it is issued: the provision answer's message and "
+                   "POST /v1/resources/{id}/ingest-token.",
+    "properties": {
+        **OTLP_GUIDE,
+        "token": {"type": "string", "description": "Where the ingest token is shown."},
+        "token_generation": {"type": "integer"},
+        "received": {"type": "object", "description": "As ingest, for OTLP requests: batches are requests, "
+                                                      "frames records, own_dropped the broker's own records "
+                                                      "refused with partial success; the refusals are the "
+                                                      "resource's (one volume limit for both ingests)."},
+    },
+}
+
 
 LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"]
 
@@ -651,6 +678,25 @@ def document(public_url: str) -> dict:
                                         "previous_token_valid_until": {"type": "string",
                                                                        "format": "date-time"},
                                     }}}}},
+                        "401": _error_response("Missing or invalid bearer token."),
+                        "403": _error_response("The previous token may only read."),
+                        "404": _error_response("No such resource for this token."),
+                    },
+                }
+            },
+            "/v1/resources/{id}/ingest-token": {
+                "post": {
+                    "operationId": "issueIngestToken",
+                    "summary": "Issue a new OTLP ingest token (shown once, with the command that uses it); the "
+                               "previous one stops at once. Only the current FORGEDRAIN_TOKEN may issue one.",
+                    "parameters": [{"name": "id", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "The new ingest token and how to use it.",
+                                "content": {"application/json": {"schema": {
+                                    "type": "object",
+                                    "required": ["token", "url", "endpoint", "header", "command"],
+                                    "properties": {"token": {"type": "string"}, **OTLP_GUIDE}}}}},
                         "401": _error_response("Missing or invalid bearer token."),
                         "403": _error_response("The previous token may only read."),
                         "404": _error_response("No such resource for this token."),

@@ -75,8 +75,9 @@ USAGE = {
                 "day": {"type": "string", "format": "date", "description": "A UTC day with any usage."},
                 "received": {"type": "object", "required": ["forge", "ingest"],
                              "properties": {"forge": RECEIVED, "ingest": RECEIVED},
-                             "description": "Records stored: Forge pages (bytes as JSON) and the Heroku app's "
-                                            "logplex frames (bytes as received)."},
+                             "description": "Records stored: Forge pages (bytes as JSON), and what the app sent "
+                                            "to drain ingest (logplex frames and OTLP requests, bytes as "
+                                            "received)."},
                 "delivered": {**BY_KIND, "description": "Records receivers accepted, per drain kind."},
                 "dropped": {**BY_KIND, "description": "Records given up on, per drain kind: older than the "
                                                       "plan's backlog, or refused for good by the receiver."},

@@ -45,6 +45,9 @@ def header_parts(record: dict, who, function_key: str | None) -> tuple[int, str,
         pri = record["heroku"].get("pri")
         pri = pri if isinstance(pri, int) and 0 <= pri <= 191 else FACILITY * 8 + severity.of(record)[1]
         return pri, heroku[0], heroku[1]
+    received = record.get("otlp")
+    if type(received) is dict:  # received over OTLP: its service is the APP-NAME, no PROCID
+        return FACILITY * 8 + severity.of(record)[1], received.get("service") or who.app_name, None
     procid = function_key
     prefix = getattr(who, "procid_prefix", None)
     if prefix:

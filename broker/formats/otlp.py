@@ -114,6 +114,8 @@ def _parts(record: dict, origin: Origin) -> tuple:
     (resource key, time, severity number, severity text, body AnyValue, trace id, span id, attributes),
     attributes as (name, value) pairs: a ``str`` value is a stringValue, an ``int`` an intValue,
     a ``dict`` any other AnyValue (kept typed: kvlist, array, int, double, bool, bytes)."""
+    if "otlp" in record:
+        return _received_parts(record)
     attrs = fields.attribute_values(record)
     number, _ = severity.of(record)
     text = record.get("severityText")
@@ -155,6 +157,30 @@ def _parts(record: dict, origin: Origin) -> tuple:
             _body(record), trace, span, pairs)
 
 
+def _received_parts(record: dict) -> tuple:
+    """:func:`_parts` of a record received over OTLP (``broker.formats.otlp_ingest``): its resource
+    and scope as they came (the key holds them, as JSON), its attributes and severity unchanged."""
+    part = record["otlp"]
+    key = ("otlp", orjson.dumps(part.get("resource") or []), orjson.dumps(part.get("scope") or {}), None)
+    number, _ = severity.of(record)
+    text = record.get("severityText")
+    trace, span = _trace_id(record.get("traceId")), _span_id(record.get("spanId"))
+    pairs: list[tuple[str, str | int | dict]] = [
+        (kv["key"], kv["value"]["stringValue"] if len(kv["value"]) == 1 and type(kv["value"].get("stringValue")) is str
+         else kv["value"]) for kv in record.get("attributes") or ()]
+    if not trace and record.get("traceId"):
+        pairs.append(("otlp.trace_id", str(record["traceId"])))
+    if not span and record.get("spanId"):
+        pairs.append(("otlp.span_id", str(record["spanId"])))
+    return (key, _nanos(record.get("timeUnixNano")), number, text if isinstance(text, str) and text else None,
+            _body(record), trace, span, pairs)
+
+
+def _scope(key: tuple) -> dict:
+    """The scope of a resource key's records: their own when received over OTLP, else the broker's."""
+    return orjson.loads(key[2]) if key[0] == "otlp" else SCOPE
+
+
 def log_record(record: dict, origin: Origin, observed_nanos: int) -> tuple[tuple, dict]:
     """(resource key, OTLP LogRecord JSON) for one Forge or Heroku record."""
     key, nanos, number, text, body, trace, span, pairs = _parts(record, origin)
@@ -175,6 +201,9 @@ def log_record(record: dict, origin: Origin, observed_nanos: int) -> tuple[tuple
 
 def _resource(key: tuple, origin: Origin) -> dict:
     kind, app_id, environment_id, app_version = key
+    if kind == "otlp":  # received over OTLP: its resource as it came, and the drain's token
+        return {"attributes": [a for a in orjson.loads(app_id) if a["key"] != "forgedrain.drain.token"]
+                + [_kv("forgedrain.drain.token", origin.drain_token)]}
     if kind == "heroku":
         return {"attributes": [_kv("service.name", app_id), _kv("service.namespace", "heroku"),
                                _kv("cloud.provider", "heroku"), _kv("forgedrain.drain.token", origin.drain_token)]}
@@ -199,7 +228,7 @@ def request(records: list[dict], origin: Origin, observed_nanos: int) -> dict:
         key, log = log_record(record, origin, observed_nanos)
         groups.setdefault(key, []).append(log)
     return {"resourceLogs": [
-        {"resource": _resource(key, origin), "scopeLogs": [{"scope": SCOPE, "logRecords": logs}]}
+        {"resource": _resource(key, origin), "scopeLogs": [{"scope": _scope(key), "logRecords": logs}]}
         for key, logs in groups.items()
     ]}
 
@@ -255,17 +284,33 @@ def protobuf_request(records: list[dict], origin: Origin, observed_nanos: int) -
         out.append(observed)
         log = b"".join(out)
         groups.setdefault(key, []).append(b"\x12" + varint(len(log)) + log)
-    scope = b"\x0a" + b"".join(_bytes_field(
-        b"\x0a" + b"".join(_bytes_field(SCOPE["name"].encode())) + b"\x12" + b"".join(_bytes_field(SCOPE["version"].encode()))))
+    scope = _scope_field(SCOPE)
     message = []
     for key, logs in groups.items():
-        resource = b"".join(b"\x0a" + b"".join(_bytes_field(_key_value(a["key"], a["value"]["stringValue"])))
+        resource = b"".join(b"\x0a" + b"".join(_bytes_field(_key_value(a["key"], _plain_string(a["value"]))))
                             for a in _resource(key, origin)["attributes"])
-        scope_logs = scope + b"".join(logs)
+        scope_logs = (_scope_field(_scope(key)) if key[0] == "otlp" else scope) + b"".join(logs)
         resource_logs = (b"\x0a" + b"".join(_bytes_field(resource))
                          + b"\x12" + b"".join(_bytes_field(scope_logs)))
         message.append(b"\x0a" + b"".join(_bytes_field(resource_logs)))
     return b"".join(message)
+
+
+def _plain_string(value: dict) -> str | dict:
+    """A stringValue's text (what :func:`_key_value` writes as a string), any other AnyValue as is."""
+    return value["stringValue"] if len(value) == 1 and type(value.get("stringValue")) is str else value
+
+
+def _scope_field(scope: dict) -> bytes:
+    """ScopeLogs' scope (1): an InstrumentationScope, name (1), version (2), attributes (3)."""
+    inner = b""
+    if scope.get("name"):
+        inner += b"\x0a" + b"".join(_bytes_field(scope["name"].encode("utf-8", "replace")))
+    if scope.get("version"):
+        inner += b"\x12" + b"".join(_bytes_field(scope["version"].encode("utf-8", "replace")))
+    for a in scope.get("attributes") or ():
+        inner += b"\x1a" + b"".join(_bytes_field(_key_value(a["key"], _plain_string(a["value"]))))
+    return b"\x0a" + b"".join(_bytes_field(inner))
 
 
 _FIXED64 = struct.Struct("<Q").pack
@@ -348,6 +393,8 @@ def to_protobuf(export: dict) -> bytes:
             scope = scope_logs.get("scope") or {}
             scope_out.scope.name = scope.get("name", "")
             scope_out.scope.version = scope.get("version", "")
+            if scope.get("attributes"):
+                _fill_attributes(scope_out.scope.attributes, scope["attributes"])
             add = scope_out.log_records.add
             for log in scope_logs["logRecords"]:
                 record = add()

@@ -29,7 +29,13 @@ def _syslog_for_otlp(number: int) -> int:
 
 
 def of(record: dict) -> tuple[int, int]:
-    """(OTLP severity number 0..24, syslog severity 0..7) of a Forge record."""
+    """(OTLP severity number 0..24, syslog severity 0..7) of a Forge record. A record received over
+    OTLP (an ``otlp`` part) keeps its number when it is in 1..24: there the number is the
+    standard and the text free-form."""
+    if "otlp" in record:
+        number = record.get("severityNumber")
+        if type(number) is int and 1 <= number <= 24:
+            return number, _syslog_for_otlp(number)
     text = record.get("severityText")
     if isinstance(text, str) and text.upper() in BY_TEXT:
         return BY_TEXT[text.upper()]
