@@ -247,7 +247,7 @@ def test_source_edit_keeps_the_token_when_left_empty_and_pauses_show_what_to_do(
         **source_form(api_token="", service_name="renamed-app"), "csrf_token": token})
     assert response.status_code == 303
     html = page(client, rid)
-    assert "service_name changed" in html and "renamed-app" in html
+    assert "Service name changed" in html and "renamed-app" in html
     conn.execute("UPDATE sources SET state = 'paused', pause_reason = 'auth_failed', "
                  "last_error = 'HTTP 401: email or API token refused'")
     html = page(client, rid)
