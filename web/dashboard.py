@@ -19,7 +19,6 @@ JavaScript.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import orjson
@@ -35,6 +34,7 @@ from web import dashboard_forms as forms
 from web import dashboard_view as view
 from web import services
 from web.errors import retry_after_header
+from web.sso import within_session
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 DETECTOR_OPTIONS = [(name, view.DETECTOR_WORDS.get(name, name)) for name in rules.DETECTORS]
@@ -47,15 +47,6 @@ def signed_in_resource(resource_id: uuid.UUID) -> None:
             "sso_denied.html", reason="you are not signed in to this add-on"), 403))
 
 
-def _within_working_day(signed_in_at: object) -> bool:
-    """Whether a session signed in at ``signed_in_at`` (SSO's time.time()) is still in its lifetime, counted
-    from sign-in however often it is used since. Flask's cookie expiry alone would slide with every
-    request. A session without a sign-in time was made before they were kept: it has ended."""
-    if not isinstance(signed_in_at, int):
-        return False
-    return time.time() - signed_in_at <= current_app.permanent_session_lifetime.total_seconds()
-
-
 @bp.before_request
 def _guard():
     """Every dashboard request passes here: signed in to this resource, the resource still there
@@ -63,7 +54,7 @@ def _guard():
     resource_id = (request.view_args or {}).get("resource_id")
     if resource_id is None:
         abort(404)
-    if session and not _within_working_day(session.get("signed_in_at")):
+    if session and not within_session(session.get("signed_in_at")):
         session.clear()  # then refused as never signed in: SSO starts a new one
     signed_in_resource(resource_id)
     with services().db.connection() as conn:
@@ -81,7 +72,7 @@ def _guard():
         abort(make_response(render_template(
             "dashboard_error.html", title="Form expired",
             message="This form was not sent from your current Forge Drain page (its security token is "
-                    "missing or out of date). Nothing was changed. Go back, reload the page and try again."),
+                    "missing or out of date). Nothing was changed. Open the dashboard again with the link below and try again."),
             400))
 
 
@@ -396,15 +387,15 @@ def _drain_errors(resource_id, form, kind: str, *, editing: bool, current: dict 
         payload["rules"] = rules.validate(rule_form.payload, sources=_known_sources(resource_id))
     except rules.RulesInvalid as exc:
         for field, message in rule_form.problems(exc).items():
-            errors.setdefault(field, message)
+            errors[field] = f"{errors[field]}; {message}" if field in errors else message
     if errors and "url" not in errors:
         try:  # what else the drain's own checks would say, so that all problems show at once
             drains.validate({k: v for k, v in payload.items() if k != "rules"},
                             allow_private=services().settings.allow_private_drains, current=current)
         except InputError as exc:
             errors.update(_form_error(exc))
-    if not editing and not payload["rules"]:
-        del payload["rules"]
+    if not editing and not payload.get("rules"):
+        payload.pop("rules", None)
     return payload, errors
 
 

@@ -236,8 +236,11 @@ class RulesForm:
         for path, message in exc.problems:
             field, prefix = self.field_of(path)
             if path == "rules" and "not both" in message:
-                field, message = "min_severity", "choose a minimum severity or a set of levels, not both"
-            text = f"{LABELS.get(field, field)}, {prefix}{message}" if prefix else f"{LABELS.get(field, field)} {message}"
+                field, text = "min_severity", "Choose a minimum severity or a set of levels, not both"
+            elif prefix:
+                text = f"{LABELS.get(field, field)}, {prefix}{message}"
+            else:
+                text = f"{LABELS.get(field, field)} {message}"
             errors[field] = f"{errors[field]}; {text}" if field in errors else text
         return errors
 
