@@ -19,7 +19,7 @@ from markupsafe import Markup, escape
 
 MINUTES = 24 * 60 + 1  # activity.series keeps the current minute and the 24 h before it
 WIDTH, HEIGHT = 720, 210
-LEFT, RIGHT, TOP, BOTTOM = 62, 12, 26, 58
+LEFT, RIGHT, TOP, BOTTOM = 74, 12, 26, 58  # LEFT fits a y label ("250k") at the phone's larger letters
 PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
 
@@ -75,6 +75,15 @@ def collect(rows: list[dict], now: datetime) -> Activity:
     for row in rows:
         found.add(str(row["subject"]), row["kind"], row["minute"], row["records"])
     return found
+
+
+def short_number(n: float) -> str:
+    """An axis label: 950, 2.5k, 10k, 1.5M (a chart's y labels must fit its left margin on a phone)."""
+    if n < 1000:
+        return number(n)
+    if n < 1_000_000:
+        return f"{n / 1000:g}k"
+    return f"{n / 1_000_000:g}M"
 
 
 def _nice_ceiling(value: int) -> int:
@@ -160,7 +169,7 @@ def chart(chart_id: str, label: str, start: datetime, main: list[int], main_name
         value = top * fraction
         if value != int(value):
             continue  # whole records only: a top of 1 gets no half line
-        text = number(value)
+        text = short_number(value)
         out.append(f'<line class="grid" x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{y:.1f}" y2="{y:.1f}"/>')
         out.append(f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{text}</text>')
     out.append(f'<text class="axis unit" x="{LEFT}" y="{TOP - 8}">records per minute</text>')
