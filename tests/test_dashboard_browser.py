@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -156,6 +157,40 @@ def provision(web, **overrides) -> str:
     return body["uuid"]
 
 
+@contextmanager
+def signed_in_page(browser, web, rid: str):
+    """A desktop-sized page signed in to ``rid`` as Heroku signs owners in; a screenshot and the web's
+    output when what runs inside fails."""
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        page.set_content(sso_form(web, rid))
+        page.click("#open")
+        page.wait_for_url(f"**/dashboard/{rid}")
+        yield page
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
+        print(web.output()[-4000:])
+        raise
+    finally:
+        context.close()
+
+
+def source_and_drain(conn, settings, rid: str, drain_name: str) -> tuple:
+    """A source and a logplex drain written as the forms would store them: (source id, drain id)."""
+    from broker.vault import Vault
+    from tests.support.polling import add_source
+
+    vault = Vault(settings.fernet_keys)
+    source_id = add_source(conn, vault, rid, app_id=APP, environment_id=ENV)
+    drain_id = conn.execute("INSERT INTO drains (resource_id, kind, url_enc, token, name) "
+                            "VALUES (%s, 'logplex', %s, %s, %s) RETURNING id",
+                            (rid, vault.encrypt("https://logs.example/drain"), f"d.{drain_name.replace(' ', '-')}",
+                             drain_name)).fetchone()["id"]
+    return source_id, drain_id
+
+
 def run_the_workers_jobs(service_env: dict, conn, source_id) -> None:
     """What the worker does for a new source: poll jobs until it has caught up with Forge, then a
     delivery job (the jobs themselves, run here in-process, as RQ's SimpleWorker would)."""
@@ -186,13 +221,7 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
     rid = provision(web)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
-    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    try:
-        page.set_content(sso_form(web, rid))
-        page.click("#open")
-        page.wait_for_url(f"**/dashboard/{rid}")
+    with signed_in_page(browser, web, rid) as page:
         assert page.locator("h1").inner_text() == "acme-forgedrain"
         assert "Not yet: add your Forge app" in page.inner_text(".overview")
         axe_clean(page, "the dashboard of a new add-on")
@@ -323,36 +352,16 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
         page.wait_for_url(f"**/dashboard/{rid}")
         page.goto(web.url(f"/dashboard/{rid}/drains"))
         page.wait_for_url(f"**/dashboard/{rid}#add-drain")
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
-        print(web.output()[-4000:])
-        raise
-    finally:
-        context.close()
 
 
 def test_a_day_of_activity_with_a_gap_and_drops_is_charted_and_fits_a_phone(web, browser, conn, settings):
     """The chart's rendering of a full day, with activity written as the jobs write it (the test
     above sends real logs through; a day of them would take a day)."""
-    from broker.vault import Vault
-    from tests.support.polling import add_source
-
     rid = provision(web)
-    vault = Vault(settings.fernet_keys)
-    source_id = add_source(conn, vault, rid, app_id=APP, environment_id=ENV)
-    drain_id = conn.execute("INSERT INTO drains (resource_id, kind, url_enc, token, name) "
-                            "VALUES (%s, 'logplex', %s, 'd.chart-test', 'local receiver') RETURNING id",
-                            (rid, vault.encrypt("https://logs.example/drain"))).fetchone()["id"]
+    source_id, drain_id = source_and_drain(conn, settings, rid, "local receiver")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
-    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    try:
-        page.set_content(sso_form(web, rid))
-        page.click("#open")
-        page.wait_for_url(f"**/dashboard/{rid}")
-
+    with signed_in_page(browser, web, rid) as page:
         now = conn.execute("SELECT date_trunc('minute', now()) AS m").fetchone()["m"]
         stored = Counter({now - timedelta(minutes=m): 20 + (m * 7919) % 61 + (m // 90) * 4 for m in range(24 * 60)})
         activity.add(conn, rid, source_id, "stored", stored)
@@ -392,41 +401,21 @@ def test_a_day_of_activity_with_a_gap_and_drops_is_charted_and_fits_a_phone(web,
         assert no_horizontal_scroll(page)[0] <= 390
         page.screenshot(path=str(ARTIFACTS / "dashboard-phone-drain-edit.png"), full_page=True)
         axe_clean(page, "the drain edit form, phone")
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
-        print(web.output()[-4000:])
-        raise
-    finally:
-        context.close()
 
 
 def test_the_forms_are_completed_with_the_keyboard_alone_and_rules_reach_the_card(web, browser, conn, settings):
     """Tab to a field, type, Space to check, Enter on a checkbox (toggles, sends nothing), Enter on Save."""
-    from broker.vault import Vault
-    from tests.support.polling import add_source
-
     rid = provision(web)
-    vault = Vault(settings.fernet_keys)
-    add_source(conn, vault, rid, app_id=APP, environment_id=ENV)
-    drain_id = conn.execute("INSERT INTO drains (resource_id, kind, url_enc, token, name) "
-                            "VALUES (%s, 'logplex', %s, 'd.keys-test', 'archive') RETURNING id",
-                            (rid, vault.encrypt("https://logs.example/drain"))).fetchone()["id"]
-    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
+    _, drain_id = source_and_drain(conn, settings, rid, "archive")
+    with signed_in_page(browser, web, rid) as page:
+        def tab_to(selector: str) -> None:
+            target = page.locator(selector)
+            for _ in range(120):
+                if page.evaluate("(el) => el === document.activeElement", target.element_handle()):
+                    return
+                page.keyboard.press("Tab")
+            raise AssertionError(f"Tab never reached {selector}")
 
-    def tab_to(selector: str) -> None:
-        target = page.locator(selector)
-        for _ in range(120):
-            if page.evaluate("(el) => el === document.activeElement", target.element_handle()):
-                return
-            page.keyboard.press("Tab")
-        raise AssertionError(f"Tab never reached {selector}")
-
-    try:
-        page.set_content(sso_form(web, rid))
-        page.click("#open")
-        page.wait_for_url(f"**/dashboard/{rid}")
         page.goto(web.url(f"/dashboard/{rid}/drains/{drain_id}/edit"))
         edit_url = page.url
         axe_clean(page, "the drain edit form")
@@ -468,9 +457,3 @@ def test_the_forms_are_completed_with_the_keyboard_alone_and_rules_reach_the_car
             "name": "archive eu", "rules": {"min_severity": "INFO", "redact": {"detectors": ["email", "card"]}}}
         page.screenshot(path=str(ARTIFACTS / "dashboard-rules-saved.png"))
         axe_clean(page, "a drain saved with rules")
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
-        print(web.output()[-4000:])
-        raise
-    finally:
-        context.close()

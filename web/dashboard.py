@@ -9,8 +9,12 @@ edit, verify, back-fill and delete sources; add, edit, test, rotate, enable,
 disable and delete drains. Every change goes through :mod:`broker.operations`
 (the same code as the resource API), with the signed-in user's email as actor.
 
-Forms are POST + redirect with flash messages; a refused form is rendered
-again (422) with the field's message and what was typed, secrets excepted.
+Forms are POST + redirect (303) with the result shown at the card or section
+acted on (``role=status``, ``alert`` for a failure; a failed test record shows in
+the card's state too); a refused form is rendered again (422) with every
+problem at once, in words, next to its field and in a summary above it, focus
+on the first (``autofocus``: no script), and what was typed, secrets excepted.
+A form's address opened with GET (a reload, a bookmark) goes back to the form.
 Every POST carries the session's CSRF token (400 without it); the session is
 bound to one resource (403 for any other) and lasts 8 hours from sign-in
 (``PERMANENT_SESSION_LIFETIME``), however often it is used. Nothing needs
@@ -490,6 +494,8 @@ def test_drain(resource_id: uuid.UUID, drain_id: uuid.UUID):
                               f"“{outcome.record['invocation_id']}” at the destination.")
     else:
         message = view.delivery_words(outcome.message)
+        if message == f"HTTP {outcome.status}":
+            message = "the receiver answered with an error"
         if message.startswith("no such host name"):
             advice = "Correct the URL with Edit."
         elif outcome.retryable:

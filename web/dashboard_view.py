@@ -452,6 +452,10 @@ AUDIT_WORDS = {
 }
 
 
+OUTCOME_WORDS = {"delivered": "delivered", "retry": "not delivered (a delivery would be tried again)",
+                 "drop": "not delivered"}
+
+
 def audit_text(entry: dict) -> str:
     """What an audit entry says, in words (detail holds ids and field names, never secrets)."""
     detail = entry["detail"] or {}
@@ -467,7 +471,7 @@ def audit_text(entry: dict) -> str:
     if "ok" in detail:
         words += ": accepted" if detail["ok"] else ": refused"
     if "outcome" in detail:
-        words += f": {detail['outcome']}" + (f" (HTTP {detail['status']})" if detail.get("status") else "")
+        words += f": {OUTCOME_WORDS.get(detail['outcome'], detail['outcome'])}" + (f" (HTTP {detail['status']})" if detail.get("status") else "")
     if "from" in detail:
         words += f" from {detail['from']}"
     if "plan" in detail and isinstance(detail["plan"], str):
