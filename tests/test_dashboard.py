@@ -379,7 +379,7 @@ def test_the_verdict_comes_from_the_cards_and_names_each_thing_needing_a_look(cl
                  ("destination refused: cannot resolve 'logs.invalid.example' (gaierror)", drain_id))
     html = page(client, rid)
     card = card_of(html, f"drain-{drain_id}")
-    assert "failing: last 3 attempts failed" in card and "failures)" not in card
+    assert "failing: the last 3 attempts failed" in card and "failures)" not in card
     assert "Deliveries are failing: no such host name" in card
     assert "Drain archive</a>: Deliveries are failing" in html
 

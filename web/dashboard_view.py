@@ -308,10 +308,6 @@ def unreadable(row: dict) -> dict | None:
     }
 
 
-def attempts(n: int) -> str:
-    return "1 attempt" if n == 1 else f"{number(n)} attempts"
-
-
 def drain_state(row: dict) -> tuple[str, str]:
     """(css class, words) for a drain, from the same row the card shows: disabled, waiting for its URL,
     failing (the last attempt failed), no delivery yet (never delivered anything), or delivering."""
@@ -320,7 +316,8 @@ def drain_state(row: dict) -> tuple[str, str]:
     if row.get("secret_lost_at"):
         return "failing", "waiting for its URL"
     if row["consecutive_failures"]:
-        return "failing", f"failing: last {attempts(row['consecutive_failures'])} failed"
+        n = row["consecutive_failures"]
+        return "failing", "failing: the last attempt failed" if n == 1 else f"failing: the last {number(n)} attempts failed"
     if not row["delivered"] and row["last_delivery_at"] is None:
         return "new", "no delivery yet"
     return "ok", "delivering"
