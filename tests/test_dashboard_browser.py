@@ -129,6 +129,16 @@ def in_view(page, selector: str) -> bool:
     }""", selector)
 
 
+def tab_until(page, selector: str) -> None:
+    """Press Tab until the element is focused (as a keyboard user moves through a page)."""
+    target = page.locator(selector)
+    for _ in range(150):
+        if page.evaluate("(el) => el === document.activeElement", target.element_handle()):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"Tab never reached {selector}")
+
+
 def focused_id(page) -> str:
     return page.evaluate("document.activeElement && document.activeElement.id")
 
@@ -251,8 +261,8 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
         page.screenshot(path=str(ARTIFACTS / "dashboard-source-refused.png"), full_page=True)
         axe_clean(page, "a source refused by Atlassian")
 
-        page.fill("#s-api_token", TOKEN)
-        page.get_by_role("button", name="Add source").click()
+        page.keyboard.type(TOKEN)  # focus is in the refused field: type the right token and send with Enter
+        page.keyboard.press("Enter")
         page.wait_for_url(f"**/dashboard/{rid}#source-*")
         source = conn.execute("SELECT id, checkpoint FROM sources").fetchone()
         added = f"#source-{source['id']} .result"
@@ -262,11 +272,13 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
         # a logplex drain to the local receiver, then a test record through it
         if page.locator("#add-drain[open]").count() == 0:  # open already while the resource has no drain
             page.click("summary:has-text('Add a drain')")
-        page.check("input[name=kind][value=logplex]")
-        page.fill("#d-url", f"{receiver.url}/drain")
-        page.fill("#d-name", "local receiver")
-        page.get_by_role("button", name="Add drain").click()
-        page.wait_for_load_state()
+        # with the keyboard alone: Tab to each field, type, Enter sends the form
+        tab_until(page, "#d-url")
+        page.keyboard.type(f"{receiver.url}/drain")
+        tab_until(page, "#d-name")
+        page.keyboard.type("local receiver")
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
         drain = conn.execute("SELECT id, token FROM drains WHERE kind = 'logplex'").fetchone()
         card_id = f"#drain-{drain['id']}"
         assert "Drain added" in page.inner_text(f"{card_id} .result") and in_view(page, f"{card_id} .result")
@@ -409,12 +421,7 @@ def test_the_forms_are_completed_with_the_keyboard_alone_and_rules_reach_the_car
     _, drain_id = source_and_drain(conn, settings, rid, "archive")
     with signed_in_page(browser, web, rid) as page:
         def tab_to(selector: str) -> None:
-            target = page.locator(selector)
-            for _ in range(120):
-                if page.evaluate("(el) => el === document.activeElement", target.element_handle()):
-                    return
-                page.keyboard.press("Tab")
-            raise AssertionError(f"Tab never reached {selector}")
+            tab_until(page, selector)
 
         page.goto(web.url(f"/dashboard/{rid}/drains/{drain_id}/edit"))
         edit_url = page.url
@@ -437,8 +444,8 @@ def test_the_forms_are_completed_with_the_keyboard_alone_and_rules_reach_the_car
         tab_to("input[name=rule_levels][value=ERROR]")
         page.keyboard.press("Space")  # both a minimum and levels: refused, said next to the field
         tab_to("button:has-text('Save')")
-        page.keyboard.press("Enter")
-        page.wait_for_load_state()
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
         assert "Choose a minimum severity or a set of levels, not both" in page.inner_text(".error-summary")
         assert focused_id(page) == "d-min_severity" and in_view(page, "#min_severity-error")
         axe_clean(page, "the drain edit form refused")
