@@ -474,7 +474,10 @@ def update_drain(connect: Connect, vault: Vault, resource_id, drain_id, payload:
         _check_rule_sources(conn, resource_id, payload)
         updated = drains.update(conn, current["id"], values, url_enc, headers_enc, due=bool(changed))
         if changed:
-            audit.record(conn, resource_id, actor, "drain.updated", drain_audit_detail(current, changed))
+            # Whether it was an enabling or a disabling: the audit log says which (issue 19).
+            audit.record(conn, resource_id, actor, "drain.updated", {
+                **drain_audit_detail(current, changed),
+                **({"enabled": values["enabled"]} if "enabled" in changed else {})})
     return updated, changed
 
 

@@ -94,6 +94,22 @@ ensure_packages() {
     return 0
 }
 
+# axe-core, the accessibility checker the browser tests inject into every page they reach. Pinned; from
+# npm into .local/node (git-ignored); nothing to do when that version is there already.
+AXE_VERSION=4.14.1
+ensure_axe() {
+    local dir="$ROOT/.local/node"
+    local package="$dir/node_modules/axe-core/package.json"
+    if [ -f "$package" ] && grep -q "\"version\": \"$AXE_VERSION\"" "$package"; then
+        return 0
+    fi
+    command -v npm >/dev/null 2>&1 || die "npm is missing: install it (Debian: apt-get install npm) for the browser tests' axe-core"
+    say "installing axe-core $AXE_VERSION from npm into .local/node"
+    mkdir -p "$dir"
+    npm install --prefix "$dir" --no-save --no-audit --no-fund --silent "axe-core@$AXE_VERSION" >/dev/null \
+        || die "could not install axe-core $AXE_VERSION with npm"
+}
+
 free_port() {
     "$VENV/bin/python" - <<'EOF'
 import socket

@@ -247,7 +247,7 @@ def test_source_edit_keeps_the_token_when_left_empty_and_pauses_show_what_to_do(
         **source_form(api_token="", service_name="renamed-app"), "csrf_token": token})
     assert response.status_code == 303
     html = page(client, rid)
-    assert "service_name changed" in html and "renamed-app" in html
+    assert "Service name changed" in html and "renamed-app" in html
     conn.execute("UPDATE sources SET state = 'paused', pause_reason = 'auth_failed', "
                  "last_error = 'HTTP 401: email or API token refused'")
     html = page(client, rid)
@@ -336,3 +336,209 @@ def test_a_refused_backfill_and_the_plan_limit_say_why(client, signed_in, conn):
     assert second.status_code == 422
     assert "plan test allows 1 source; delete one or change plan first" in second.get_data(as_text=True)
     assert count(conn, "sources") == 1
+
+
+# --- issue 19: the owner's view tells the truth -------------------------------------------------
+
+def verdict_of(html: str) -> str:
+    found = re.search(r'<div class="verdict verdict-(\w+)">(.*?)</div>', html, re.S)
+    return found.group(1) + ": " + re.sub(r"<[^>]+>|\s+", " ", found.group(2)).strip()
+
+
+def card_of(html: str, anchor: str) -> str:
+    return re.search(rf'<article [^>]*id="{anchor}">(.*?)</article>', html, re.S).group(1)
+
+
+def test_the_verdict_comes_from_the_cards_and_names_each_thing_needing_a_look(client, signed_in, conn, monkeypatch):
+    from tests.support.resolver import loopback_only
+
+    loopback_only(monkeypatch)
+    rid, token = signed_in
+    assert add_source(client, rid, token).status_code == 303
+    assert client.post(f"/dashboard/{rid}/drains", data={"kind": "logplex", "url": "https://logs.invalid.example/d",
+                                                         "name": "archive", "csrf_token": token}).status_code == 303
+    drain_id = conn.execute("SELECT id FROM drains WHERE kind = 'logplex'").fetchone()["id"]
+    html = page(client, rid)
+    assert "delivering" not in card_of(html, f"drain-{drain_id}")
+    assert "no delivery yet" in card_of(html, f"drain-{drain_id}")
+    # (the Heroku app's own log stream, provisioned with the add-on, has delivered nothing either)
+    assert verdict_of(html).startswith("idle: Not yet delivering: 1 source polling, 2 drains with no delivery yet")
+
+    # a failed test: the card (in view after the redirect) says so, and the verdict names and links it
+    answer = client.post(f"/dashboard/{rid}/drains/{drain_id}/test", data={"csrf_token": token})
+    assert answer.headers["Location"].endswith(f"#drain-{drain_id}")
+    html = page(client, rid)
+    card = card_of(html, f"drain-{drain_id}")
+    assert 'role="alert">Test record not delivered: no such host name: logs.invalid.example' in card
+    assert "test record not delivered</span>" in card and "gaierror" not in html
+    assert f'<a href="#drain-{drain_id}">Drain archive</a>' in html
+    assert verdict_of(html).startswith("warn: 1 thing needs a look:")
+
+    # the delivery job's failures, as the worker records them: the state words and the verdict agree
+    conn.execute("UPDATE drains SET consecutive_failures = 3, last_error = %s WHERE id = %s",
+                 ("destination refused: cannot resolve 'logs.invalid.example' (gaierror)", drain_id))
+    html = page(client, rid)
+    card = card_of(html, f"drain-{drain_id}")
+    assert "failing: the last 3 attempts failed" in card and "failures)" not in card
+    assert "Deliveries are failing: no such host name" in card
+    assert "Drain archive</a>: Deliveries are failing" in html
+
+    # disabled: says so, no "retries" text, and it needs no look
+    client.post(f"/dashboard/{rid}/drains/{drain_id}/enabled", data={"csrf_token": token, "enabled": "false"})
+    html = page(client, rid)
+    card = card_of(html, f"drain-{drain_id}")
+    assert '<span class="pill pill-disabled">disabled</span>' in card
+    assert "retries" not in card and "tries again" not in card and "This drain is disabled" in card
+    assert 'role="status">Drain disabled' in card
+    assert "1 drain disabled" in verdict_of(html)
+    assert "disabled drain logplex" in html  # the audit log's word, not "edited … (enabled)"
+
+    # one that delivered: "Yes"
+    conn.execute("UPDATE drains SET enabled = true, consecutive_failures = 0, last_error = NULL, delivered = 5, "
+                 "last_delivery_at = now() WHERE id = %s", (drain_id,))
+    assert verdict_of(page(client, rid)) == "ok: Yes: 1 source polling, 1 drain delivering, 1 drain with no " \
+                                           "delivery yet."
+
+
+def test_a_refused_form_shows_every_error_at_once_in_words_with_focus_on_the_first(client, signed_in, conn):
+    rid, token = signed_in
+    empty = client.post(f"/dashboard/{rid}/sources", data={"csrf_token": token, "app_id": "", "email": ""})
+    assert empty.status_code == 422
+    html = empty.get_data(as_text=True)
+    for words in ("Enter the Forge app id", "Enter the environment id", "Enter the Atlassian account email",
+                  "Enter an Atlassian API token"):
+        assert words in html
+    assert "app_id is required" not in html
+    assert re.search(r'<div class="error-summary" role="alert"[^>]*>\s*<p[^>]*><strong>The source was not added: '
+                     r'4 things to fix', html)
+    assert re.search(r'id="s-app_id" name="app_id"[^>]*autofocus', html, re.S)
+    assert len(re.findall(r"\bautofocus\b", html)) == 1
+    assert '<a href="#s-environment_id">Enter the environment id</a>' in html
+
+    drain = client.post(f"/dashboard/{rid}/drains", data={"csrf_token": token, "kind": "logplex", "url": ""})
+    assert drain.status_code == 422
+    assert "Enter the drain&#39;s URL" in drain.get_data(as_text=True)
+    assert "has no host" not in drain.get_data(as_text=True)
+    assert count(conn, "drains", "kind = 'logplex'") == 0
+
+    assert add_source(client, rid, token).status_code == 303
+    source_id = conn.execute("SELECT id FROM sources").fetchone()["id"]
+    old = (datetime.now(timezone.utc) - timedelta(days=20)).strftime("%Y-%m-%dT%H:%M")
+    refused = client.post(f"/dashboard/{rid}/sources/{source_id}/backfill", data={"csrf_token": token, "from": old})
+    assert "The start is more than 14 days ago" in refused.get_data(as_text=True)
+
+
+def test_a_backfill_says_how_many_records_go_again_and_that_receivers_see_them_twice(client, signed_in, conn):
+    rid, token = signed_in
+    assert add_source(client, rid, token).status_code == 303
+    source_id = conn.execute("SELECT id FROM sources").fetchone()["id"]
+    conn.execute("UPDATE sources SET checkpoint = now() WHERE id = %s", (source_id,))
+    now = conn.execute("SELECT date_trunc('minute', now()) AS m").fetchone()["m"]
+    activity.add(conn, rid, source_id, "stored", Counter({now - timedelta(minutes=m): 100 for m in range(0, 300, 10)}))
+    start = (now - timedelta(minutes=95)).strftime("%Y-%m-%dT%H:%M")  # ten of the minutes above are since then
+    answer = client.post(f"/dashboard/{rid}/sources/{source_id}/backfill", data={"csrf_token": token, "from": start})
+    assert answer.status_code == 303
+    card = card_of(page(client, rid), f"source-{source_id}")
+    expected_from = start.replace("T", " ") + " UTC"
+    assert f"Backfill started from {expected_from}" in card
+    assert "1,000 records stored since then will be sent to your drains again, and receivers will see them a " \
+           "second time" in card
+
+
+def test_the_add_forms_are_replaced_by_the_plan_limit_when_it_is_reached(client, signed_in, conn):
+    rid, token = signed_in
+    conn.execute("UPDATE resources SET plan = 'test' WHERE id = %s", (rid,))
+    assert 'id="add-drain"' in page(client, rid) and "Add a drain" in page(client, rid)
+    for n in range(2):
+        assert client.post(f"/dashboard/{rid}/drains", data={"kind": "logplex", "url": "https://logs.example.com/d",
+                                                             "csrf_token": token}).status_code == 303
+    html = page(client, rid)
+    assert "Add a drain" not in html and "allows 2 drains besides the app's own log stream" in html
+    assert add_source(client, rid, token).status_code == 303
+    html = page(client, rid)
+    assert "Add a Forge source" not in html and "allows 1 Forge source:" in html
+
+
+def test_browser_addresses_answer_pages_with_a_way_back_and_the_api_keeps_json(client, signed_in, conn):
+    rid, token = signed_in
+    missing = "00000000-0000-4000-8000-000000000000"
+    for path in (f"/dashboard/{rid}/drains/{missing}/edit", f"/dashboard/{rid}/nothing-here", "/", "/favicon.ico"):
+        answer = client.get(path)
+        assert answer.status_code == 404, path
+        assert answer.mimetype == "text/html", path
+        assert f'href="/dashboard/{rid}"' in answer.get_data(as_text=True), path
+    # a form's address opened or reloaded: back where the form is, never a 405 in JSON
+    for path, where in ((f"/dashboard/{rid}/drains", f"/dashboard/{rid}#add-drain"),
+                        (f"/dashboard/{rid}/sources", f"/dashboard/{rid}#add-source")):
+        answer = client.get(path)
+        assert answer.status_code == 303 and answer.headers["Location"] == where
+    heroku = conn.execute("SELECT id FROM drains WHERE kind = 'heroku'").fetchone()["id"]
+    answer = client.get(f"/dashboard/{rid}/drains/{heroku}/test")
+    assert answer.status_code == 303 and answer.headers["Location"].endswith(f"/drains/{heroku}/edit")
+    expired = client.post(f"/dashboard/{rid}/drains", data={"kind": "logplex", "url": "https://x.example.com"})
+    assert expired.status_code == 400 and f'href="/dashboard/{rid}"' in expired.get_data(as_text=True)
+    # the APIs' errors are unchanged
+    api = client.get("/v1/nothing-here")
+    assert api.status_code == 404 and api.get_json() == {"error": "not_found", "message": "not found"}
+    assert client.get("/heroku/resources").mimetype == "application/json"
+
+
+def test_signing_in_again_within_a_session_adds_no_audit_row(client, resource, conn):
+    rid = resource["uuid"]
+    sign_in(client, rid)
+    sign_in(client, rid)
+    assert count(conn, "audit_log", "action = 'sso.login'") == 1
+    fresh = client.application.test_client()  # another browser: a session of its own
+    sign_in(fresh, rid)
+    assert count(conn, "audit_log", "action = 'sso.login'") == 2
+
+
+# --- issue 16 item 1: rules in the drain forms ---------------------------------------------------
+
+def test_rules_are_set_in_the_drain_forms_refused_in_words_and_shown_on_the_card(client, signed_in, conn):
+    rid, token = signed_in
+    assert add_source(client, rid, token).status_code == 303
+    source_id = str(conn.execute("SELECT id FROM sources").fetchone()["id"])
+    form = {"csrf_token": token, "kind": "logplex", "url": "https://logs.example.com/d", "name": "archive",
+            "origins": ["forge"], "sources": [source_id], "min_severity": "WARN", "rule_levels": ["ERROR"],
+            "services": "acme-*\n" + "x" * 101, "detectors": ["email", "card"],
+            "patterns": "order_ref: ORD-[0-9]{6}\nbad: (a)\\1\nno colon here", "drop_attributes": "http.client_ip"}
+    refused = client.post(f"/dashboard/{rid}/drains", data=form)
+    assert refused.status_code == 422
+    html = refused.get_data(as_text=True)
+    assert "Choose a minimum severity or a set of levels, not both" in html
+    assert "Services, line 2: must be 1 to 100 printable characters" in html
+    assert "Line 3: write a name, a colon, then the pattern" in html
+    assert "Your patterns, line 2: pattern &#39;bad&#39;: backreferences are not supported" in html
+    assert "rules." not in re.sub(r"<(script|style).*?</\1>", "", html, flags=re.S)  # no paths from the inside
+    assert 'value="order_ref: ORD-[0-9]{6}' not in html and "order_ref: ORD-[0-9]{6}" in html  # kept, in the textarea
+    assert len(re.findall(r"\bautofocus\b", html)) == 1
+    assert count(conn, "drains", "kind = 'logplex'") == 0
+
+    form.update({"rule_levels": [], "services": "acme-*", "patterns": "order_ref: ORD-[0-9]{6}"})
+    assert client.post(f"/dashboard/{rid}/drains", data=form).status_code == 303
+    drain = conn.execute("SELECT id, rules FROM drains WHERE kind = 'logplex'").fetchone()
+    assert drain["rules"] == {"origins": ["forge"], "sources": [source_id], "min_severity": "WARN",
+                              "services": ["acme-*"],
+                              "redact": {"detectors": ["email", "card"],
+                                         "patterns": [{"name": "order_ref", "regex": "ORD-[0-9]{6}"}],
+                                         "drop_attributes": ["http.client_ip"]}}
+    conn.execute("UPDATE drains SET filtered = 1234, redacted = 56 WHERE id = %s", (drain["id"],))
+    card = card_of(page(client, rid), f"drain-{drain['id']}")
+    assert "Severity WARN and above" in card and "Redacts: email addresses, card numbers" in card
+    assert "1,234 records filtered out" in card and "56 values redacted" in card
+
+    # the edit form shows them as stored, and clearing them all leaves a drain that takes everything
+    edit = client.get(f"/dashboard/{rid}/drains/{drain['id']}/edit").get_data(as_text=True)
+    assert 'value="WARN" selected' in edit and "order_ref: ORD-[0-9]{6}</textarea>" in edit
+    assert re.search(r'value="email" checked', edit)
+    assert client.post(f"/dashboard/{rid}/drains/{drain['id']}", data={"csrf_token": token, "name": "archive"}
+                       ).status_code == 303
+    assert conn.execute("SELECT rules FROM drains WHERE id = %s", (drain["id"],)).fetchone()["rules"] == {}
+    assert "Rules changed" in page(client, rid)
+    # the heroku drain takes rules too
+    heroku = conn.execute("SELECT id FROM drains WHERE kind = 'heroku'").fetchone()["id"]
+    assert client.post(f"/dashboard/{rid}/drains/{heroku}", data={"csrf_token": token, "processes": "router web"}
+                       ).status_code == 303
+    assert conn.execute("SELECT rules FROM drains WHERE id = %s", (heroku,)).fetchone()["rules"] == {
+        "processes": ["router", "web"]}

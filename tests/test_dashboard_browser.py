@@ -8,6 +8,11 @@ what they stored and delivered. A day of activity (with a gap and drops) is
 charted at desktop and phone sizes; screenshots go to ``.local/artifacts/``
 (git-ignored); the phone view must not scroll sideways.
 
+Every page state a test reaches is checked with axe-core (npm, pinned in
+``scripts/lib.sh``; ``./scripts/test`` installs it into ``.local/node``),
+injected by Playwright: 0 violations. Results are checked where the owner
+looks: at the card or form acted on, in the viewport after the action.
+
 Chromium missing is a failure, not a skip: ``./scripts/test`` installs Debian's
 package, as it does rsyslog for the syslog tests.
 """
@@ -19,6 +24,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -32,6 +38,7 @@ from tests.support.partner import basic, provision_body, user_scoped_token
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / ".local" / "artifacts"
+AXE = ROOT / ".local" / "node" / "node_modules" / "axe-core" / "axe.min.js"
 APP = "5f0f8a4e-1f5a-4c3e-9d7b-1a2b3c4d5e6f"
 ENV = "0d1e2f30-4152-6374-8596-a7b8c9d0e1f2"
 EMAIL = "bot@acme.test"
@@ -98,6 +105,53 @@ def sso_form(web, rid: str) -> str:
             '<button id="open" type="submit">Open Forge Drain</button></form></body></html>')
 
 
+def axe_clean(page, state: str) -> None:
+    """axe-core run on the page as it is now: no violation of any rule it checks (WCAG 2.x A/AA and
+    its best practices)."""
+    if not AXE.exists():
+        pytest.fail("axe-core is not installed: ./scripts/test installs it (ensure_axe in scripts/lib.sh)",
+                    pytrace=False)
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE))
+    violations = page.evaluate("""async () => {
+        const result = await axe.run(document, {resultTypes: ["violations"]});
+        return result.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                                            nodes: v.nodes.slice(0, 5).map(n => n.target.join(" "))}));
+    }""")
+    assert violations == [], f"axe-core on {state}: {violations}"
+
+
+def in_view(page, selector: str) -> bool:
+    """Whether the element is at least partly inside the viewport now (where the owner is looking)."""
+    return page.evaluate("""(selector) => {
+        const box = document.querySelector(selector).getBoundingClientRect();
+        return box.bottom > 0 && box.top < window.innerHeight && box.height > 0;
+    }""", selector)
+
+
+def tab_until(page, selector: str) -> None:
+    """Press Tab until the element is focused (as a keyboard user moves through a page)."""
+    target = page.locator(selector)
+    for _ in range(150):
+        if page.evaluate("(el) => el === document.activeElement", target.element_handle()):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+def focused_id(page) -> str:
+    return page.evaluate("document.activeElement && document.activeElement.id")
+
+
+def clipped_axis_labels(page) -> list[str]:
+    """The charts' axis labels that reach past their chart's left edge (cut off by the SVG)."""
+    return page.evaluate("""() => [...document.querySelectorAll("svg.chart")].flatMap(svg => {
+        const edge = svg.getBoundingClientRect().left;
+        return [...svg.querySelectorAll("text.axis")].filter(t => t.getBoundingClientRect().left < edge - 0.5)
+                                                     .map(t => t.textContent);
+    })""")
+
+
 def no_horizontal_scroll(page) -> tuple[int, int]:
     return page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
 
@@ -111,6 +165,40 @@ def provision(web, **overrides) -> str:
                                               "Accept": "application/vnd.heroku-addons+json; version=3"})
     assert provisioned.status_code == 200, provisioned.text
     return body["uuid"]
+
+
+@contextmanager
+def signed_in_page(browser, web, rid: str):
+    """A desktop-sized page signed in to ``rid`` as Heroku signs owners in; a screenshot and the web's
+    output when what runs inside fails."""
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        page.set_content(sso_form(web, rid))
+        page.click("#open")
+        page.wait_for_url(f"**/dashboard/{rid}")
+        yield page
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
+        print(web.output()[-4000:])
+        raise
+    finally:
+        context.close()
+
+
+def source_and_drain(conn, settings, rid: str, drain_name: str) -> tuple:
+    """A source and a logplex drain written as the forms would store them: (source id, drain id)."""
+    from broker.vault import Vault
+    from tests.support.polling import add_source
+
+    vault = Vault(settings.fernet_keys)
+    source_id = add_source(conn, vault, rid, app_id=APP, environment_id=ENV)
+    drain_id = conn.execute("INSERT INTO drains (resource_id, kind, url_enc, token, name) "
+                            "VALUES (%s, 'logplex', %s, %s, %s) RETURNING id",
+                            (rid, vault.encrypt("https://logs.example/drain"), f"d.{drain_name.replace(' ', '-')}",
+                             drain_name)).fetchone()["id"]
+    return source_id, drain_id
 
 
 def run_the_workers_jobs(service_env: dict, conn, source_id) -> None:
@@ -143,15 +231,18 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
     rid = provision(web)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
-    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    try:
-        page.set_content(sso_form(web, rid))
-        page.click("#open")
-        page.wait_for_url(f"**/dashboard/{rid}")
+    with signed_in_page(browser, web, rid) as page:
         assert page.locator("h1").inner_text() == "acme-forgedrain"
         assert "Not yet: add your Forge app" in page.inner_text(".overview")
+        axe_clean(page, "the dashboard of a new add-on")
+
+        # a form sent empty: every missing field at once, focus on the first, the summary in view
+        page.get_by_role("button", name="Add source").click()
+        page.wait_for_load_state()
+        summary = page.locator("#add-source .error-summary")
+        assert "4 things to fix" in summary.inner_text() and "Enter the Forge app id" in summary.inner_text()
+        assert focused_id(page) == "s-app_id" and in_view(page, "#add-source .error-summary")
+        axe_clean(page, "a source form sent empty")
 
         # a wrong token: the form comes back with Atlassian's refusal and what was typed, the token excepted
         page.fill("#s-app_id", APP)
@@ -166,31 +257,57 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
         assert page.input_value("#s-app_id") == APP and page.input_value("#s-service_name") == "acme-jira-app"
         assert page.input_value("#s-api_token") == ""
         assert page.is_checked("input[name=levels][value=ERROR]")
+        assert focused_id(page) == "s-api_token" and in_view(page, "#api_token-error")
         page.screenshot(path=str(ARTIFACTS / "dashboard-source-refused.png"), full_page=True)
+        axe_clean(page, "a source refused by Atlassian")
 
-        page.fill("#s-api_token", TOKEN)
-        page.get_by_role("button", name="Add source").click()
+        page.keyboard.type(TOKEN)  # focus is in the refused field: type the right token and send with Enter
+        page.keyboard.press("Enter")
         page.wait_for_url(f"**/dashboard/{rid}#source-*")
-        assert "Atlassian accepted the credentials" in page.inner_text(".flashes")
         source = conn.execute("SELECT id, checkpoint FROM sources").fetchone()
+        added = f"#source-{source['id']} .result"
+        assert "Atlassian accepted the credentials" in page.inner_text(added) and in_view(page, added)
+        axe_clean(page, "a source just added")
 
         # a logplex drain to the local receiver, then a test record through it
         if page.locator("#add-drain[open]").count() == 0:  # open already while the resource has no drain
             page.click("summary:has-text('Add a drain')")
-        page.check("input[name=kind][value=logplex]")
-        page.fill("#d-url", f"{receiver.url}/drain")
-        page.fill("#d-name", "local receiver")
-        page.get_by_role("button", name="Add drain").click()
-        assert "Drain added" in page.inner_text(".flashes")
+        # with the keyboard alone: Tab to each field, type, Enter sends the form
+        tab_until(page, "#d-url")
+        page.keyboard.type(f"{receiver.url}/drain")
+        tab_until(page, "#d-name")
+        page.keyboard.type("local receiver")
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
         drain = conn.execute("SELECT id, token FROM drains WHERE kind = 'logplex'").fetchone()
-        card = page.locator(f"#drain-{drain['id']}")
+        card_id = f"#drain-{drain['id']}"
+        assert "Drain added" in page.inner_text(f"{card_id} .result") and in_view(page, f"{card_id} .result")
+        assert "no delivery yet" in page.inner_text(f"{card_id} .pill")
+        assert page.inner_text(".overview .verdict").startswith("Not yet delivering: 1 source polling, 1 drain with no "
+                                                                "delivery yet.")
+        axe_clean(page, "a drain just added")
+        card = page.locator(card_id)
         card.locator("button:has-text('Send test record')").click()
         page.wait_for_load_state()
-        assert "Test record delivered: the receiver accepted it (HTTP 200)" in page.inner_text(".flashes")
+        assert "Test record delivered: the receiver accepted it (HTTP 200)" in page.inner_text(f"{card_id} .result")
+        assert in_view(page, f"{card_id} .result")
         assert len(receiver.requests) == 1
         sent = receiver.requests[0]
         assert sent["token"] == drain["token"]
         assert "if you can read this, the drain works" in sent["events"][0]["message"]
+
+        # a failed test: said at the card, which no longer claims to deliver; the verdict names and links it
+        receiver.fail(500)
+        page.locator(card_id).locator("button:has-text('Send test record')").click()
+        page.wait_for_load_state()
+        result = page.locator(f"{card_id} .result[role=alert]")
+        assert "Test record not delivered (HTTP 500)" in result.inner_text() and in_view(page, f"{card_id} .result")
+        assert page.inner_text(f"{card_id} .pill") == "test record not delivered"
+        assert "1 thing needs a look" in page.inner_text(".overview")
+        assert page.locator(f".overview a[href='{card_id}']").inner_text() == "Drain local receiver"
+        page.screenshot(path=str(ARTIFACTS / "dashboard-test-failed.png"))
+        axe_clean(page, "a failed test record")
+        receiver.requests.clear()
 
         # the only script asks before rotating a token; dismissing it changes nothing
         page.once("dialog", lambda dialog: dialog.dismiss())
@@ -200,6 +317,7 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
         # Logs flow: the worker's jobs poll the Forge fake and deliver to the receiver. Every ERROR
         # record Forge has from where the source began is stored once and delivered.
         run_the_workers_jobs(service_env, conn, source["id"])
+        assert len(receiver.requests) >= 1
         polled_to = conn.execute("SELECT checkpoint FROM sources").fetchone()["checkpoint"]
         expected = forge_fake.records(APP, ENV, source["checkpoint"], polled_to, levels=["ERROR"])
         stored = outbox_records(conn, source["id"])
@@ -210,7 +328,7 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
         assert all(r["token"] == drain["token"] for r in receiver.requests) and receiver.refused == []
         # A body arrives a line a frame, and a line over 10,000 bytes in pieces: end to end, the
         # frames carry every line of every record.
-        received = "".join(e["message"] for r in receiver.requests[1:] for e in r["events"])
+        received = "".join(e["message"] for r in receiver.requests for e in r["events"])
         for record in stored:
             for line in record["body"]["stringValue"].splitlines():
                 assert line.strip() in received, record
@@ -228,36 +346,34 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
         audit_text = page.inner_text("#audit")
         assert OWNER in audit_text and "drain.tested" in audit_text and "source.created" in audit_text
         page.screenshot(path=str(ARTIFACTS / "dashboard-logs-flowing.png"), full_page=True)
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
-        print(web.output()[-4000:])
-        raise
-    finally:
-        context.close()
+        axe_clean(page, "logs flowing")
+
+        # disabled: the card says so at once, without any "retries" talk
+        page.locator(card_id).locator("button:has-text('Disable')").click()
+        page.wait_for_load_state()
+        assert page.inner_text(f"{card_id} .pill") == "disabled" and in_view(page, f"{card_id} .result")
+        assert "Drain disabled" in page.inner_text(f"{card_id} .result")
+        assert "retries" not in page.inner_text(card_id) and "tries again" not in page.inner_text(card_id)
+        axe_clean(page, "a drain just disabled")
+
+        # an error page has a way back, and the form's address reloaded is the dashboard, not JSON
+        page.goto(web.url(f"/dashboard/{rid}/drains/00000000-0000-4000-8000-000000000000/edit"))
+        assert page.locator("h1").inner_text() == "Page not found"
+        axe_clean(page, "a page not found")
+        page.get_by_role("link", name="Back to your dashboard").click()
+        page.wait_for_url(f"**/dashboard/{rid}")
+        page.goto(web.url(f"/dashboard/{rid}/drains"))
+        page.wait_for_url(f"**/dashboard/{rid}#add-drain")
 
 
 def test_a_day_of_activity_with_a_gap_and_drops_is_charted_and_fits_a_phone(web, browser, conn, settings):
     """The chart's rendering of a full day, with activity written as the jobs write it (the test
     above sends real logs through; a day of them would take a day)."""
-    from broker.vault import Vault
-    from tests.support.polling import add_source
-
     rid = provision(web)
-    vault = Vault(settings.fernet_keys)
-    source_id = add_source(conn, vault, rid, app_id=APP, environment_id=ENV)
-    drain_id = conn.execute("INSERT INTO drains (resource_id, kind, url_enc, token, name) "
-                            "VALUES (%s, 'logplex', %s, 'd.chart-test', 'local receiver') RETURNING id",
-                            (rid, vault.encrypt("https://logs.example/drain"))).fetchone()["id"]
+    source_id, drain_id = source_and_drain(conn, settings, rid, "local receiver")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
-    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    try:
-        page.set_content(sso_form(web, rid))
-        page.click("#open")
-        page.wait_for_url(f"**/dashboard/{rid}")
-
+    with signed_in_page(browser, web, rid) as page:
         now = conn.execute("SELECT date_trunc('minute', now()) AS m").fetchone()["m"]
         stored = Counter({now - timedelta(minutes=m): 20 + (m * 7919) % 61 + (m // 90) * 4 for m in range(24 * 60)})
         activity.add(conn, rid, source_id, "stored", stored)
@@ -281,6 +397,7 @@ def test_a_day_of_activity_with_a_gap_and_drops_is_charted_and_fits_a_phone(web,
         page.screenshot(path=str(ARTIFACTS / "dashboard-desktop.png"), full_page=True)
         width, viewport = no_horizontal_scroll(page)
         assert width <= viewport
+        axe_clean(page, "a day of activity, desktop")
 
         page.set_viewport_size({"width": 390, "height": 844})
         page.reload()
@@ -290,12 +407,60 @@ def test_a_day_of_activity_with_a_gap_and_drops_is_charted_and_fits_a_phone(web,
         page.locator(f"#drain-{drain_id}").screenshot(path=str(ARTIFACTS / "dashboard-phone-drain.png"))
         width, viewport = no_horizontal_scroll(page)
         assert viewport == 390 and width <= viewport, f"the phone view scrolls sideways: {width} > {viewport}"
+        assert clipped_axis_labels(page) == [], "y-axis labels cut off at the chart's left edge"
+        axe_clean(page, "a day of activity, phone")
         page.goto(web.url(f"/dashboard/{rid}/drains/{drain_id}/edit"))
         assert no_horizontal_scroll(page)[0] <= 390
         page.screenshot(path=str(ARTIFACTS / "dashboard-phone-drain-edit.png"), full_page=True)
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
-        print(web.output()[-4000:])
-        raise
-    finally:
-        context.close()
+        axe_clean(page, "the drain edit form, phone")
+
+
+def test_the_forms_are_completed_with_the_keyboard_alone_and_rules_reach_the_card(web, browser, conn, settings):
+    """Tab to a field, type, Space to check, Enter on a checkbox (toggles, sends nothing), Enter on Save."""
+    rid = provision(web)
+    _, drain_id = source_and_drain(conn, settings, rid, "archive")
+    with signed_in_page(browser, web, rid) as page:
+        def tab_to(selector: str) -> None:
+            tab_until(page, selector)
+
+        page.goto(web.url(f"/dashboard/{rid}/drains/{drain_id}/edit"))
+        edit_url = page.url
+        axe_clean(page, "the drain edit form")
+
+        tab_to("#d-name")
+        page.keyboard.press("Control+A")
+        page.keyboard.type("archive eu")
+        tab_to("input[name=detectors][value=email]")
+        page.keyboard.press("Space")
+        assert page.is_checked("input[name=detectors][value=email]")
+        tab_to("input[name=detectors][value=card]")
+        page.keyboard.press("Enter")  # toggles it, as Space does: the form is not sent from a checkbox
+        assert page.is_checked("input[name=detectors][value=card]") and page.url == edit_url
+        tab_to("#d-min_severity")
+        page.keyboard.press("ArrowDown")  # a closed select steps through its options with the arrow keys
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("ArrowDown")
+        assert page.input_value("#d-min_severity") == "INFO"
+        tab_to("input[name=rule_levels][value=ERROR]")
+        page.keyboard.press("Space")  # both a minimum and levels: refused, said next to the field
+        tab_to("button:has-text('Save')")
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        assert "Choose a minimum severity or a set of levels, not both" in page.inner_text(".error-summary")
+        assert focused_id(page) == "d-min_severity" and in_view(page, "#min_severity-error")
+        axe_clean(page, "the drain edit form refused")
+        assert conn.execute("SELECT rules FROM drains WHERE id = %s", (drain_id,)).fetchone()["rules"] == {}
+
+        tab_to("input[name=rule_levels][value=ERROR]")
+        page.keyboard.press("Space")
+        tab_to("button:has-text('Save')")
+        page.keyboard.press("Enter")
+        page.wait_for_url(f"**/dashboard/{rid}#drain-{drain_id}")
+        card = f"#drain-{drain_id}"
+        assert "Drain saved" in page.inner_text(f"{card} .result") and in_view(page, f"{card} .result")
+        assert "Severity INFO and above" in page.inner_text(f"{card} .rules")
+        assert "email addresses, card numbers" in page.inner_text(f"{card} .rules")
+        assert conn.execute("SELECT name, rules FROM drains WHERE id = %s", (drain_id,)).fetchone() == {
+            "name": "archive eu", "rules": {"min_severity": "INFO", "redact": {"detectors": ["email", "card"]}}}
+        page.screenshot(path=str(ARTIFACTS / "dashboard-rules-saved.png"))
+        axe_clean(page, "a drain saved with rules")

@@ -14,7 +14,7 @@ import uuid
 
 import psycopg
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, g, jsonify, render_template, request
 
 from broker import config, db, logs, outbound, ratelimit, redisconn
 from broker.config import Settings
@@ -77,11 +77,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         # PostgreSQL is down or the pool is exhausted: a retry may well succeed
         # (Heroku retries partner calls), so say so instead of a bare 500.
         logging.getLogger("web").warning("database unavailable: %s", type(exc).__name__)
+        if browser_route():
+            return browser_error(503)
         return jsonify(error="unavailable", message="temporarily unavailable; retry shortly",
                        request_id=g.get("request_id")), 503
 
     @app.errorhandler(500)
     def _internal_error(exc):
+        if browser_route():
+            return browser_error(500)
         return jsonify(error="internal_error", message="internal error; it has been logged",
                        request_id=g.get("request_id")), 500
 
@@ -100,9 +104,39 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def _json_error(code: int, message: str):
     def handler(exc):
+        if browser_route():
+            return browser_error(code)
         return jsonify(error=message.replace(" ", "_"), message=message), code
 
     return handler
+
+
+def browser_route() -> bool:
+    """Whether this address is one a person opens in a browser (the dashboard, ``/``, the icon a browser
+    asks for): its errors are pages, never JSON. The APIs' errors stay JSON."""
+    path = request.path
+    return path in ("/", "/favicon.ico") or path == "/dashboard" or path.startswith("/dashboard/")
+
+
+BROWSER_ERRORS = {
+    400: ("Something was wrong with that request", "Nothing was changed."),
+    403: ("Not allowed", "This page belongs to another add-on, or you are not signed in to it."),
+    404: ("Page not found", "There is nothing at this address: the source or drain may have been deleted, "
+                            "or the link is out of date."),
+    405: ("Page not found", "This address only receives forms; there is no page to show here."),
+    410: ("Gone", "This add-on has been removed."),
+    413: ("Too much to send", "The form was larger than Forge Drain accepts. Nothing was changed."),
+    500: ("Something went wrong", "Forge Drain hit an error and has logged it. Nothing you did caused it; "
+                                  "try again in a moment."),
+    503: ("Try again shortly", "Forge Drain cannot reach its database right now. Nothing was changed; "
+                               "try again in a moment."),
+}
+
+
+def browser_error(code: int):
+    """An error as a page with a way back: to this session's dashboard, or how to open it from Heroku."""
+    title, message = BROWSER_ERRORS.get(code, ("Something went wrong", "Nothing was changed."))
+    return render_template("dashboard_error.html", title=title, message=message), code
 
 
 class Services:

@@ -10,6 +10,7 @@ marker, each with its own ``<title>`` tooltip.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -18,12 +19,17 @@ from markupsafe import Markup, escape
 
 MINUTES = 24 * 60 + 1  # activity.series keeps the current minute and the 24 h before it
 WIDTH, HEIGHT = 720, 210
-LEFT, RIGHT, TOP, BOTTOM = 62, 12, 26, 58
+LEFT, RIGHT, TOP, BOTTOM = 74, 12, 26, 58  # LEFT fits a y label ("250k") at the phone's larger letters
 PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
 
 def utc_minute(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc).replace(second=0, microsecond=0)
+
+
+def when(moment: datetime) -> str:
+    """A moment as the page shows times: "2026-12-02 04:00 UTC"."""
+    return f"{moment.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC"
 
 
 def number(n: int | float) -> str:
@@ -69,6 +75,15 @@ def collect(rows: list[dict], now: datetime) -> Activity:
     for row in rows:
         found.add(str(row["subject"]), row["kind"], row["minute"], row["records"])
     return found
+
+
+def short_number(n: float) -> str:
+    """An axis label: 950, 2.5k, 10k, 1.5M (a chart's y labels must fit its left margin on a phone)."""
+    if n < 1000:
+        return number(n)
+    if n < 1_000_000:
+        return f"{n / 1000:g}k"
+    return f"{n / 1_000_000:g}M"
 
 
 def _nice_ceiling(value: int) -> int:
@@ -154,7 +169,7 @@ def chart(chart_id: str, label: str, start: datetime, main: list[int], main_name
         value = top * fraction
         if value != int(value):
             continue  # whole records only: a top of 1 gets no half line
-        text = number(value)
+        text = short_number(value)
         out.append(f'<line class="grid" x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{y:.1f}" y2="{y:.1f}"/>')
         out.append(f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{text}</text>')
     out.append(f'<text class="axis unit" x="{LEFT}" y="{TOP - 8}">records per minute</text>')
@@ -294,13 +309,29 @@ def unreadable(row: dict) -> dict | None:
 
 
 def drain_state(row: dict) -> tuple[str, str]:
+    """(css class, words) for a drain, from the same row the card shows: disabled, waiting for its URL,
+    failing (the last attempt failed), no delivery yet (never delivered anything), or delivering."""
     if not row["enabled"]:
         return "disabled", "disabled"
     if row.get("secret_lost_at"):
-        return "retrying", "waiting for its URL"
+        return "failing", "waiting for its URL"
     if row["consecutive_failures"]:
-        return "retrying", f"retrying ({row['consecutive_failures']} failures)"
+        n = row["consecutive_failures"]
+        return "failing", "failing: the last attempt failed" if n == 1 else f"failing: the last {number(n)} attempts failed"
+    if not row["delivered"] and row["last_delivery_at"] is None:
+        return "new", "no delivery yet"
     return "ok", "delivering"
+
+
+def delivery_words(error: str) -> str:
+    """A delivery or test error in an owner's words: the guard's "cannot resolve 'x' (gaierror)" says
+    nothing was refused, only that the host name does not exist."""
+    found = re.search(r"cannot resolve '([^']*)'", error)
+    if found:
+        return f"no such host name: {found.group(1)} is not known to DNS (check the URL for a typo)"
+    if error.startswith("destination refused: "):
+        return error[len("destination refused: "):]
+    return error
 
 
 def drain_problem(row: dict) -> Problem | None:
@@ -309,18 +340,102 @@ def drain_problem(row: dict) -> Problem | None:
                        "with has been removed.",
                        "Edit the drain and enter its URL (and headers) again. Records wait meanwhile, within the "
                        "plan's backlog.")
+    if not row["enabled"]:
+        return Problem("This drain is disabled: nothing is sent to it.",
+                       "Records stored meanwhile wait within the plan's backlog; press Enable to resume "
+                       "deliveries.")
     error = row["last_error"]
     if not error:
         return None
+    error = delivery_words(error)
     if row["consecutive_failures"]:
         return Problem(f"Deliveries are failing: {error}.",
-                       "Forge Drain keeps the records and retries with back-off. Check the URL (Edit) and "
-                       "that the receiver is up, then press Send test record.")
+                       "Forge Drain keeps the records and tries again, waiting longer after each failure. Check "
+                       "the URL (Edit) and that the receiver is up, then press Send test record.")
     if row["dropped"]:
         return Problem(f"Some records were dropped: {error}.",
                        "The receiver refused them or they aged past the plan's backlog. Check the receiver's "
                        "limits; a larger plan keeps records longer.")
     return Problem(f"Last problem: {error}.", "Deliveries are working again; nothing to do.")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer to "are my logs flowing?", from the cards' own states: ``kind`` is idle, warn or ok;
+    ``needs`` lists (anchor, name, why) of each source or drain needing a look."""
+
+    kind: str
+    text: str
+    needs: list
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def verdict(source_cards: list[dict], drain_cards: list[dict]) -> Verdict:
+    needs = []
+    for card in source_cards:
+        if card["problem"] is not None or card.get("capacity"):
+            why = card["problem"].what if card["problem"] is not None else "over capacity"
+            needs.append((f"source-{card['id']}", f"Source {card['name']}", why))
+    for card in drain_cards:
+        if card["state_class"] == "failing":
+            why = card["problem"].what if card["problem"] is not None else card["state"]
+            needs.append((f"drain-{card['id']}", f"Drain {card['name']}", why))
+    if not source_cards:
+        return Verdict("idle", "Not yet: add your Forge app below (app id, environment id, an Atlassian API "
+                               "token) and Forge Drain starts pulling its logs.", needs)
+    if needs:
+        return Verdict("warn", f"{_plural(len(needs), 'thing')} need{'s' if len(needs) == 1 else ''} a look:",
+                       needs)
+    polling = sum(1 for c in source_cards if c["state_class"] in ("ok", "backfilling"))
+    by_state = {k: sum(1 for c in drain_cards if c["state_class"] == k) for k in ("ok", "new", "disabled")}
+    parts = [f"{_plural(polling, 'source')} polling"]
+    if by_state["ok"]:
+        parts.append(f"{_plural(by_state['ok'], 'drain')} delivering")
+    if by_state["new"]:
+        parts.append(f"{_plural(by_state['new'], 'drain')} with no delivery yet")
+    if by_state["disabled"]:
+        parts.append(f"{_plural(by_state['disabled'], 'drain')} disabled")
+    if not by_state["ok"]:
+        return Verdict("idle", "Not yet delivering: " + ", ".join(parts) + ". Records reach a drain once one "
+                       "is stored for it; press Send test record to check a drain now.", needs)
+    return Verdict("ok", "Yes: " + ", ".join(parts) + ".", needs)
+
+
+def rules_summary(stored: dict | None, source_names: dict) -> list[str]:
+    """A drain's rules in words, one line each (empty: it receives every record as logged)."""
+    stored = stored or {}
+    lines = []
+    if stored.get("origins"):
+        names = {"forge": "Forge sources", "heroku": "the Heroku app's own logs"}
+        lines.append("Only from " + " and ".join(names.get(o, o) for o in stored["origins"]))
+    if stored.get("sources"):
+        lines.append("Forge sources: " + ", ".join(source_names.get(s, s[:8]) for s in stored["sources"]))
+    if stored.get("heroku_apps"):
+        lines.append("Heroku APP-NAMEs: " + ", ".join(stored["heroku_apps"]))
+    if stored.get("processes"):
+        lines.append("Process types: " + ", ".join(stored["processes"]))
+    if stored.get("min_severity"):
+        lines.append(f"Severity {stored['min_severity']} and above")
+    if stored.get("levels"):
+        lines.append("Levels: " + ", ".join(stored["levels"]))
+    if stored.get("services"):
+        lines.append("Services: " + ", ".join(stored["services"]))
+    redact = stored.get("redact") or {}
+    if redact.get("detectors"):
+        lines.append("Redacts: " + ", ".join(DETECTOR_WORDS.get(d, d) for d in redact["detectors"]))
+    if redact.get("patterns"):
+        lines.append("Your patterns: " + ", ".join(p["name"] for p in redact["patterns"]))
+    if redact.get("drop_attributes"):
+        lines.append("Drops attributes: " + ", ".join(redact["drop_attributes"]))
+    return lines
+
+
+DETECTOR_WORDS = {"bearer": "bearer tokens", "jwt": "JWTs", "atlassian_token": "Atlassian API tokens",
+                  "email": "email addresses", "card": "card numbers", "ipv6": "IPv6 addresses",
+                  "ipv4": "IPv4 addresses"}
 
 
 AUDIT_WORDS = {
@@ -334,6 +449,10 @@ AUDIT_WORDS = {
 }
 
 
+OUTCOME_WORDS = {"delivered": "delivered", "retry": "not delivered (a delivery would be tried again)",
+                 "drop": "not delivered"}
+
+
 def audit_text(entry: dict) -> str:
     """What an audit entry says, in words (detail holds ids and field names, never secrets)."""
     detail = entry["detail"] or {}
@@ -342,12 +461,14 @@ def audit_text(entry: dict) -> str:
         words += f" {detail['app_id']} / {detail.get('environment_id', '')}"
     elif "kind" in detail and entry["action"].startswith("drain."):
         words += f" {detail['kind']} {str(detail.get('drain_id', ''))[:8]}"
-    if detail.get("changed"):
+    if entry["action"] == "drain.updated" and detail.get("changed") == ["enabled"] and "enabled" in detail:
+        words = words.replace("edited drain", "enabled drain" if detail["enabled"] else "disabled drain")
+    elif detail.get("changed"):
         words += f" ({', '.join(detail['changed'])})"
     if "ok" in detail:
         words += ": accepted" if detail["ok"] else ": refused"
     if "outcome" in detail:
-        words += f": {detail['outcome']}" + (f" (HTTP {detail['status']})" if detail.get("status") else "")
+        words += f": {OUTCOME_WORDS.get(detail['outcome'], detail['outcome'])}" + (f" (HTTP {detail['status']})" if detail.get("status") else "")
     if "from" in detail:
         words += f" from {detail['from']}"
     if "plan" in detail and isinstance(detail["plan"], str):

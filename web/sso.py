@@ -40,7 +40,7 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, make_response, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, make_response, redirect, render_template, request, session, url_for
 
 from broker import audit, partners, resources
 from broker.vault import VaultError
@@ -181,6 +181,15 @@ def _signer(kind: str, partner_id: str, fields: dict[str, str]) -> Signer:
     return Signer(actor=f"sso:{partner_id}", user=label, user_scoped=False)
 
 
+def within_session(signed_in_at: object) -> bool:
+    """Whether a session signed in at ``signed_in_at`` (time.time()) is still in its lifetime, counted
+    from sign-in however often it is used since. Flask's cookie expiry alone would slide with every
+    request. A session without a sign-in time was made before they were kept: it has ended."""
+    if not isinstance(signed_in_at, int):
+        return False
+    return time.time() - signed_in_at <= current_app.permanent_session_lifetime.total_seconds()
+
+
 @bp.route("/sso/login", methods=["GET", "POST"])
 def login():
     fields = read_fields()
@@ -208,8 +217,17 @@ def login():
         if not _verified(kind, given, resource_id, timestamp, fields, salts or [UNKNOWN_SALT]) or not salts:
             raise Refused("unknown resource, or a token not made with its partner's salt")
         signer = _signer(kind, row["partner_id"], fields)
-        detail = {"user_scoped": signer.user_scoped, **({"app": app} if app else {})}
-        audit.record(conn, parsed_id, signer.actor, "sso.login", detail)
+        actor = signer.user if signer.user_scoped else signer.actor
+        # Heroku signs the owner in again each time they open the add-on: within a session this browser
+        # already holds for the same resource and person, that is not a new session, and the audit log
+        # keeps one sign-in per session rather than one per click. The session keeps its start, so it
+        # still ends 8 hours after the audited sign-in.
+        continuing = (session.get("resource_id") == str(parsed_id) and session.get("actor") == actor
+                      and within_session(session.get("signed_in_at")))
+        if not continuing:
+            detail = {"user_scoped": signer.user_scoped, **({"app": app} if app else {})}
+            audit.record(conn, parsed_id, signer.actor, "sso.login", detail)
+    signed_in_at = session.get("signed_in_at") if continuing else int(time.time())
 
     session.clear()
     session.permanent = True
@@ -217,11 +235,11 @@ def login():
     session["user"] = signer.user
     # What the dashboard's changes are recorded under: the signed email, or sso:<partner> when the
     # token signed no user.
-    session["actor"] = signer.user if signer.user_scoped else signer.actor
+    session["actor"] = actor
     session["app"] = app
     # The dashboard's session lasts a working day from here: the cookie, re-issued by every request, cannot
     # say when that day began.
-    session["signed_in_at"] = int(time.time())
+    session["signed_in_at"] = signed_in_at
     response = redirect(url_for("dashboard.show", resource_id=parsed_id), code=302)
     nav_data = fields.get("nav-data")
     if nav_data is not None and COOKIE_SAFE.match(nav_data):
