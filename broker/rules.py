@@ -13,8 +13,8 @@ entries of one rule with OR); an empty list is the same as leaving the rule
 out:
 
 - ``origins``: ``forge`` (records polled from the App logs API), ``heroku``
-  (the Heroku app's own logs, drain ingest); ``otlp`` joins when OTLP ingest
-  exists (:data:`ORIGINS`);
+  (the Heroku app's own logs, drain ingest), ``otlp`` (the app's logs sent to
+  OTLP ingest) (:data:`ORIGINS`);
 - ``sources``: Forge records only from these source ids;
 - ``heroku_apps``, ``processes``: Heroku lines only with these APP-NAMEs
   (``app``, ``heroku``) and process types (PROCID before its first ``.``:
@@ -23,7 +23,8 @@ out:
   (:func:`broker.formats.severity.of`; a record without one counts as INFO);
 - ``services``: globs (``*``, ``?``, ``[seq]``, ``[!seq]``, case-sensitive)
   on ``service.name`` as OTLP drains show it (the source's service name, else
-  ``forge-app-<app id>``; a Heroku line's APP-NAME).
+  ``forge-app-<app id>``; a Heroku line's APP-NAME; an OTLP-ingested record's
+  resource ``service.name``).
 
 Then ``redact``: built-in ``detectors`` (:data:`DETECTORS`), the owner's
 ``patterns`` and ``drop_attributes``, over bodies and every string attribute
@@ -55,7 +56,7 @@ import re2
 from broker.formats import fields, severity
 from broker.validation import InputError
 
-ORIGINS = ("forge", "heroku")
+ORIGINS = ("forge", "heroku", "otlp")
 LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 # The lowest OTLP severity number of each level (research otlp-syslog-forge.md §1.6).
 LEVEL_FLOOR = {"TRACE": 1, "DEBUG": 5, "INFO": 9, "WARN": 13, "ERROR": 17, "FATAL": 21}
@@ -756,7 +757,7 @@ class Rules:
     def apply(self, records: list[dict], origin: str, source=None, start: int = 0) -> Applied:
         """Keep the records of one batch that the drain wants, redacted.
 
-        ``origin`` is the batch's (``forge``, ``heroku``); ``source`` its Forge source (anything with
+        ``origin`` is the batch's (``forge``, ``heroku``, ``otlp``); ``source`` its Forge source (anything with
         ``id``, ``service_name`` and ``app_id``; None for Heroku batches); ``start`` the raw position
         in the batch of ``records[0]`` (a drain resuming inside a batch). The records given are not
         changed: a redacted record is a copy.
@@ -775,7 +776,8 @@ class Rules:
             kept, positions = [], []
             of = severity.of
             fixed_service = None
-            if services is not None and not heroku:
+            otlp = origin == "otlp"
+            if services is not None and not heroku and not otlp:
                 fixed_service = getattr(source, "service_name", None) or None
             for index, record in enumerate(records):
                 if allowed is not None and not allowed[of(record)[0]]:
@@ -787,6 +789,11 @@ class Rules:
                     if processes is not None and dyno.split(".", 1)[0] not in processes:
                         continue
                     if services is not None and not self._service_wanted(app):
+                        continue
+                elif services is not None and otlp:
+                    # Received over OTLP: the service.name the app's resource gave (broker.formats.otlp_ingest).
+                    part = record.get("otlp")
+                    if not self._service_wanted(str(part.get("service") or "") if isinstance(part, dict) else ""):
                         continue
                 elif services is not None:
                     name = fixed_service or fields.service_name(

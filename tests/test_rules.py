@@ -297,7 +297,7 @@ def test_rules_must_be_an_object_or_null():
     ({"severity": "WARN"}, "rules.severity", "unknown rule; rules are origins, sources, heroku_apps, processes, "
                                              "min_severity, levels, services, redact"),
     ({"origins": "forge"}, "rules.origins", "must be a list"),
-    ({"origins": ["forge", "otlp"]}, "rules.origins", "unknown origin 'otlp'; origins are forge, heroku"),
+    ({"origins": ["forge", "syslog"]}, "rules.origins", "unknown origin 'syslog'; origins are forge, heroku, otlp"),
     ({"origins": ["forge", 3]}, "rules.origins[1]", "must be a string"),
     ({"sources": ["not-a-uuid"]}, "rules.sources[0]", "must be a source id (a UUID)"),
     ({"sources": [str(uuid.uuid4()) for _ in range(51)]}, "rules.sources", "at most 50 entries"),
@@ -571,3 +571,21 @@ def test_detectors_that_need_a_literal_miss_nothing_when_whole_batches_are_looke
         for data, control in zip(written(record), written(placed.control)):
             for secret in placed.secrets:
                 assert data.count(secret.encode()) <= control.count(secret.encode()), (secret, data[:400])
+
+
+def test_otlp_ingest_records_are_their_own_origin_and_services_match_their_resource_service_name():
+    def received(body: str, service: str | None) -> dict:
+        record = forge(body, attributes={"k": "v"})
+        record["otlp"] = {"service": service}
+        return record
+
+    batch = [received("checkout", "checkout-api"), received("worker", "billing-worker"), received("none", None)]
+    assert bodies(kept({"origins": ["otlp"]}, batch, origin="otlp")) == ["checkout", "worker", "none"]
+    assert kept({"origins": ["forge", "heroku"]}, batch, origin="otlp").filtered == 3
+    assert rules.compile({"origins": ["forge"]}).wants("otlp") is False
+    assert bodies(kept({"services": ["checkout-*"]}, batch, origin="otlp")) == ["checkout"]
+    assert bodies(kept({"services": ["*-worker"], "min_severity": "INFO"}, batch, origin="otlp")) == ["worker"]
+    # Sources and Heroku process rules are about other origins: they leave OTLP-ingested records alone.
+    assert bodies(kept({"sources": [str(SOURCE_A)], "processes": ["web"]}, batch, origin="otlp")) == [
+        "checkout", "worker", "none"]
+    assert rules.validate({"origins": ["otlp"]}) == {"origins": ["otlp"]}

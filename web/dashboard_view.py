@@ -409,7 +409,7 @@ def rules_summary(stored: dict | None, source_names: dict) -> list[str]:
     stored = stored or {}
     lines = []
     if stored.get("origins"):
-        names = {"forge": "Forge sources", "heroku": "the Heroku app's own logs"}
+        names = {"forge": "Forge sources", "heroku": "the Heroku app's own logs", "otlp": "the app's OTLP logs"}
         lines.append("Only from " + " and ".join(names.get(o, o) for o in stored["origins"]))
     if stored.get("sources"):
         lines.append("Forge sources: " + ", ".join(source_names.get(s, s[:8]) for s in stored["sources"]))
