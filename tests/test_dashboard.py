@@ -542,3 +542,27 @@ def test_rules_are_set_in_the_drain_forms_refused_in_words_and_shown_on_the_card
                        ).status_code == 303
     assert conn.execute("SELECT rules FROM drains WHERE id = %s", (heroku,)).fetchone()["rules"] == {
         "processes": ["router", "web"]}
+
+
+def test_an_open_alert_is_a_banner_at_the_top_until_it_is_recovered(client, signed_in, conn):
+    from broker import alerts
+
+    rid, token = signed_in
+    assert add_source(client, rid, token).status_code == 303
+    assert "open alert" not in page(client, rid)
+    conn.execute("UPDATE sources SET state = 'paused', pause_reason = 'auth_failed', "
+                 "last_error = 'HTTP 401: email or API token refused'")
+    alerts.evaluate(conn, rid)
+    raised = alerts.open_for(conn, rid)
+    assert [a.condition for a in raised] == ["source_paused"]
+    html = page(client, rid)
+    banner = html[html.index('class="alerts-banner"'):html.index("</section>", html.index('class="alerts-banner"'))]
+    assert 'role="alert"' in html[html.index('<section class="alerts-banner"'):][:80]
+    assert "1 open alert" in banner and raised[0].message in banner.replace("&#39;", "'").replace("&#34;", '"')
+    assert html.index('class="alerts-banner"') < html.index('id="overview-h"')
+    # Recovered (the owner fixed it long enough ago): the banner goes.
+    conn.execute("UPDATE sources SET state = 'active', pause_reason = NULL, last_error = NULL")
+    conn.execute("UPDATE alerts SET raised_at = now() - interval '1 hour', clear_since = now() - interval '1 hour'")
+    alerts.evaluate(conn, rid)
+    assert alerts.open_for(conn, rid) == []
+    assert 'class="alerts-banner"' not in page(client, rid)

@@ -30,7 +30,7 @@ from flask import (Blueprint, abort, current_app, flash, g, get_flashed_messages
                    render_template, request, session, url_for)
 from werkzeug.exceptions import NotFound as HTTPNotFound
 
-from broker import activity, audit, drains, operations, outbox, plans, resources, rules, sources, tokens
+from broker import activity, alerts, audit, drains, operations, outbox, plans, resources, rules, sources, tokens
 from broker.forge import LEVELS
 from broker.validation import InputError
 from broker.vault import VaultError
@@ -163,6 +163,7 @@ def _page(resource_id: uuid.UUID, *, status: int = 200, forms_state: dict | None
         series = activity.series(conn, resource_id)
         gaps = {s["id"]: sources.gaps(conn, s["id"]) for s in source_rows}
         entries = audit.recent(conn, resource_id, 50)
+        open_alerts = alerts.open_for(conn, resource_id)
     now = row["now"]
     top, placed = _results()
     found = view.collect(series, now)
@@ -219,7 +220,7 @@ def _page(resource_id: uuid.UUID, *, status: int = 200, forms_state: dict | None
                                                      **forms.rules_values(None)}, "errors": {}}),
         rule_sources=source_names, rule_levels=rules.LEVELS, detectors=DETECTOR_OPTIONS,
         backfill=state.get("backfill", {}), user=session.get("user"), app_name=session.get("app"),
-        top_results=top, section_results=placed, now=now)
+        top_results=top, section_results=placed, now=now, open_alerts=open_alerts)
     return make_response(body, status)
 
 
