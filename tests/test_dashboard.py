@@ -566,3 +566,11 @@ def test_an_open_alert_is_a_banner_at_the_top_until_it_is_recovered(client, sign
     alerts.evaluate(conn, rid)
     assert alerts.open_for(conn, rid) == []
     assert 'class="alerts-banner"' not in page(client, rid)
+
+
+def test_the_overview_shows_the_exact_command_to_send_logs_over_otlp_without_a_token(client, signed_in):
+    rid, _ = signed_in
+    html = page(client, rid)
+    assert "heroku telemetry:add http://127.0.0.1:5000/ingest/otlp --signals logs --transport http" in html
+    assert "X-Forgedrain-Ingest-Token" in html and "&lt;ingest token&gt;" in html
+    assert "fdi_" not in html

@@ -36,7 +36,7 @@ from broker.validation import InputError
 from broker.vault import VaultError
 from web import dashboard_forms as forms
 from web import dashboard_view as view
-from web import services
+from web import ingest_otlp, services
 from web.errors import retry_after_header
 from web.sso import within_session
 
@@ -220,7 +220,8 @@ def _page(resource_id: uuid.UUID, *, status: int = 200, forms_state: dict | None
                                                      **forms.rules_values(None)}, "errors": {}}),
         rule_sources=source_names, rule_levels=rules.LEVELS, detectors=DETECTOR_OPTIONS,
         backfill=state.get("backfill", {}), user=session.get("user"), app_name=session.get("app"),
-        top_results=top, section_results=placed, now=now, open_alerts=open_alerts)
+        top_results=top, section_results=placed, now=now, open_alerts=open_alerts,
+        otlp=ingest_otlp.guide(svc.settings.public_url))
     return make_response(body, status)
 
 
