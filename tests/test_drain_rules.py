@@ -293,7 +293,7 @@ def test_rules_and_their_counters_show_in_the_api_and_in_metrics(client, conn, v
 def test_invalid_rules_answer_422_with_every_problem_and_change_nothing(client, conn, world):
     resource_id, source_id = world
     body = {"kind": "logplex", "url": "http://127.0.0.1:9/", "rules": {
-        "origins": ["forge", "otlp"], "sources": [str(source_id), str(uuid.uuid4())],
+        "origins": ["forge", "email"], "sources": [str(source_id), str(uuid.uuid4())],
         "min_severity": "WARN", "levels": ["ERROR"],
         "redact": {"detectors": ["email", "ssn"], "patterns": [{"name": "bad", "regex": r"(\w+)\1"}]}}}
     refused = client.post(f"/v1/resources/{resource_id}/drains", headers=auth(resource_id), json=body)
