@@ -606,3 +606,76 @@ def test_a_source_is_edited_verified_and_backfilled_with_the_keyboard_alone(web,
         assert (backfilled["checkpoint"], backfilled["backfill_from"], backfilled["backfill_until"]) == (
             start, start, checkpoint)
 
+
+def test_the_buttons_of_the_cards_work_from_the_keyboard(web, browser, conn, settings, receiver):
+    """Send test record, Disable, Enable, Rotate token, and Delete (a drain, then the source): Tab to the
+    button, Enter; a question asked first is answered (a native dialog is no page to Tab through),
+    dismissed changes nothing; the result is read where the owner is looking."""
+    from broker.vault import Vault
+
+    rid = provision(web)
+    source_id, drain_id = source_and_drain(conn, settings, rid, "archive")
+    conn.execute("UPDATE drains SET url_enc = %s WHERE id = %s",
+                 (Vault(settings.fernet_keys).encrypt(f"{receiver.url}/drain"), drain_id))
+    card = f"#drain-{drain_id}"
+
+    def drain_row() -> dict | None:
+        return conn.execute("SELECT enabled, token FROM drains WHERE id = %s", (drain_id,)).fetchone()
+
+    with signed_in_page(browser, web, rid) as page:
+        def press(selector: str, answer: str | None = None) -> list[str]:
+            """Tab to the button, Enter; the question it asks, if any, answered "accept" or "dismiss"."""
+            tab_until(page, selector)
+            asked: list[str] = []
+            if answer:
+                page.once("dialog", lambda dialog: (asked.append(dialog.message), getattr(dialog, answer)()))
+            if answer == "dismiss":
+                page.keyboard.press("Enter")
+                page.wait_for_function("true")  # a round trip: the question has been answered
+            else:
+                with page.expect_navigation():
+                    page.keyboard.press("Enter")
+            return asked
+
+        def said(where: str) -> str:
+            assert in_view(page, f"{where} .result"), f"the result at {where} is out of view"
+            return page.inner_text(f"{where} .result")
+
+        press(f"{card} button:has-text('Send test record')")
+        assert said(card).startswith("Test record delivered: the receiver accepted it (HTTP 200)")
+        assert len(receiver.requests) == 1 and receiver.requests[0]["token"] == drain_row()["token"]
+        axe_clean(page, "a test record sent from the keyboard")
+
+        press(f"{card} button:has-text('Disable')")
+        assert said(card).startswith("Drain disabled") and page.inner_text(f"{card} .pill") == "disabled"
+        assert drain_row()["enabled"] is False
+        axe_clean(page, "a drain disabled from the keyboard")
+        press(f"{card} button:has-text('Enable')")
+        assert said(card) == "Drain enabled: deliveries resume." and drain_row()["enabled"] is True
+        axe_clean(page, "a drain enabled from the keyboard")
+
+        token = drain_row()["token"]
+        assert press(f"{card} button:has-text('Rotate token')", "accept") == [
+            "Issue a new token? Receivers checking the old one will refuse deliveries."]
+        new_token = drain_row()["token"]
+        assert new_token != token and said(card).startswith(f"New drain token {new_token}:")
+        axe_clean(page, "a token rotated from the keyboard")
+
+        dashboard = page.url
+        delete_drain = f"{card} form[action$='/delete'] button"
+        assert press(delete_drain, "dismiss") == ["Delete this drain? Records waiting for it are let go."]
+        assert page.url == dashboard and drain_row() is not None
+        press(delete_drain, "accept")
+        page.wait_for_url(f"**/dashboard/{rid}#drains")
+        assert said("#drains") == "Drain archive deleted." and drain_row() is None
+        assert page.locator(card).count() == 0
+        axe_clean(page, "a drain deleted from the keyboard")
+
+        delete_source = f"#source-{source_id} form[action$='/delete'] button"
+        assert press(delete_source, "dismiss") == ["Delete this source? Its logs stop being pulled."]
+        assert conn.execute("SELECT count(*) AS n FROM sources").fetchone()["n"] == 1
+        press(delete_source, "accept")
+        page.wait_for_url(f"**/dashboard/{rid}#sources")
+        assert said("#sources") == f"Source {APP} deleted."
+        assert conn.execute("SELECT count(*) AS n FROM sources").fetchone()["n"] == 0
+        axe_clean(page, "a source deleted from the keyboard")
