@@ -25,7 +25,7 @@ import os
 import shutil
 from collections import Counter
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import timedelta, timezone
 
 import pytest
 
@@ -139,6 +139,15 @@ def tab_until(page, selector: str) -> None:
     raise AssertionError(f"Tab never reached {selector}")
 
 
+def type_datetime_local(page, moment) -> None:
+    """Type a moment into the datetime-local field focused on its first part, as chromium (en-US)
+    takes it from the keyboard: digits fill a part and move on, but the year takes up to six, so
+    Tab moves on to the hour; A or P sets the half of the day."""
+    page.keyboard.type(f"{moment:%m%d%Y}")
+    page.keyboard.press("Tab")
+    page.keyboard.type(f"{moment:%I%M}{moment:%p}"[:5])
+
+
 def focused_id(page) -> str:
     return page.evaluate("document.activeElement && document.activeElement.id")
 
@@ -171,7 +180,8 @@ def provision(web, **overrides) -> str:
 def signed_in_page(browser, web, rid: str):
     """A desktop-sized page signed in to ``rid`` as Heroku signs owners in; a screenshot and the web's
     output when what runs inside fails."""
-    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    # en-US: the order of a datetime-local field's parts (month, day, year, hour, minute, AM/PM) as typed
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900}, locale="en-US")
     page = context.new_page()
     page.set_default_timeout(15_000)
     try:
@@ -464,3 +474,208 @@ def test_the_forms_are_completed_with_the_keyboard_alone_and_rules_reach_the_car
             "name": "archive eu", "rules": {"min_severity": "INFO", "redact": {"detectors": ["email", "card"]}}}
         page.screenshot(path=str(ARTIFACTS / "dashboard-rules-saved.png"))
         axe_clean(page, "a drain saved with rules")
+
+
+def test_a_source_is_edited_verified_and_backfilled_with_the_keyboard_alone(web, browser, conn, settings):
+    """The source's Edit link, its form (a refused save, then a good one), Verify now and the backfill
+    form, each reached with Tab and sent with Enter; the result read at the card, in view."""
+    from broker.vault import Vault
+
+    rid = provision(web)
+    source_id, _ = source_and_drain(conn, settings, rid, "archive")
+    card = f"#source-{source_id}"
+
+    def source_row() -> dict:
+        return conn.execute("SELECT app_id, email, levels, service_name, api_token_enc, verified_at, checkpoint, "
+                            "backfill_from, backfill_until FROM sources WHERE id = %s", (source_id,)).fetchone()
+
+    before = source_row()
+    with signed_in_page(browser, web, rid) as page:
+        def tab_to(selector: str) -> None:
+            tab_until(page, selector)
+
+        tab_to(f"{card} a:has-text('Edit')")
+        page.keyboard.press("Enter")
+        page.wait_for_url(f"**/dashboard/{rid}/sources/{source_id}/edit")
+        edit_url = page.url
+        axe_clean(page, "the source edit form")
+
+        # app id and email emptied, the right token typed, a service name, levels: refused, all at once
+        tab_to("#s-app_id")
+        page.keyboard.press("Control+A")
+        page.keyboard.press("Delete")
+        tab_to("#s-email")
+        page.keyboard.press("Control+A")
+        page.keyboard.press("Delete")
+        tab_to("#s-api_token")
+        page.keyboard.type(TOKEN)
+        tab_to("#s-service_name")
+        page.keyboard.type("acme-jira-app")
+        tab_to("input[name=levels][value=ERROR]")
+        page.keyboard.press("Space")
+        tab_to("input[name=levels][value=WARN]")
+        page.keyboard.press("Enter")  # toggles it: the form is not sent from a checkbox
+        assert page.is_checked("input[name=levels][value=WARN]") and page.url == edit_url
+        tab_to("button:has-text('Save')")
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        summary = page.inner_text(".error-summary")
+        assert "The source was not saved: 2 things to fix" in summary
+        assert "Enter the Forge app id" in summary and "Enter the Atlassian account email" in summary
+        assert page.inner_text("#app_id-error") == "Enter the Forge app id"
+        assert page.inner_text("#email-error") == "Enter the Atlassian account email"
+        assert focused_id(page) == "s-app_id" and in_view(page, ".error-summary") and in_view(page, "#app_id-error")
+        assert page.input_value("#s-service_name") == "acme-jira-app" and page.input_value("#s-api_token") == ""
+        assert page.is_checked("input[name=levels][value=ERROR]") and page.is_checked("input[name=levels][value=WARN]")
+        axe_clean(page, "the source edit form refused")
+        assert source_row() == before
+
+        # focus is in the first field in error: type there, Tab on, and Enter on Save
+        page.keyboard.type(APP)
+        tab_to("#s-email")
+        page.keyboard.type(EMAIL)
+        tab_to("#s-api_token")
+        page.keyboard.type(TOKEN)
+        tab_to("button:has-text('Save')")
+        page.keyboard.press("Enter")
+        page.wait_for_url(f"**/dashboard/{rid}#source-{source_id}")
+        result = page.inner_text(f"{card} .result")
+        assert result.startswith(f"Source {APP} saved (") and result.endswith("; Atlassian accepted the credentials.")
+        assert all(name in result for name in ("API token", "Levels", "Service name")), result
+        assert in_view(page, f"{card} .result") and page.inner_text(f"{card} h3") == "acme-jira-app"
+        axe_clean(page, "a source saved")
+        saved = source_row()
+        assert (saved["app_id"], saved["email"], saved["levels"], saved["service_name"]) == (
+            APP, EMAIL, ["WARN", "ERROR"], "acme-jira-app")
+        assert Vault(settings.fernet_keys).decrypt(saved["api_token_enc"]) == TOKEN and saved["verified_at"]
+
+        tab_to(f"{card} button:has-text('Verify now')")
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        assert page.inner_text(f"{card} .result") == f"Atlassian accepted the credentials of {APP}; polling is on."
+        assert in_view(page, f"{card} .result")
+        axe_clean(page, "a source verified")
+
+        # Backfill: records the source stored in the last hours are what receivers would see twice
+        now = conn.execute("SELECT date_trunc('minute', now()) AS m").fetchone()["m"].astimezone(timezone.utc)
+        activity.add(conn, rid, source_id, "stored", Counter({now - timedelta(hours=1): 30,
+                                                              now - timedelta(hours=2): 12}))
+        checkpoint = source_row()["checkpoint"]
+        field = f"#from-{source_id}"
+
+        # more than 14 days back: refused next to the field, focus on it, what was typed kept
+        too_old = now - timedelta(days=20)
+        tab_to(field)
+        type_datetime_local(page, too_old)
+        assert page.input_value(field) == f"{too_old:%Y-%m-%dT%H:%M}"
+        tab_to(f"{card} .backfill button")
+        page.once("dialog", lambda dialog: dialog.accept())
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        error = f"#from-{source_id}-error"
+        assert page.inner_text(error) == "The start is more than 14 days ago: Atlassian keeps app logs for 14 days"
+        assert focused_id(page) == f"from-{source_id}" and in_view(page, error)
+        assert page.input_value(field) == f"{too_old:%Y-%m-%dT%H:%M}"
+        axe_clean(page, "a backfill refused")
+        assert source_row()["checkpoint"] == checkpoint
+
+        # three hours back, typed over the refused time; the question dismissed: nothing happens
+        start = now - timedelta(hours=3)
+        type_datetime_local(page, start)
+        assert page.input_value(field) == f"{start:%Y-%m-%dT%H:%M}"
+        refused_url = page.url
+        asked = []
+        page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+        page.keyboard.press("Enter")  # Enter in the field sends its form, as on the button
+        page.wait_for_function("true")  # a round trip: the question has been answered
+        assert asked == ["Backfill? Every record since then is fetched and sent again: your drains' receivers "
+                         "see the records they already have a second time."]
+        assert page.url == refused_url and source_row()["backfill_from"] is None
+
+        # ... and accepted: the card says from when, and that receivers see 42 records again
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.keyboard.press("Enter")
+        page.wait_for_url(f"**/dashboard/{rid}#source-{source_id}")
+        result = page.inner_text(f"{card} .result")
+        assert result == (f"Backfill started from {start:%Y-%m-%d %H:%M} UTC: Forge Drain fetches every record since "
+                          "then again; 42 records stored since then will be sent to your drains again, and receivers "
+                          "will see them a second time. Records arrive as the source catches up.")
+        assert in_view(page, f"{card} .result")
+        axe_clean(page, "a backfill started")
+        backfilled = source_row()
+        assert (backfilled["checkpoint"], backfilled["backfill_from"], backfilled["backfill_until"]) == (
+            start, start, checkpoint)
+
+
+def test_the_buttons_of_the_cards_work_from_the_keyboard(web, browser, conn, settings, receiver):
+    """Send test record, Disable, Enable, Rotate token, and Delete (a drain, then the source): Tab to the
+    button, Enter; a question asked first is answered (a native dialog is no page to Tab through),
+    dismissed changes nothing; the result is read where the owner is looking."""
+    from broker.vault import Vault
+
+    rid = provision(web)
+    source_id, drain_id = source_and_drain(conn, settings, rid, "archive")
+    conn.execute("UPDATE drains SET url_enc = %s WHERE id = %s",
+                 (Vault(settings.fernet_keys).encrypt(f"{receiver.url}/drain"), drain_id))
+    card = f"#drain-{drain_id}"
+
+    def drain_row() -> dict | None:
+        return conn.execute("SELECT enabled, token FROM drains WHERE id = %s", (drain_id,)).fetchone()
+
+    with signed_in_page(browser, web, rid) as page:
+        def press(selector: str, answer: str | None = None) -> list[str]:
+            """Tab to the button, Enter; the question it asks, if any, answered "accept" or "dismiss"."""
+            tab_until(page, selector)
+            asked: list[str] = []
+            if answer:
+                page.once("dialog", lambda dialog: (asked.append(dialog.message), getattr(dialog, answer)()))
+            if answer == "dismiss":
+                page.keyboard.press("Enter")
+                page.wait_for_function("true")  # a round trip: the question has been answered
+            else:
+                with page.expect_navigation():
+                    page.keyboard.press("Enter")
+            return asked
+
+        def said(where: str) -> str:
+            assert in_view(page, f"{where} .result"), f"the result at {where} is out of view"
+            return page.inner_text(f"{where} .result")
+
+        press(f"{card} button:has-text('Send test record')")
+        assert said(card).startswith("Test record delivered: the receiver accepted it (HTTP 200)")
+        assert len(receiver.requests) == 1 and receiver.requests[0]["token"] == drain_row()["token"]
+        axe_clean(page, "a test record sent from the keyboard")
+
+        press(f"{card} button:has-text('Disable')")
+        assert said(card).startswith("Drain disabled") and page.inner_text(f"{card} .pill") == "disabled"
+        assert drain_row()["enabled"] is False
+        axe_clean(page, "a drain disabled from the keyboard")
+        press(f"{card} button:has-text('Enable')")
+        assert said(card) == "Drain enabled: deliveries resume." and drain_row()["enabled"] is True
+        axe_clean(page, "a drain enabled from the keyboard")
+
+        token = drain_row()["token"]
+        assert press(f"{card} button:has-text('Rotate token')", "accept") == [
+            "Issue a new token? Receivers checking the old one will refuse deliveries."]
+        new_token = drain_row()["token"]
+        assert new_token != token and said(card).startswith(f"New drain token {new_token}:")
+        axe_clean(page, "a token rotated from the keyboard")
+
+        dashboard = page.url
+        delete_drain = f"{card} form[action$='/delete'] button"
+        assert press(delete_drain, "dismiss") == ["Delete this drain? Records waiting for it are let go."]
+        assert page.url == dashboard and drain_row() is not None
+        press(delete_drain, "accept")
+        page.wait_for_url(f"**/dashboard/{rid}#drains")
+        assert said("#drains") == "Drain archive deleted." and drain_row() is None
+        assert page.locator(card).count() == 0
+        axe_clean(page, "a drain deleted from the keyboard")
+
+        delete_source = f"#source-{source_id} form[action$='/delete'] button"
+        assert press(delete_source, "dismiss") == ["Delete this source? Its logs stop being pulled."]
+        assert conn.execute("SELECT count(*) AS n FROM sources").fetchone()["n"] == 1
+        press(delete_source, "accept")
+        page.wait_for_url(f"**/dashboard/{rid}#sources")
+        assert said("#sources") == f"Source {APP} deleted."
+        assert conn.execute("SELECT count(*) AS n FROM sources").fetchone()["n"] == 0
+        axe_clean(page, "a source deleted from the keyboard")
