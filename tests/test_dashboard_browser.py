@@ -661,6 +661,11 @@ def test_the_buttons_of_the_cards_work_from_the_keyboard(web, browser, conn, set
         assert new_token != token and said(card).startswith(f"New drain token {new_token}:")
         axe_clean(page, "a token rotated from the keyboard")
 
+        # Two more drains: the section's result must not land below the cards that are left.
+        for name in ("second", "third"):
+            conn.execute("INSERT INTO drains (resource_id, kind, url_enc, token, name) VALUES (%s, 'logplex', %s, %s, %s)",
+                         (rid, Vault(settings.fernet_keys).encrypt("https://logs.example/drain"), f"d.{name}", name))
+        page.reload()
         dashboard = page.url
         delete_drain = f"{card} form[action$='/delete'] button"
         assert press(delete_drain, "dismiss") == ["Delete this drain? Records waiting for it are let go."]
