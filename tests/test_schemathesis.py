@@ -15,6 +15,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -36,6 +37,7 @@ def answered_test_failed(response) -> bool:
         return False
 
 
+@pytest.mark.timeout(900)  # ~30 s alone; CPU-bound, so several times that beside 7 other workers under load
 def test_no_request_generated_from_the_openapi_schema_gets_a_5xx(owner, conn):  # noqa: F811
     """schemathesis' pytest plugin does not run under pytest 9 (it sets ``Function._nodeid``), so its
     strategies are driven here: one Hypothesis run per operation and mode, failures collected."""
