@@ -320,8 +320,11 @@ def test_an_owner_sets_up_a_source_and_a_drain_and_sees_logs_flow(web, browser, 
         receiver.requests.clear()
 
         # the only script asks before rotating a token; dismissing it changes nothing
-        page.once("dialog", lambda dialog: dialog.dismiss())
+        asked = []
+        page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
         page.locator(f"#drain-{drain['id']} button:has-text('Rotate token')").click()
+        page.wait_for_function("true")  # a round trip: the question has been answered
+        assert asked == ["Issue a new token? Receivers checking the old one will refuse deliveries."]
         assert conn.execute("SELECT token FROM drains WHERE id = %s", (drain["id"],)).fetchone()["token"] == drain["token"]
 
         # Logs flow: the worker's jobs poll the Forge fake and deliver to the receiver. Every ERROR

@@ -70,6 +70,38 @@ def test_the_tick_queues_poll_jobs_only_while_sources_are_due(env, conn, redis_u
     assert [j.id for j in queued] == ["poll-batch-0"]
 
 
+def test_the_tick_queues_one_poll_job_per_poll_threads_due_sources_up_to_poll_batches(env, conn, redis_url,
+                                                                                      vault):
+    """FORGE_POLL_THREADS due sources fill one job; the tick keeps as many jobs queued as the due
+    sources fill, and never more than FORGE_POLL_BATCHES (the count of due sources stops there)."""
+    install(env, FORGE_POLL_THREADS=2, FORGE_POLL_BATCHES=3)
+    connection = redisconn.connect(redis_url)
+
+    def queued() -> list[str]:
+        return [j.id for j in jobs.queue("poll", connection).jobs]
+
+    resource_id = add_resource(conn)
+    apps = iter(f"app-{i:02d}" for i in range(20))
+    add_source(conn, vault, resource_id, app_id=next(apps))
+    assert tick.run(1) == {"due_sources": 1, "poll_jobs": 1, "due_drains": 0, "delivery_jobs": 0}
+    assert queued() == ["poll-batch-0"]  # one source due: one job
+
+    connection.flushdb()  # the same tick again, from an empty queue
+    for _ in range(2):
+        add_source(conn, vault, resource_id, app_id=next(apps))
+    assert tick.run(2) == {"due_sources": 3, "poll_jobs": 2, "due_drains": 0, "delivery_jobs": 0}
+    assert queued() == ["poll-batch-0", "poll-batch-1"]  # FORGE_POLL_THREADS + 1 due: two jobs
+
+    for _ in range(8):
+        add_source(conn, vault, resource_id, app_id=next(apps))
+    # 11 due: the count stops at FORGE_POLL_THREADS × FORGE_POLL_BATCHES, and the two jobs still
+    # queued are not queued twice: only the third is new.
+    assert tick.run(3) == {"due_sources": 6, "poll_jobs": 1, "due_drains": 0, "delivery_jobs": 0}
+    assert queued() == ["poll-batch-0", "poll-batch-1", "poll-batch-2"]
+    assert tick.run(4)["poll_jobs"] == 0  # never a fourth job, and none queued twice
+    assert queued() == ["poll-batch-0", "poll-batch-1", "poll-batch-2"]
+
+
 def test_a_flushed_redis_loses_no_work(env, conn, redis_url, vault):
     # Records visible at once and none late: every record of the polled stretch is expected.
     fake = ForgeFake(seed=21, rate_limit=10_000, prompt_delay_seconds=0)

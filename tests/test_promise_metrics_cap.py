@@ -5,7 +5,9 @@ database answers, is whole again.
 
 The verdict is on events, not on elapsed time: the scrape is seen waiting on the lock in
 ``pg_stat_activity``, then answers 503 (``QueryCanceled``, a statement timeout) while the lock is
-still held by this test, which never lets it go before the answer.
+still held by this test, which never lets it go before the answer. That the cap is the promised
+2 s is read on the database's own clock, from ``pg_stat_activity``: the blocked statement's start,
+and the start of the ROLLBACK its cancellation led to on the same backend.
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ def wait_for(condition, what: str, seconds: float = 30.0):
         time.sleep(0.05)
 
 
-def scrape_waiting_on_a_lock(conn) -> bool:
+def scrape_waiting_on_a_lock(conn) -> dict | None:
+    """The backend of the scrape waiting on the lock: its pid and its statement's start."""
     return conn.execute(
-        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'forgedrain-web' "
-        "AND wait_event_type = 'Lock' AND datname = current_database()").fetchone()["n"] > 0
+        "SELECT pid, query_start FROM pg_stat_activity WHERE application_name = 'forgedrain-web' "
+        "AND wait_event_type = 'Lock' AND datname = current_database()").fetchone()
 
 
 def test_a_scrape_blocked_by_the_database_answers_503_while_the_block_lasts(metrics_app, database_url, conn):
@@ -61,7 +64,7 @@ def test_a_scrape_blocked_by_the_database_answers_503_while_the_block_lasts(metr
         scrape = threading.Thread(target=lambda: answers.append(client.get("/metrics", headers=headers)),
                                   daemon=True)
         scrape.start()
-        wait_for(lambda: scrape_waiting_on_a_lock(conn), "the scrape to wait on the locked table")
+        waiting = wait_for(lambda: scrape_waiting_on_a_lock(conn), "the scrape to wait on the locked table")
         scrape.join(ANSWER_DEADLINE_SECONDS)
         assert not scrape.is_alive(), "the scrape waited for the lock instead of giving up"
         # The lock was never released: the scrape ended by its own cap.
@@ -74,6 +77,15 @@ def test_a_scrape_blocked_by_the_database_answers_503_while_the_block_lasts(metr
     assert answer.status_code == 503
     assert answer.get_data(as_text=True) == "postgres unavailable (QueryCanceled)\n"
     assert answer.headers["Retry-After"] == "15"
+    # The cap is 2 s, on the database's clock: the ROLLBACK the scrape sent once its statement was
+    # cancelled (the last statement of that backend: the pool sends nothing when a connection comes
+    # back) started 2 s after the blocked statement, plus the round trip that told the client.
+    # A cap of 30 s, or of 0.5 s, fails here.
+    after_cancel = conn.execute("SELECT query, state, query_start FROM pg_stat_activity WHERE pid = %s",
+                                (waiting["pid"],)).fetchone()
+    assert (after_cancel["query"], after_cancel["state"]) == ("ROLLBACK", "idle")
+    capped_after = (after_cancel["query_start"] - waiting["query_start"]).total_seconds()
+    assert 2.0 <= capped_after < 10.0, f"the statement was cancelled after {capped_after:.3f} s, not 2 s"
     # The connection went back to the pool usable, and the next scrape is whole.
     after = client.get("/metrics", headers=headers)
     assert after.status_code == 200 and "forgedrain_drains" in after.get_data(as_text=True)
