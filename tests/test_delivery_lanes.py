@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cryptography.fernet import Fernet
@@ -253,14 +254,17 @@ def test_a_hostile_receiver_costs_one_deadline_and_loses_nothing(conn, vault, da
         deliverer = make_deliverer(database_url, vault)
         deliverer.wire = dataclasses.replace(deliverer.wire, deadline_seconds=1.5)
         (drain,) = delivery.claim(conn, 10)
-        began = time.monotonic()
-        outcome = deliverer.deliver(drain)
-        elapsed = time.monotonic() - began
-        assert outcome.result == "retry" and elapsed < 1.5 + 20  # liveness: it returned, cut by its deadline
+        pool = ThreadPoolExecutor(1)
+        try:  # liveness: it returns, cut by its deadline, or the test fails (without waiting for it)
+            outcome = pool.submit(deliverer.deliver, drain).result(timeout=1.5 + 20)
+        finally:
+            pool.shutdown(wait=False)
+        assert outcome.result == "retry"
         row = drain_row(conn, drain_id)
         assert "within 1.5 s" in row["last_error"], row["last_error"]
         assert row["cursor"] == 0 and row["partial_batch"] is None and row["delivered"] == 0
         assert row["send_seconds"] > delivery.SLOW_SEND_SECONDS and row["lease_token"] is None
+        marked_slow = row["send_seconds"]
         wait_for(lambda: sockets_to(hostile.port) == 0, 10, "the connection to be closed")
         hostile.mode = "ok"  # the receiver mends its ways
         conn.execute("UPDATE drains SET next_attempt_at = now() WHERE id = %s", (drain_id,))
@@ -271,7 +275,9 @@ def test_a_hostile_receiver_costs_one_deadline_and_loses_nothing(conn, vault, da
             deliverer.deliver(claimed[0])
     row = drain_row(conn, drain_id)
     assert row["cursor"] == batch and row["delivered"] == 300 and row["dropped"] == 0
-    assert row["send_seconds"] < 3  # fast answers bring it back towards the fast lane
+    # The answered sends count in the drain's moving average, bringing it back towards the fast lane:
+    # judged against the estimate the failed send left, not against a number of seconds.
+    assert row["send_seconds"] < marked_slow
 
 
 def test_after_its_budget_a_job_still_serves_quick_rows_while_slow_ones_finish():

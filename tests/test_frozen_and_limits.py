@@ -27,6 +27,7 @@ from broker import config, db, operations, ratelimit, resources
 from tests.fakes.forge import ForgeFake
 from tests.fakes.hostile import HostileHTTP
 from tests.fakes.server import LocalServer
+from tests.support.held import HeldHTTP
 from tests.support.partner import heroku_headers, provision_body, sso_token
 from web import create_app
 
@@ -38,6 +39,9 @@ OWNER = "owner@acme.test"
 ACTOR = "api-token"
 # A send cut by its deadline: long enough for the test's own steps to happen meanwhile.
 SEND_SECONDS = 5.0
+# The deadline of a send held in flight until the test releases its receiver (HeldHTTP): only a
+# broken test ever reaches it.
+HELD_SEND_SECONDS = 60.0
 
 
 def wait_for(condition, seconds: float = 10.0, what: str = "condition"):
@@ -287,38 +291,42 @@ def test_a_test_record_in_flight_holds_no_lock_and_stores_nothing_once_deprovisi
 # --- item 6: calls out from web threads are bounded per resource --------------------------------
 
 def test_concurrent_test_records_for_one_resource_send_one_and_refuse_the_rest_at_once(client, svc, world):
+    """Refused at once is judged by order, not by seconds: the first send stays in flight (its receiver
+    holds it) until the test releases it, and every refusal has come back before that."""
     rid, auth, _, _ = world
     other_rid, other_auth = provision(client)
     calls = ratelimit.OwnerCalls(svc.redis)
-    with HostileHTTP("silent") as receiver, HostileHTTP("ok") as other_receiver:
-        drain_id = add_drain(client, rid, auth, receiver.url)
+
+    def test(resource_id, drain):
+        wire = dataclasses.replace(svc.wire(), deadline_seconds=HELD_SEND_SECONDS)  # this thread's session
+        try:
+            return operations.test_drain(svc.db.connection, wire, svc.vault, resource_id, drain, actor=ACTOR,
+                                         calls=calls)
+        except operations.OperationError as exc:
+            return exc
+
+    with HostileHTTP("ok") as other_receiver, ThreadPoolExecutor(8) as pool:
         other_drain = add_drain(client, other_rid, other_auth, other_receiver.url)
-
-        def test(resource_id, drain):
-            started = time.monotonic()
-            wire = dataclasses.replace(svc.wire(), deadline_seconds=SEND_SECONDS)  # this thread's session
-            try:
-                return operations.test_drain(svc.db.connection, wire, svc.vault, resource_id, drain, actor=ACTOR,
-                                             calls=calls), time.monotonic() - started
-            except operations.OperationError as exc:
-                return exc, time.monotonic() - started
-
-        with ThreadPoolExecutor(8) as pool:
+        with HeldHTTP() as receiver:  # every send stays in flight until receiver.release()
+            drain_id = add_drain(client, rid, auth, receiver.url)
             first = pool.submit(test, rid, drain_id)
             wait_for(lambda: receiver.hits == 1, what="the first test record to go out")
             rest = [pool.submit(test, rid, drain_id) for _ in range(5)]
-            refusals = [f.result(timeout=SEND_SECONDS) for f in rest]
-            other, _ = pool.submit(test, other_rid, other_drain).result(timeout=SEND_SECONDS)
+            refusals = [f.result(timeout=30) for f in rest]  # well before a held send's deadline
+            other = pool.submit(test, other_rid, other_drain).result(timeout=30)
+            # Every refusal, and the other resource's send, came back while the first send still waited
+            # for its answer: none of them waited for it.
             assert not first.done()
-            outcome, _ = first.result(timeout=SEND_SECONDS + 10)
-    for refused, seconds in refusals:
-        assert isinstance(refused, operations.Busy)
+            assert receiver.hits == 1
+            receiver.release()
+            outcome = first.result(timeout=HELD_SEND_SECONDS)
+    for refused in refusals:
+        assert isinstance(refused, operations.Busy), refused
         assert (refused.http_status, refused.code) == (429, "busy")
         assert 0 < refused.refusal.retry_after <= operations.BUSY_RETRY_SECONDS
-        assert seconds < 1.0  # at once, not after the send in flight
     assert receiver.hits == 1
     assert other.delivered and other_receiver.hits == 1  # another resource is not held up
-    assert not outcome.delivered and outcome.retryable  # cut by its deadline
+    assert not outcome.delivered and outcome.retryable  # the receiver's 503, once released
     assert calls.busy(rid) == 0  # the lease went with the failed send
     with HostileHTTP("ok") as receiver_again:
         client.patch(f"/v1/resources/{rid}/drains/{drain_id}", headers=auth,
@@ -330,35 +338,37 @@ def test_concurrent_test_records_for_one_resource_send_one_and_refuse_the_rest_a
 
 def test_a_process_calls_out_for_at_most_its_slots_whatever_the_resource(client, svc):
     """Many resources testing slow receivers at once cannot take every web thread: the web's own
-    bounds (svc.owner_calls) let CALLS_OUT_PER_PROCESS out at once, the next is refused at once."""
+    bounds (svc.owner_calls) let CALLS_OUT_PER_PROCESS out at once, the next is refused at once —
+    while those calls are still in flight (their receiver holds them until the test releases it)."""
     from web import CALLS_OUT_PER_PROCESS
 
     owners = [provision(client) for _ in range(CALLS_OUT_PER_PROCESS + 1)]
-    with HostileHTTP("silent") as receiver, HostileHTTP("ok") as later_receiver:
-        drains_ = [add_drain(client, rid, auth, receiver.url) for rid, auth in owners]
 
-        def test(resource_id, drain):
-            wire = dataclasses.replace(svc.wire(), deadline_seconds=SEND_SECONDS)  # this thread's session
-            started = time.monotonic()
-            try:
-                return operations.test_drain(svc.db.connection, wire, svc.vault, resource_id, drain, actor=ACTOR,
-                                             calls=svc.owner_calls), time.monotonic() - started
-            except operations.OperationError as exc:
-                return exc, time.monotonic() - started
+    def test(resource_id, drain):
+        wire = dataclasses.replace(svc.wire(), deadline_seconds=HELD_SEND_SECONDS)  # this thread's session
+        try:
+            return operations.test_drain(svc.db.connection, wire, svc.vault, resource_id, drain, actor=ACTOR,
+                                         calls=svc.owner_calls)
+        except operations.OperationError as exc:
+            return exc
 
-        with ThreadPoolExecutor(CALLS_OUT_PER_PROCESS + 1) as pool:
+    with HostileHTTP("ok") as later_receiver, ThreadPoolExecutor(CALLS_OUT_PER_PROCESS + 1) as pool:
+        with HeldHTTP() as receiver:  # every send stays in flight until receiver.release()
+            drains_ = [add_drain(client, rid, auth, receiver.url) for rid, auth in owners]
             out = [pool.submit(test, rid, drain)
                    for (rid, _), drain in zip(owners[:CALLS_OUT_PER_PROCESS], drains_)]
             wait_for(lambda: receiver.hits == CALLS_OUT_PER_PROCESS, what="the first calls to go out")
             last_rid, last_auth = owners[-1]
-            refused, seconds = pool.submit(test, last_rid, drains_[-1]).result(timeout=SEND_SECONDS)
-            results = [f.result(timeout=SEND_SECONDS + 10)[0] for f in out]
+            refused = pool.submit(test, last_rid, drains_[-1]).result(timeout=30)  # well before their deadline
+            assert not any(f.done() for f in out)  # refused while every slot's call was still in flight
+            assert receiver.hits == CALLS_OUT_PER_PROCESS
+            receiver.release()
+            results = [f.result(timeout=HELD_SEND_SECONDS) for f in out]
         assert isinstance(refused, operations.Busy), refused
         assert (refused.http_status, refused.code) == (429, "busy") and "at once" in refused.message
         assert 0 < refused.refusal.retry_after <= ratelimit.PROCESS_RETRY_SECONDS
-        assert seconds < 1.0
         assert receiver.hits == CALLS_OUT_PER_PROCESS
-        assert all(not r.delivered for r in results)  # cut by their deadline; their slots are free again
+        assert all(not r.delivered for r in results), results  # refused (503); their slots are free again
         client.patch(f"/v1/resources/{last_rid}/drains/{drains_[-1]}", headers=last_auth,
                      data=json.dumps({"url": later_receiver.url}))
         assert operations.test_drain(svc.db.connection, svc.wire(), svc.vault, last_rid, drains_[-1], actor=ACTOR,
@@ -399,30 +409,33 @@ def test_without_redis_a_test_record_is_refused_with_503_and_not_sent(client, sv
 
 def test_concurrent_verifications_through_the_api_get_one_answer_and_429_with_retry_after(app, client, world,
                                                                                          forge_fake):
-    """Verify is bounded by default (in the Redis of the Forge budget): a real server, real threads."""
+    """Verify is bounded by default (in the Redis of the Forge budget): a real server, real threads.
+    Atlassian's answers are held until every refusal is in, so "at once" is an order, not a duration."""
     rid, auth, source_id, _ = world
     other_rid, other_auth = provision(client)
     other_source = add_source(client, other_rid, other_auth)
-    forge_fake.latency = 1.5
     url = f"/v1/resources/{rid}/sources/{source_id}/verify"
     with LocalServer(app) as server, ThreadPoolExecutor(8) as pool:
         def verify(path, headers):
-            begun = time.monotonic()
-            response = requests.post(server.url + path, headers=headers, timeout=30)
-            return response, time.monotonic() - begun
+            return requests.post(server.url + path, headers=headers, timeout=30)
 
-        first = pool.submit(verify, url, auth)
-        wait_for(lambda: ratelimit.OwnerCalls(app.extensions["forgedrain"].redis).busy(rid) == 1,
-                 what="the first verification to be in flight")
-        rest = [pool.submit(verify, url, auth) for _ in range(4)]
-        other = pool.submit(verify, f"/v1/resources/{other_rid}/sources/{other_source}/verify", other_auth)
-        refused = [f.result(timeout=30) for f in rest]
-        accepted, _ = first.result(timeout=30)
-        other_answer, _ = other.result(timeout=30)
+        forge_fake.hold()
+        try:
+            first = pool.submit(verify, url, auth)
+            wait_for(lambda: forge_fake.held == 1, what="the first verification to reach Atlassian")
+            rest = [pool.submit(verify, url, auth) for _ in range(4)]
+            other = pool.submit(verify, f"/v1/resources/{other_rid}/sources/{other_source}/verify", other_auth)
+            refused = [f.result(timeout=30) for f in rest]
+            # another resource's verification is not refused: it reaches Atlassian beside the first
+            wait_for(lambda: forge_fake.held == 2, what="the other resource's verification to reach Atlassian")
+            assert not first.done()  # every refusal came back while the first call was still unanswered
+        finally:
+            forge_fake.release()
+        accepted = first.result(timeout=30)
+        other_answer = other.result(timeout=30)
     assert accepted.status_code == 200 and accepted.json()["verification"]["ok"]
     assert other_answer.status_code == 200
-    for response, seconds in refused:
+    for response in refused:
         assert response.status_code == 429, response.text
         assert response.json()["error"] == "busy"
         assert 1 <= int(response.headers["Retry-After"]) <= operations.BUSY_RETRY_SECONDS
-        assert seconds < 1.0

@@ -39,6 +39,12 @@ def claim_one(conn, source_id, db_now: datetime | None = None) -> dict:
     return source
 
 
+def db_clock(conn) -> datetime:
+    """The database's clock, the one the poller writes next_poll_at and checkpoints with: a test
+    brackets what the poller wrote between two readings of it, never against its own clock."""
+    return conn.execute("SELECT clock_timestamp() AS now").fetchone()["now"]
+
+
 def source_row(conn, source_id) -> dict:
     return conn.execute("SELECT * FROM sources WHERE id = %s", (source_id,)).fetchone()
 
@@ -91,12 +97,14 @@ def test_a_long_outage_catches_up_in_one_poll_as_far_as_the_time_box_allows(
     source_id = add_source(conn, vault, add_resource(conn), checkpoint_ago=timedelta(hours=6))
     with LocalServer(fake.wsgi()) as server:
         poller = make_poller(database_url, redis_url, server.url, vault)
+        began = db_clock(conn)
         outcome = poller.poll(claim_one(conn, source_id))
+        ended = db_clock(conn)
     assert outcome.result == "caught-up"
     assert outcome.windows >= 6 and outcome.calls == outcome.windows
     row = source_row(conn, source_id)
-    assert datetime.now(timezone.utc) - row["checkpoint"] < timedelta(minutes=3)
-    assert row["next_poll_at"] > datetime.now(timezone.utc) + timedelta(seconds=50)  # pro: 1 min
+    assert began - row["checkpoint"] < timedelta(minutes=3)  # caught up to the claim's now, less the lag
+    assert began + timedelta(seconds=50) < row["next_poll_at"] <= ended + timedelta(seconds=60)  # pro: 1 min
     assert row["lease_token"] is None and row["consecutive_failures"] == 0
 
 
@@ -107,6 +115,7 @@ def test_a_15_day_outage_records_a_gap_and_recovers_the_rest(conn, database_url,
     with LocalServer(fake.wsgi()) as server:
         poller = make_poller(database_url, redis_url, server.url, vault, time_box=60)
         for _ in range(20):
+            began = db_clock(conn)  # before the last poll's claim
             if poller.poll(claim_one(conn, source_id)).result == "caught-up":
                 break
     gaps = conn.execute("SELECT gap_from, gap_until FROM source_gaps").fetchall()
@@ -115,7 +124,7 @@ def test_a_15_day_outage_records_a_gap_and_recovers_the_rest(conn, database_url,
     # a day, plus the 5 minutes kept clear of the API's edge
     assert timedelta(hours=24) <= length <= timedelta(hours=24, minutes=6)
     row = source_row(conn, source_id)
-    assert datetime.now(timezone.utc) - row["checkpoint"] < timedelta(minutes=3)
+    assert began - row["checkpoint"] < timedelta(minutes=3)
     stored = Counter(map(identity, outbox_records(conn, source_id)))
     expected = fake.records(APP, ENV, gaps[0]["gap_until"], row["checkpoint"])
     assert set(stored) >= set(map(identity, expected))
@@ -139,7 +148,9 @@ def test_each_error_class_leads_to_its_state(conn, database_url, redis_url, vaul
     before = source_row(conn, source_id)["checkpoint"]
     fake.fail(**inject)
     with LocalServer(fake.wsgi()) as server:
+        began = db_clock(conn)
         make_poller(database_url, redis_url, server.url, vault).poll(claim_one(conn, source_id))
+        ended = db_clock(conn)
     row = source_row(conn, source_id)
     assert row["state"] == state and row["pause_reason"] == reason
     assert fragment in row["last_error"]
@@ -147,7 +158,8 @@ def test_each_error_class_leads_to_its_state(conn, database_url, redis_url, vaul
     assert row["lease_token"] is None
     if state == "active":
         assert row["consecutive_failures"] == 1
-        assert row["next_poll_at"] > datetime.now(timezone.utc) + timedelta(seconds=5)
+        # a first failure's backoff: 7.5 to 15 s after the failure, written between the two readings
+        assert began + timedelta(seconds=5) < row["next_poll_at"] <= ended + timedelta(seconds=15)
     assert conn.execute("SELECT count(*) AS n FROM outbox").fetchone()["n"] == 0
 
 
@@ -166,17 +178,23 @@ def test_wrong_credentials_pause_the_source(conn, database_url, redis_url, vault
 
 
 def test_a_429_blocks_the_app_for_its_retry_after(conn, database_url, redis_url, vault):
-    fake = ForgeFake(seed=16, rate_limit=1, rate_period=30, retry_after=True)
+    # The fake's clock stands still: its one call a period is taken by the first call, and the second
+    # is told "Retry-After: 30" exactly, however long the calls took.
+    fake = ForgeFake(seed=16, rate_limit=1, rate_period=30, retry_after=True,
+                     clock=SimClock(datetime.now(timezone.utc)))
     fake.add_app(APP, [ENV], EMAIL, TOKEN)
     source_id = add_source(conn, vault, add_resource(conn), checkpoint_ago=timedelta(hours=3))
     with LocalServer(fake.wsgi()) as server:
         poller = make_poller(database_url, redis_url, server.url, vault)
+        began = db_clock(conn)
         outcome = poller.poll(claim_one(conn, source_id))
+        ended = db_clock(conn)
         assert outcome.result == "rate-limited"
         assert 0 < poller.limiter.try_take(APP) <= 30  # every worker now waits
+    assert [c.status for c in fake.calls] == [200, 429]
     row = source_row(conn, source_id)
-    wait = (row["next_poll_at"] - datetime.now(timezone.utc)).total_seconds()
-    assert 20 < wait <= 31
+    # Due again 30 s after the 429 was taken in, on the database's clock (between the two readings).
+    assert began + timedelta(seconds=30) <= row["next_poll_at"] <= ended + timedelta(seconds=30)
     assert row["consecutive_failures"] == 1 and "429" in row["last_error"]
 
 
@@ -186,12 +204,15 @@ def test_no_budget_yields_instead_of_sleeping(conn, database_url, redis_url, vau
     source_id = add_source(conn, vault, add_resource(conn), checkpoint_ago=timedelta(hours=5))
     with LocalServer(fake.wsgi()) as server:
         poller = make_poller(database_url, redis_url, server.url, vault, limit=2, period=60)
+        began = db_clock(conn)
         outcome = poller.poll(claim_one(conn, source_id))
+        ended = db_clock(conn)
     assert outcome.result == "no-budget" and outcome.calls == 2
     row = source_row(conn, source_id)
     assert row["lease_token"] is None
-    assert row["next_poll_at"] > datetime.now(timezone.utc) + timedelta(seconds=30)
-    assert row["checkpoint"] < datetime.now(timezone.utc) - timedelta(hours=2)  # two windows done
+    # due when the first call's period ends: a minute after a moment of the poll
+    assert began + timedelta(seconds=30) < row["next_poll_at"] <= ended + timedelta(seconds=60)
+    assert row["checkpoint"] < began - timedelta(hours=2)  # two windows done
 
 
 def test_a_poll_that_lost_its_lease_changes_nothing(conn, database_url, redis_url, vault):
