@@ -22,6 +22,7 @@ from tests.fakes.receivers import logplex_receiver
 from tests.fakes.server import LocalServer
 from tests.support.partner import provision_body
 from tests.support.polling import APP, EMAIL, ENV, TOKEN, add_resource, add_source, make_poller
+from tests.test_delivery import claim_due
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -409,7 +410,7 @@ def store_batch(conn, resource_id, source_id, first: int, count: int, age: timed
 
 
 def deliver(deliverer, conn) -> None:
-    for drain in delivery.claim(conn, 50):
+    for drain in claim_due(conn, 50):
         deliverer.deliver(drain)
 
 

@@ -63,11 +63,13 @@ def add_drain(conn, vault, resource_id, kind: str, url: str, settings: dict | No
 def deliver_all(deliverer, conn) -> list[delivery.Outcome]:
     """Deliver every due drain once, from both lanes as the delivery job claims them: a send that took
     over SLOW_SEND_SECONDS (a refusal on a loaded machine can) moves its drain to the slow lane."""
-    outcomes = []
-    for slow in (False, True):
-        for drain in delivery.claim(conn, 50, slow=slow):
-            outcomes.append(deliverer.deliver(drain))
-    return outcomes
+    return [deliverer.deliver(drain) for drain in claim_due(conn, 50)]
+
+
+def claim_due(conn, limit: int) -> list[delivery.Claimed]:
+    """Lease up to ``limit`` due drains from both lanes, the fast one first, as the delivery job does."""
+    claimed = delivery.claim(conn, limit)
+    return claimed + delivery.claim(conn, limit - len(claimed), slow=True)
 
 
 def drain_row(conn, drain_id) -> dict:

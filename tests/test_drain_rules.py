@@ -22,7 +22,7 @@ from tests.fakes.receivers import logplex_receiver, otlp_receiver
 from tests.fakes.rsyslog import Rsyslog
 from tests.fakes.server import LocalServer
 from tests.support.polling import add_resource, add_source, api_token
-from tests.test_delivery import add_drain, deliver_all, drain_row, forge_record, make_deliverer, store, vault, world  # noqa: F401
+from tests.test_delivery import add_drain, claim_due, deliver_all, drain_row, forge_record, make_deliverer, store, vault, world  # noqa: F401
 from tests.test_metrics import METRICS_TOKEN, scrape, value
 
 
@@ -460,7 +460,7 @@ def test_changing_rules_inside_a_batch_loses_and_repeats_nothing(conn, vault, da
         deliverer = make_deliverer(database_url, vault)
         deliverer.turn_seconds = 0  # one send a turn: the turn ends inside the middle batch
         for _ in range(5):
-            (drain,) = delivery.claim(conn, 10)
+            (drain,) = claim_due(conn, 10)
             deliverer.deliver(drain)
             row = drain_row(conn, drain_id)
             if row["partial_batch"] == middle:
@@ -474,7 +474,7 @@ def test_changing_rules_inside_a_batch_loses_and_repeats_nothing(conn, vault, da
         requests_before = len(inbox.requests)
         set_rules(conn, drain_id, after)
         for _ in range(20):
-            (drain,) = delivery.claim(conn, 10)
+            (drain,) = claim_due(conn, 10)
             if deliverer.deliver(drain).result == "caught-up" or drain_row(conn, drain_id)["cursor"] == last:
                 break
     got = messages(inbox)

@@ -21,6 +21,7 @@ from broker.vault import Vault
 from tests.fakes.receivers import logplex_receiver, otlp_receiver
 from tests.fakes.server import LocalServer
 from tests.support.partner import basic, heroku_headers, provision_body
+from tests.test_delivery import claim_due
 from web import create_app
 
 
@@ -98,7 +99,7 @@ def deliver_all(database_url: str, vault: Vault) -> None:
     session = http.new_session(allow_private=True)
     deliverer = delivery.Deliverer(connect, Wire(lambda: session, True), vault, turn_seconds=20)
     with db.connect(database_url, "forgedrain-tests") as conn:
-        for drain in delivery.claim(conn, 50):
+        for drain in claim_due(conn, 50):
             deliverer.deliver(drain)
 
 
